@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny corpora in the real layouts, generated per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test session gets its own cache so tests never see a user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SER_TRANSFER_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 220.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(str(path), (0.1 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_casia(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transfer.synth import make_casia
+
+    return make_casia(tmp_path_factory.mktemp("casia"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_modma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transfer.synth import make_modma
+
+    return make_modma(tmp_path_factory.mktemp("modma"), "tiny", seed=0)

@@ -1,0 +1,98 @@
+"""Build a corpus manifest and its feature cache, and summarise them.
+
+``python -m transfer.prepare --corpus NAME [--root DIR] [--json]``
+
+NAME is a card in ``datasets/`` or the path of a card file. Segment settings default to the
+card's ``[segments]``; feature settings to :class:`transfer.features.FeatureSpec`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from typing import Any
+
+from transfer.audio import SegmentSpec
+from transfer.cards import load_card
+from transfer.cli import console, main_guard
+from transfer.corpora import build_manifest
+from transfer.features import FeatureSpec, load_features
+
+
+def prepare(corpus: str, root: str | None = None, *, seconds: float | None = None,
+            mode: str | None = None, features: FeatureSpec | None = None,
+            max_bad_share: float = 0.05, workers: int | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Manifest + features for one corpus; returns the summary printed by the CLI."""
+    t0 = time.perf_counter()
+    card = load_card(corpus)
+    manifest = build_manifest(card, root, max_bad_share=max_bad_share)
+    for warning in manifest.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    seg = SegmentSpec(seconds=seconds or card.segments.seconds, mode=mode or card.segments.mode)
+    feats = load_features(manifest, seg, features or FeatureSpec(), workers=workers,
+                          progress=progress)
+    frame = manifest.frame
+    return {
+        "corpus": card.name,
+        "root": str(manifest.root),
+        "files": int(len(frame)),
+        "speakers": int(frame["speaker"].nunique()),
+        "labels": {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
+        "duration_s": round(float(frame["duration_s"].sum()), 2),
+        "segments": int(feats.x.shape[0]),
+        "feature_shape": list(feats.x.shape[1:]),
+        "segment": dataclasses.asdict(seg),
+        "skipped": len(manifest.skipped),
+        "skipped_files": [{"path": p, "reason": r} for p, r in manifest.skipped],
+        "dropped_by_label_filter": manifest.dropped,
+        "warnings": manifest.warnings,
+        "cache_hit": feats.cache_hit,
+        "cache_key": feats.key,
+        "feature_seconds": round(feats.seconds, 3),
+        "realtime_factor": None if feats.cache_hit else
+        round(float(frame["duration_s"].sum()) / max(feats.seconds, 1e-9), 1),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer.prepare",
+                                     description="Build a corpus manifest and feature cache.")
+    parser.add_argument("--corpus", required=True, help="card name (datasets/NAME.toml) or path")
+    parser.add_argument("--root", help="corpus folder (default: $<NAME>_ROOT)")
+    parser.add_argument("--seconds", type=float, help="segment length (default: the card's)")
+    parser.add_argument("--mode", choices=["pad", "window", "concat"], help="segment mode")
+    parser.add_argument("--max-bad-share", type=float, default=0.05,
+                        help="fail when more than this share of files is unusable")
+    parser.add_argument("--workers", type=int, help="feature worker processes (default: cores)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    summary = prepare(args.corpus, args.root, seconds=args.seconds, mode=args.mode,
+                      max_bad_share=args.max_bad_share, workers=args.workers,
+                      progress=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for path, reason in ((s["path"], s["reason"]) for s in summary["skipped_files"]):
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    labels = ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
+    hit = "hit" if summary["cache_hit"] else "miss"
+    rt = "" if summary["cache_hit"] else f" ({summary['realtime_factor']}x real time)"
+    print(f"corpus      {summary['corpus']} at {summary['root']}\n"
+          f"files       {summary['files']} ({summary['skipped']} skipped, "
+          f"{summary['dropped_by_label_filter']} filtered by label)\n"
+          f"speakers    {summary['speakers']}\n"
+          f"labels      {labels}\n"
+          f"duration    {summary['duration_s'] / 60:.1f} min\n"
+          f"segments    {summary['segments']} x {summary['feature_shape']}\n"
+          f"cache       {hit}, features in {summary['feature_seconds']:.2f} s{rt}\n"
+          f"total       {summary['seconds']:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
