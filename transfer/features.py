@@ -104,7 +104,7 @@ def _job(args: tuple) -> tuple[np.ndarray, list[tuple[str, str, str, float]]]:
     waves, meta = [], []
     for group in items:  # a group = one file, or a subject's files in concat mode
         audio = []
-        for path, speaker, label in group:
+        for path, _speaker, _label in group:
             turns = None
             if transcripts:
                 tpath, keep = transcripts[path]

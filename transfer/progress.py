@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from transfer.cli import console
 
 
 def progress_bar(enabled: bool = True) -> Progress:
-    """A rich progress bar on stderr; disabled when ``enabled`` is false or stderr is no terminal."""
+    """A rich progress bar on stderr; off when ``enabled`` is false or stderr is no terminal."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(),

@@ -330,7 +330,8 @@ def cached(kind: str, size: str = "small", seed: int = 0) -> Path:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transfer.synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m transfer.synth",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, choices=sorted(MAKERS))
     parser.add_argument("--out", required=True, help="folder to write the corpus into")
     parser.add_argument("--size", default="small", choices=["tiny", "small", "full"])

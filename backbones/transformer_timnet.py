@@ -1,0 +1,73 @@
+"""Transformer-TIM / Transformer-DeltaTIM: a Transformer encoder in front of TIM-Net.
+
+The encoder (input projection, sinusoidal positions, ``tf_layers`` encoder layers) is the stem,
+so it belongs to ``general``. With ``fusion = "diff"`` this is Transformer-DeltaTIM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from backbones import OptionError, register
+from backbones.timnet import TimNet, TimNetOptions
+
+
+@dataclass
+class TransformerTimNetOptions(TimNetOptions):
+    """``timnet`` options plus the encoder's.
+
+    Args:
+        tf_dim: encoder width (the features TIM-Net then sees).
+        tf_layers, tf_heads, tf_ff, tf_dropout: encoder depth, heads, feed-forward width, dropout.
+    """
+
+    tf_dim: int = 64
+    tf_layers: int = 2
+    tf_heads: int = 4
+    tf_ff: int = 128
+    tf_dropout: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.tf_dim % self.tf_heads:
+            raise OptionError(f"tf_dim ({self.tf_dim}) must be divisible by tf_heads "
+                              f"({self.tf_heads})")
+
+
+class TransformerFront(nn.Module):
+    """Shape: (B, F, T) -> (B, tf_dim, T)."""
+
+    def __init__(self, opts: TransformerTimNetOptions) -> None:
+        super().__init__()
+        self.proj = nn.Linear(opts.in_features, opts.tf_dim)
+        layer = nn.TransformerEncoderLayer(opts.tf_dim, opts.tf_heads, opts.tf_ff,
+                                           opts.tf_dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, opts.tf_layers, enable_nested_tensor=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj(x.transpose(1, 2))  # (B, T, d)
+        t, d = h.shape[1], h.shape[2]
+        pos = torch.arange(t, device=x.device, dtype=h.dtype).unsqueeze(1)
+        freq = torch.exp(torch.arange(0, d, 2, device=x.device, dtype=h.dtype)
+                         * (-math.log(10000.0) / d))
+        pe = torch.zeros(t, d, device=x.device, dtype=h.dtype)
+        pe[:, 0::2] = torch.sin(pos * freq)
+        pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
+        return self.encoder(h + pe).transpose(1, 2)
+
+
+@register("transformer_timnet", TransformerTimNetOptions)
+class TransformerTimNet(TimNet):
+    """Transformer encoder -> TIM-Net. Inputs (B, in_features, T); outputs (B, num_classes)."""
+
+    def _make_stem(self, opts: TimNetOptions) -> nn.Module:
+        assert isinstance(opts, TransformerTimNetOptions)
+        return TransformerFront(opts)
+
+    def _stem_features(self, opts: TimNetOptions) -> int:
+        assert isinstance(opts, TransformerTimNetOptions)
+        return opts.tf_dim
