@@ -1,0 +1,115 @@
+"""Source pretraining: the backbone learns the emotion task on the source corpus.
+
+A speaker-independent hold-out (``pretrain.val_fraction`` of the speakers) selects the epoch and
+gives the reported source accuracy/UAR. The result is cached under a content hash of everything
+that determines it (the source features, labels, backbone and options, pretraining settings,
+seed), so every strategy, fold and later recipe reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import GroupShuffleSplit
+
+from transfer import UserError
+from transfer.cache import atomic_path, cache_dir, content_hash
+from transfer.cli import console
+from transfer.data import Domain
+from transfer.engine import DomainTensors, Standardizer, fit, predict_proba, to_device
+from transfer.metrics import classification
+from transfer.recipe import Recipe
+from transfer.strategies import Context
+from transfer.strategies.scratch import Scratch, ScratchOptions
+
+PRETRAIN_VERSION = 1
+
+
+@dataclass
+class Pretrained:
+    state: dict[str, torch.Tensor]
+    norm: Standardizer
+    train_idx: np.ndarray  # source segments used for training (transfer strategies use these)
+    heldout_idx: np.ndarray  # held-out speakers (diagnostics use these)
+    metrics: dict[str, float]
+    key: str
+    cache_hit: bool
+
+
+def source_split(domain: Domain, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    speakers = np.unique(domain.groups)
+    if len(speakers) < 2:
+        raise UserError(f"source {domain.name} has one speaker: a speaker-independent hold-out "
+                        "needs at least two")
+    n_val = min(max(1, int(round(fraction * len(speakers)))), len(speakers) - 1)
+    gss = GroupShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+    train, val = next(gss.split(domain.x, domain.y, groups=domain.groups))
+    return np.sort(train), np.sort(val)
+
+
+def pretrain_key(recipe: Recipe, domain: Domain) -> str:
+    return content_hash({
+        "data": domain.keys, "labels": domain.labels, "backbone": dataclasses.asdict(recipe.backbone),
+        "in_features": int(domain.x.shape[1]), "pretrain": dataclasses.asdict(recipe.pretrain),
+        "normalize": recipe.features.normalize, "version": PRETRAIN_VERSION,
+    })
+
+
+def make_backbone_factory(recipe: Recipe, in_features: int):
+    import backbones
+
+    def make(num_classes: int) -> torch.nn.Module:
+        opts = {**recipe.backbone.options, "in_features": in_features, "num_classes": num_classes}
+        try:
+            return backbones.create(recipe.backbone.name, **opts)
+        except backbones.OptionError as err:
+            raise UserError(f"[backbone.options]: {err}") from None
+
+    return make
+
+
+def pretrain(recipe: Recipe, domain: Domain, device: torch.device, *, root: Path | None = None
+             ) -> Pretrained:
+    """Load the pretrained source model from the cache, or train it."""
+    cfg = recipe.pretrain
+    train_idx, val_idx = source_split(domain, cfg.val_fraction, cfg.seed)
+    key = pretrain_key(recipe, domain)
+    path = (root or cache_dir()) / "pretrained" / f"{key}.pt"
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        norm = Standardizer(blob["norm"]["mean"], blob["norm"]["std"])
+        return Pretrained(blob["state"], norm, train_idx, val_idx, blob["metrics"], key, True)
+
+    console.print(f"pretraining {recipe.backbone.name} on {domain.name} "
+                  f"({len(train_idx)} train / {len(val_idx)} held-out segments, "
+                  f"{cfg.epochs} epochs)")
+    torch.manual_seed(cfg.seed)
+    x = to_device(domain.x, device)
+    tr, va = to_device(train_idx, device), to_device(val_idx, device)
+    norm = Standardizer.fit(x, tr, recipe.features.normalize == "corpus")
+    dom = DomainTensors(x, to_device(domain.y, device), norm, tr, va)
+    make = make_backbone_factory(recipe, domain.x.shape[1])
+    ctx = Context(make, len(domain.labels), label_smoothing=cfg.label_smoothing)
+    strategy = Scratch(ctx, ScratchOptions())
+    result = fit(strategy, dom, None, cfg, cfg.seed, device)
+    prob = predict_proba(strategy, dom, va).cpu().numpy()
+    held = classification(domain.y[val_idx], prob)
+    metrics = {"source_acc": held["acc"], "source_uar": held["uar"],
+               "source_best_epoch": result.best_epoch, "source_seconds": round(result.seconds, 2)}
+    state = {k: v.detach().cpu() for k, v in strategy.model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state": state, "norm": norm.to_dict(), "metrics": metrics,
+                    "labels": domain.labels}, tmp)
+    console.print(f"source held-out accuracy {metrics['source_acc']:.3f}, "
+                  f"UAR {metrics['source_uar']:.3f}")
+    return Pretrained(state, Standardizer(norm.mean.cpu(), norm.std.cpu()), train_idx, val_idx,
+                      metrics, key, False)
+
+
+def summary(p: Pretrained) -> dict[str, Any]:
+    return {"key": p.key, "cache_hit": p.cache_hit, **p.metrics}

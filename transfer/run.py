@@ -1,0 +1,297 @@
+"""Run a recipe: pretrain on the source, train every strategy on every fold x seed, compare.
+
+``python -m transfer.run RECIPE.toml [--set key=value ...] [--results-dir DIR] [--dry-run]
+[--resume RESULTS_DIR] [--jobs N] [--executor local|ray]``
+
+Writes ``<results-dir>/<recipe name>/<timestamp>/``: ``recipe.json`` (resolved),
+``environment.json``, ``runs.jsonl`` (one line per finished run, appended atomically),
+``table.md``/``table.csv``, ``summary.json`` and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transfer import REPO_ROOT, UserError, __version__
+from transfer.cache import atomic_write_text, content_hash
+from transfer.cli import console, main_guard
+from transfer.data import Domain, load_domain
+from transfer.engine import (
+    DomainTensors,
+    Standardizer,
+    embed,
+    fit,
+    pick_device,
+    predict_proba,
+    to_device,
+)
+from transfer.metrics import confusion, evaluate
+from transfer.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
+from transfer.protocols import SPEAKER_DEPENDENT, Split, make_splits
+from transfer.recipe import Recipe, StrategyEntry, load_recipe
+from transfer.report import latest, print_table, read_records, write_outputs
+from transfer.strategies import Context, get_strategy
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    strategy: str  # the entry's label
+    fold: int
+    seed: int
+    key: str
+
+
+class Experiment:
+    """Everything shared by the runs of one recipe: data, pretrained model, splits."""
+
+    def __init__(self, recipe: Recipe, *, base: Path | None = None, progress: bool = True,
+                 device: torch.device | None = None) -> None:
+        self.recipe = recipe
+        self.base = base
+        self.progress = progress
+        self.device = device or pick_device(recipe.device)
+        self.entries = {e.label: e for e in recipe.strategies}
+        self.target: Domain | None = None
+        self.source: Domain | None = None
+        self.pretrained: Pretrained | None = None
+        self.splits: dict[tuple[int, int], Split] = {}
+        self._tensors: dict[str, Any] = {}
+
+    # --- preparation ---------------------------------------------------------------------
+    def load(self) -> Experiment:
+        r = self.recipe
+        self.target = load_domain([r.target], r.features, progress=self.progress, base=self.base)
+        if len(self.target.labels) < 2:
+            raise UserError(f"target {self.target.name} has only the label(s) {self.target.labels}")
+        if r.source:
+            self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
+        if any(get_strategy(e.name).needs_source for e in r.strategies):
+            self.pretrained = pretrain(r, self.source, self.device)
+        for split in make_splits(r.protocol, self.target.groups, self.target.y, r.seeds):
+            self.splits[(split.fold, split.seed)] = split
+        return self
+
+    def run_key(self, entry: StrategyEntry, fold: int, seed: int) -> str:
+        data = self.recipe.to_dict()
+        for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export"):
+            data.pop(k, None)
+        return content_hash({"recipe": data, "strategy": entry.name,
+                             "options": dataclasses.asdict(entry.options), "fold": fold,
+                             "seed": seed, "data": [self.target.keys if self.target else None]})
+
+    def plan(self) -> list[RunSpec]:
+        return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed))
+                for e in self.recipe.strategies for (fold, seed) in self.splits]
+
+    def _device_data(self) -> dict[str, Any]:
+        if not self._tensors:
+            t, dev = self.target, self.device
+            self._tensors["tx"] = to_device(t.x, dev)
+            self._tensors["ty"] = to_device(t.y, dev)
+            if self.source is not None:
+                s = self.source
+                train, held = (source_split(s, self.recipe.pretrain.val_fraction,
+                                            self.recipe.pretrain.seed))
+                self._tensors["sx"] = to_device(s.x, dev)
+                self._tensors["sy"] = to_device(s.y, dev)
+                self._tensors["s_train"] = to_device(train, dev)
+                self._tensors["s_held"] = to_device(held, dev)
+        return self._tensors
+
+    # --- one run -------------------------------------------------------------------------
+    def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
+        """Train and evaluate one run; a failure is returned as a failed record, not raised."""
+        entry = self.entries[spec.strategy]
+        split = self.splits[(spec.fold, spec.seed)]
+        cls = get_strategy(entry.name)
+        base = {"key": spec.key, "strategy": spec.strategy, "strategy_name": entry.name,
+                "fold": spec.fold, "seed": spec.seed, "protocol": self.recipe.protocol.name,
+                "speaker_dependent": self.recipe.protocol.name in SPEAKER_DEPENDENT,
+                "uses_source": cls.needs_source, "labels": self.target.labels,
+                "sizes": {"train": len(split.train), "val": len(split.val),
+                          "test": len(split.test)}}
+        t0 = time.perf_counter()
+        try:
+            record = self._train_and_test(entry, cls, split, spec, on_epoch)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - a failing run must not stop the grid
+            return {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(limit=8),
+                    "seconds": round(time.perf_counter() - t0, 2)}
+        return {**base, **record, "seconds": round(time.perf_counter() - t0, 2)}
+
+    def _train_and_test(self, entry: StrategyEntry, cls, split: Split, spec: RunSpec,
+                        on_epoch) -> dict[str, Any]:
+        r, d = self.recipe, self._device_data()
+        dev = self.device
+        torch.manual_seed(spec.seed)
+        np.random.seed(spec.seed % 2**32)
+        train, val = to_device(split.train, dev), to_device(split.val, dev)
+        norm = Standardizer.fit(d["tx"], train, r.features.normalize == "corpus")
+        target = DomainTensors(d["tx"], d["ty"], norm, train, val)
+        source = None
+        if self.source is not None:
+            snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
+            source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+        make = make_backbone_factory(r, self.target.x.shape[1])
+        ctx = Context(make, len(self.target.labels),
+                      len(self.source.labels) if self.source else 0,
+                      self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
+        strategy = cls(ctx, entry.options)
+        if cls.needs_source and source is None:
+            raise UserError(f"strategy {entry.label} needs a source corpus")
+        result = fit(strategy, target, source, r.train, spec.seed, dev, on_epoch)
+        if result.diverged:
+            raise FloatingPointError(f"training diverged (non-finite loss) at epoch "
+                                     f"{result.epochs_run}")
+        test = to_device(split.test, dev)
+        prob = predict_proba(strategy, target, test, amp=r.train.amp).cpu().numpy()
+        y_test = self.target.y[split.test]
+        metrics = evaluate(y_test, prob, self.target.groups[split.test],
+                           self.target.positive_index)
+        record: dict[str, Any] = {
+            "status": "ok", "metrics": metrics, "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+            "curves": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
+                       for row in result.curves],
+            "confusion": confusion(y_test, prob, len(self.target.labels)),
+        }
+        if source is not None and r.diagnostics.enabled:
+            from transfer.diagnostics import domain_gap
+
+            first = (spec.fold, spec.seed) == next(iter(self.splits))
+            zs = embed(strategy, source, source.val).cpu().numpy()
+            zt = embed(strategy, target, test).cpu().numpy()
+            record["gap"] = domain_gap(zs, zt, max_samples=r.diagnostics.max_samples,
+                                       seed=spec.seed, projection=first and r.diagnostics.plot)
+        return record
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import librosa
+    import sklearn
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    env = {"ser_transfer": __version__, "git_commit": commit, "python": sys.version.split()[0],
+           "platform": platform.platform(), "torch": torch.__version__,
+           "numpy": np.__version__, "librosa": librosa.__version__,
+           "scikit_learn": sklearn.__version__, "device": str(device),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _print_dry_run(recipe: Recipe) -> None:
+    print(json.dumps(recipe.to_dict(), indent=2, default=str))
+    p = recipe.protocol
+    folds = {"subject-kfold": str(p.folds), "segment-random": "1",
+             "loso": "one per target subject"}[p.name]
+    print(f"\nplanned runs: {len(recipe.strategies)} strategies x {folds} fold(s) x "
+          f"{len(recipe.seeds)} seed(s), protocol {p.name}"
+          + (" (speaker-dependent!)" if p.name in SPEAKER_DEPENDENT else ""))
+    for e in recipe.strategies:
+        print(f"  {e.label:<14} {e.name:<10} {dataclasses.asdict(e.options)}")
+
+
+def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
+               base: Path | None = None, progress: bool = True, jobs: int | None = None,
+               executor: str = "local", address: str | None = None) -> tuple[Path, Any, int]:
+    """Run (or resume) a recipe. Returns (output dir, table, number of failed runs)."""
+    if resume is not None:
+        out = resume
+        if not out.is_dir():
+            raise UserError(f"--resume: no results folder {out}")
+    else:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = results_dir / recipe.name / stamp
+        n = 1
+        while out.exists():
+            out = results_dir / recipe.name / f"{stamp}-{n}"
+            n += 1
+    out.mkdir(parents=True, exist_ok=True)
+    exp = Experiment(recipe, base=base, progress=progress).load()
+    atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, default=str))
+    atomic_write_text(out / "environment.json", json.dumps(environment(exp.device), indent=2))
+    records_path = out / "runs.jsonl"
+    done = {r["key"] for r in read_records(records_path) if r.get("status") == "ok"}
+    plan = exp.plan()
+    todo = [s for s in plan if s.key not in done]
+    if done:
+        console.print(f"resuming {out}: {len(plan) - len(todo)} of {len(plan)} runs already "
+                      "recorded")
+    source = dict(exp.pretrained.metrics) if exp.pretrained else None
+    summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
+                        f"{exp.target.name} ({recipe.protocol.name})",
+               "order": [e.label for e in recipe.strategies], "source": source,
+               "runs_planned": len(plan), "device": str(exp.device)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    from transfer.executors import execute_all
+
+    try:
+        execute_all(exp, todo, records_path, progress=progress, jobs=jobs, executor=executor,
+                    address=address, out_dir=out)
+    finally:  # also on Ctrl-C: the table of what finished
+        records = read_records(records_path)
+        table = write_outputs(out, records, summary["order"], source, summary["title"])
+    failed = sum(1 for r in latest(records) if r["status"] != "ok"
+                 and r["key"] in {s.key for s in plan})
+    return out, table, failed
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="recipe TOML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value (dotted names, e.g. train.epochs=5)")
+    parser.add_argument("--results-dir", default="results", help="where results go")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and plan")
+    parser.add_argument("--resume", metavar="RESULTS_DIR", help="finish an interrupted run")
+    parser.add_argument("--jobs", type=int, help="runs at once (default: recipe 'jobs')")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    parser.add_argument("--export", action="store_true", help="export the best model of each "
+                        "strategy as a model package")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe, args.set)
+    if args.dry_run:
+        _print_dry_run(recipe)
+        return 0
+    if args.export:
+        recipe.export = True
+    out, table, failed = run_recipe(
+        recipe, results_dir=Path(args.results_dir),
+        resume=Path(args.resume) if args.resume else None, base=Path(args.recipe).parent,
+        progress=not args.quiet, jobs=args.jobs, executor=args.executor, address=args.address)
+    print_table(table, f"{recipe.name} ({recipe.protocol.name})")
+    console.print(f"results: {out}")
+    if failed:
+        console.print(f"[red]{failed} run(s) failed[/]: see 'error' in {out / 'runs.jsonl'}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""``freeze``: general from the source-pretrained model, frozen (BatchNorm statistics too);
+specific + a new head train on the target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from transfer.strategies.base import Batch, Context, Strategy, frozen, register, rest_params
+
+
+@dataclass
+class FreezeOptions:
+    """No options."""
+
+
+@register("freeze")
+class Freeze(Strategy):
+    Options = FreezeOptions
+    needs_source = True
+
+    def __init__(self, ctx: Context, opts: FreezeOptions) -> None:
+        super().__init__(ctx, opts)
+        self.model = self.target_model("source")
+        frozen(self.model.general)
+
+    def train(self, mode: bool = True) -> Freeze:
+        super().train(mode)
+        self.model.general.eval()  # BatchNorm running statistics stay those of the source
+        return self
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": rest_params(self.model), "lr": lr}]
+
+    def loss(self, tgt: Batch, src: Batch | None, progress: float
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        ce = self.ce(self.model(tgt.x), tgt.y)
+        return ce, {"ce": ce.detach()}
