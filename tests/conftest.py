@@ -37,3 +37,38 @@ def tiny_modma(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transfer.synth import make_modma
 
     return make_modma(tmp_path_factory.mktemp("modma"), "tiny", seed=0)
+
+
+TINY_RECIPE = """
+name = "{name}"
+seeds = [0]
+[source]
+corpus = "casia"
+synthetic = "tiny"
+segments = {{ seconds = 2.0, mode = "pad" }}
+[target]
+corpus = "modma"
+synthetic = "tiny"
+segments = {{ seconds = 2.0, mode = "window", overlap_s = 0.5 }}
+[backbone]
+options = {{ filters = 8, blocks = 3, split = 1, stem = "bn" }}
+[pretrain]
+epochs = 2
+batch_size = 16
+[train]
+epochs = 2
+batch_size = 8
+[protocol]
+name = "subject-kfold"
+folds = 2
+[diagnostics]
+max_samples = 50
+{strategies}
+"""
+
+
+def tiny_recipe(path: Path, strategies: list[str], name: str = "tiny", extra: str = "") -> Path:
+    """A recipe on the tiny synthetic pair that trains in seconds."""
+    blocks = "\n".join(f'[[strategies]]\nname = "{s}"\n' for s in strategies)
+    path.write_text(TINY_RECIPE.format(name=name, strategies=blocks) + extra)
+    return path

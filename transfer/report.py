@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
 
 from transfer.cache import atomic_write_text
@@ -120,8 +121,9 @@ def markdown(table: pd.DataFrame, title: str = "") -> str:
         lines += ["", f"Source pretraining (held-out speakers): accuracy {src['source_acc']:.3f}, "
                   f"UAR {src['source_uar']:.3f}."]
     lines += ["", "Mean ± std over folds x seeds. Subject level: a subject's decision is the mean "
-              "probability of its segments. gap: domain gap of `general` features between held-out "
-              "source and target test data (MMD; proxy A-distance, 0 = indistinguishable, 2 = separable)."]
+              "probability of its segments. gap: domain gap of `general` features between "
+              "held-out source and target test data (MMD; proxy A-distance, 0 = "
+              "indistinguishable, 2 = separable)."]
     return "\n".join(lines) + "\n"
 
 
@@ -130,10 +132,11 @@ def print_table(table: pd.DataFrame, title: str = "") -> None:
     for h in HEADERS:
         t.add_column(h, justify="left" if h == "strategy" else "right", no_wrap=True)
     for _, row in table.iterrows():
-        t.add_row(*_cells(row), style="yellow" if row["speaker_dependent"] else None)
+        t.add_row(*(escape(c) for c in _cells(row)),
+                  style="yellow" if row["speaker_dependent"] else None)
     from rich.console import Console
 
-    Console(width=max(170, console.width), stderr=False).print(t)
+    Console(width=max(220, console.width), stderr=False).print(t)
     if table["speaker_dependent"].any():
         console.print("[yellow]speaker-dependent rows: random segment split, subjects leak "
                       "between train and test[/]")

@@ -141,7 +141,6 @@ class Experiment:
         r, d = self.recipe, self._device_data()
         dev = self.device
         torch.manual_seed(spec.seed)
-        np.random.seed(spec.seed % 2**32)
         train, val = to_device(split.train, dev), to_device(split.val, dev)
         norm = Standardizer.fit(d["tx"], train, r.features.normalize == "corpus")
         target = DomainTensors(d["tx"], d["ty"], norm, train, val)

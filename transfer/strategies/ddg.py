@@ -30,6 +30,9 @@ class DdgOptions:
         align_lr, align_momentum: its SGD optimiser.
         align_step_size, align_gamma: its StepLR schedule, in epochs (research 30 / 0.3).
         proj_dim: width of the common space.
+        proj_lr_scale: learning rate of the projectors relative to general and the
+            discriminator. Both projectors start from the same weights; slow projectors make
+            the shared general carry the alignment instead of the projectors absorbing it.
         init: the shared general starts from ``source`` (pretrained) or ``scratch``.
         mmd_kernels, mmd_ratio: the multi-kernel MMD's bandwidths.
     """
@@ -42,6 +45,7 @@ class DdgOptions:
     align_step_size: int = 30
     align_gamma: float = 0.3
     proj_dim: int = 64
+    proj_lr_scale: float = 0.1
     init: Literal["source", "scratch"] = "source"
     mmd_kernels: int = 5
     mmd_ratio: float = 2.0
@@ -59,6 +63,7 @@ class Ddg(Strategy):
         c = self.model.embed_dim
         self.proj_source = Projector(c, opts.proj_dim)
         self.proj_target = Projector(c, opts.proj_dim)
+        self.proj_target.load_state_dict(self.proj_source.state_dict())  # same starting map
         self.disc = DomainDiscriminator(opts.proj_dim)
         self.grl = GradientReversal(1.0)
         self.mmd = MultiKernelMMD(opts.mmd_kernels, opts.mmd_ratio)
@@ -85,9 +90,11 @@ class Ddg(Strategy):
 
     def phases(self) -> list[Phase]:
         o = self.opts
-        params = (list(self.model.general.parameters()) + list(self.proj_source.parameters())
-                  + list(self.proj_target.parameters()) + list(self.disc.parameters()))
-        return [Phase("align", self._align, [{"params": params}], o.align_steps,
+        shared = list(self.model.general.parameters()) + list(self.disc.parameters())
+        projectors = list(self.proj_source.parameters()) + list(self.proj_target.parameters())
+        groups = [{"params": shared, "lr": o.align_lr},
+                  {"params": projectors, "lr": o.align_lr * o.proj_lr_scale}]
+        return [Phase("align", self._align, groups, o.align_steps,
                       every=o.align_every, optimizer="sgd", lr=o.align_lr,
                       momentum=o.align_momentum, step_size=o.align_step_size,
                       gamma=o.align_gamma)]
