@@ -61,8 +61,11 @@ def append_line(target: str | Path, line: str) -> None:
     local file systems, so concurrent processes may share one records file.
     """
     data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line from a crash
+            data = b"\n" + data
         os.write(fd, data)
         os.fsync(fd)
     finally:

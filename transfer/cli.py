@@ -11,7 +11,7 @@ from rich.console import Console
 from transfer import UserError
 
 #: Diagnostics and progress go to stderr so that ``--json`` output on stdout stays parseable.
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:

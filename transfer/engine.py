@@ -265,4 +265,4 @@ def fit(strategy: Strategy, target: DomainTensors, source: DomainTensors | None,
 
 
 def to_device(x: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    return torch.from_numpy(np.require(x, requirements=["C", "W"])).to(device)  # copies read-only

@@ -36,6 +36,13 @@ def default_jobs(device: torch.device) -> int:
 
 
 def _record(path: Path, record: dict[str, Any]) -> None:
+    package = record.pop("_model", None)
+    if package is not None:  # written by the parent, whichever process trained the model
+        from transfer.package import save_package
+
+        rel = f"models/runs/{record['strategy']}-fold{record['fold']}-seed{record['seed']}.pt"
+        save_package(package, path.parent / rel)
+        record["model"] = rel
     append_line(path, json.dumps(record, default=float))
     if record["status"] != "ok":
         console.print(f"[red]run failed[/] {record['strategy']} fold {record['fold']} "
@@ -87,11 +94,11 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(recipe, base, device: str, threads: int) -> None:
-    torch.set_num_threads(threads)
     from transfer.run import Experiment
 
-    _WORKER["exp"] = Experiment(recipe, base=base, progress=False,
-                                device=torch.device(device)).load()
+    exp = Experiment(recipe, base=base, progress=False, device=torch.device(device)).load()
+    exp.threads = threads  # the parent's: identical numerics to running one by one
+    _WORKER["exp"] = exp
 
 
 def _work(spec) -> dict[str, Any]:
@@ -99,7 +106,7 @@ def _work(spec) -> dict[str, Any]:
 
 
 def _processes(exp, todo: list, records_path: Path, progress: bool, jobs: int) -> None:
-    threads = max(1, torch.get_num_threads() // jobs) if exp.device.type == "cpu" else 1
+    threads = exp.threads
     ctx = get_context("spawn")
     with progress_bar(progress) as bar, ProcessPoolExecutor(
             jobs, mp_context=ctx, initializer=_init_worker,

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +72,9 @@ class Experiment:
         self.pretrained: Pretrained | None = None
         self.splits: dict[tuple[int, int], Split] = {}
         self._tensors: dict[str, Any] = {}
+        # Every run uses the same number of CPU threads, whichever executor runs it: reduction
+        # order depends on it, and results must not depend on the executor.
+        self.threads = torch.get_num_threads()
 
     # --- preparation ---------------------------------------------------------------------
     def load(self) -> Experiment:
@@ -140,6 +144,7 @@ class Experiment:
                         on_epoch) -> dict[str, Any]:
         r, d = self.recipe, self._device_data()
         dev = self.device
+        torch.set_num_threads(self.threads)
         torch.manual_seed(spec.seed)
         train, val = to_device(split.train, dev), to_device(split.val, dev)
         norm = Standardizer.fit(d["tx"], train, r.features.normalize == "corpus")
@@ -171,6 +176,8 @@ class Experiment:
                        for row in result.curves],
             "confusion": confusion(y_test, prob, len(self.target.labels)),
         }
+        if r.export:
+            record["_model"] = self._package(strategy, norm, spec, metrics)
         if source is not None and r.diagnostics.enabled:
             from transfer.diagnostics import domain_gap
 
@@ -180,6 +187,44 @@ class Experiment:
             record["gap"] = domain_gap(zs, zt, max_samples=r.diagnostics.max_samples,
                                        seed=spec.seed, projection=first and r.diagnostics.plot)
         return record
+
+
+    def _package(self, strategy, norm: Standardizer, spec: RunSpec, metrics: dict) -> dict:
+        from transfer.cards import load_card
+        from transfer.data import _resolve, feature_spec, segment_spec
+        from transfer.package import make_package
+
+        card = load_card(_resolve(self.recipe.target.corpus, self.base))
+        seg = segment_spec(self.recipe.target, card, self.recipe.features.sample_rate)
+        return make_package(
+            strategy.model, backbone=self.recipe.backbone.name, segments=seg,
+            features=feature_spec(self.recipe.features), mean=norm.mean, std=norm.std,
+            labels=self.target.labels, positive=self.target.positive,
+            recipe_hash=content_hash(self.recipe.to_dict()),
+            info={"strategy": spec.strategy, "fold": spec.fold, "seed": spec.seed,
+                  "recipe": self.recipe.name, **{k: float(v) for k, v in metrics.items()}})
+
+
+def export_best(out: Path, records: list[dict], order: list[str]) -> list[Path]:
+    """Per strategy, the run with the best validation UAR at its selected epoch becomes
+    ``models/<strategy>.pt`` (the per-run packages are in ``models/runs/``)."""
+    import shutil
+
+    written = []
+    for label in order:
+        best, best_score = None, -1.0
+        for r in records:
+            if r["strategy"] != label or r["status"] != "ok" or not r.get("model"):
+                continue
+            row = next((c for c in r["curves"] if c["epoch"] == r["best_epoch"]), {})
+            score = row.get("val_uar", 0.0)
+            if score > best_score and (out / r["model"]).is_file():
+                best, best_score = r, score
+        if best is not None:
+            target = out / "models" / f"{label}.pt"
+            shutil.copyfile(out / best["model"], target)
+            written.append(target)
+    return written
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -253,9 +298,16 @@ def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
     finally:  # also on Ctrl-C: the table of what finished
         records = read_records(records_path)
         table = write_outputs(out, records, summary["order"], source, summary["title"])
+        if recipe.export:
+            for path in export_best(out, latest(records), summary["order"]):
+                console.print(f"exported {path}")
     failed = sum(1 for r in latest(records) if r["status"] != "ok"
                  and r["key"] in {s.key for s in plan})
     return out, table, failed
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @main_guard
@@ -274,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                         "strategy as a model package")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # a killed grid ends like Ctrl-C: records kept
     recipe = load_recipe(args.recipe, args.set)
     if args.dry_run:
         _print_dry_run(recipe)

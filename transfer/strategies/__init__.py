@@ -8,8 +8,12 @@ model selection, device and precision, and never branches on a strategy's name.
 
 from __future__ import annotations
 
-# Importing the modules registers them.
-from transfer.strategies import dann, ddg, finetune, freeze, joint, mmd_ae, scratch  # noqa: E402,F401,I001
+import importlib
+
 from transfer.strategies.base import Batch, Context, Phase, Strategy, get_strategy, names, register
+
+# Importing a module registers its strategy; this order is the order of tables and listings.
+for _module in ("scratch", "freeze", "finetune", "joint", "dann", "mmd_ae", "ddg"):
+    importlib.import_module(f"transfer.strategies.{_module}")
 
 __all__ = ["Batch", "Context", "Phase", "Strategy", "get_strategy", "names", "register"]

@@ -1,0 +1,148 @@
+"""Grids survive interruption and failure; the Ray executor matches the local one."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import tiny_recipe
+
+from transfer.recipe import load_recipe
+from transfer.report import read_records
+from transfer.run import run_recipe
+from transfer.strategies import register
+from transfer.strategies.scratch import Scratch
+
+METRIC_COLS = ["subject_uar_mean", "subject_acc_mean", "segment_uar_mean", "segment_auc_mean",
+               "gap_mmd_mean", "gap_a_distance_mean"]
+
+
+def _grid(tmp_path: Path, name: str = "grid") -> Path:
+    return tiny_recipe(tmp_path / f"{name}.toml", ["scratch", "finetune"], name=name,
+                       extra="").with_suffix(".toml")
+
+
+def _table(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "table.csv").set_index("strategy")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killed_grid_resumes_and_matches_uninterrupted(tmp_path, sig):
+    recipe = tiny_recipe(tmp_path / "r.toml", ["scratch", "finetune"], name="grid")
+    text = recipe.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace(
+        "[train]\nepochs = 2", "[train]\nepochs = 6")
+    recipe.write_text(text)
+    reference, _, _ = run_recipe(load_recipe(recipe), results_dir=tmp_path / "ref",
+                                 progress=False)
+    cmd = [sys.executable, "-m", "transfer.run", str(recipe), "--results-dir",
+           str(tmp_path / "res"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    records = None
+    while time.time() < deadline:
+        found = list((tmp_path / "res").glob("grid/*/runs.jsonl"))
+        if found and len(read_records(found[0])) >= 2:
+            records = found[0]
+            break
+        time.sleep(0.05)
+    assert records is not None, proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 0), err
+    assert "Traceback" not in err
+    before = len(read_records(records))
+    if proc.returncode == 0:
+        pytest.skip("the grid finished before the signal arrived")
+    assert 2 <= before < 8
+    out = records.parent
+    done = subprocess.run(cmd + ["--resume", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    after = read_records(records)
+    assert len(after) == 8  # only the missing runs ran again
+    assert len({r["key"] for r in after}) == 8
+    pd.testing.assert_frame_equal(_table(out)[METRIC_COLS], _table(reference)[METRIC_COLS])
+
+
+def test_torn_last_line_does_not_break_resume(tmp_path):
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch"]))
+    out, _, _ = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    (out / "runs.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
+    out2, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", resume=out,
+                                     progress=False)
+    assert out2 == out and failed == 0 and int(table.loc[0, "runs"]) == 2
+
+
+@dataclass
+class _ExplodeOptions:
+    fail_fold: int = 1
+
+
+@register("explodes")
+class _Explodes(Scratch):
+    """Scratch, except that it raises on one fold: an injected failure."""
+
+    Options = _ExplodeOptions
+
+    def loss(self, tgt, src, progress):
+        if self._fold == self.opts.fail_fold:
+            raise RuntimeError("injected failure")
+        return super().loss(tgt, src, progress)
+
+
+def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    from transfer import run as run_mod
+
+    original = run_mod.Experiment._train_and_test
+
+    def tagged(self, entry, cls, split, spec, on_epoch):
+        cls._fold = split.fold
+        return original(self, entry, cls, split, spec, on_epoch)
+
+    monkeypatch.setattr(run_mod.Experiment, "_train_and_test", tagged)
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["explodes", "scratch"]))
+    out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
+    assert failed == 1
+    records = read_records(out / "runs.jsonl")
+    bad = [r for r in records if r["status"] == "failed"]
+    assert len(bad) == 1 and "injected failure" in bad[0]["error"] and bad[0]["fold"] == 1
+    assert sum(r["status"] == "ok" for r in records) == 3
+    row = table.set_index("strategy").loc["explodes"]
+    assert row["failed"] == 1 and row["runs"] == 1
+    assert "(1 failed)" in (out / "table.md").read_text()
+
+
+def test_cli_exit_status_is_nonzero_when_runs_fail(tmp_path):
+    path = tiny_recipe(tmp_path / "r.toml", ["scratch"])
+    res = subprocess.run([sys.executable, "-m", "transfer.run", str(path), "--results-dir",
+                          str(tmp_path / "res"), "--quiet", "--set", "train.lr=1e30",
+                          "--set", "train.optimizer=\"sgd\""],
+                         capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr
+    assert "run(s) failed" in res.stderr
+    (records,) = (tmp_path / "res").glob("tiny/*/runs.jsonl")
+    assert all(r["status"] == "failed" and "diverged" in r["error"]
+               for r in map(json.loads, records.read_text().splitlines()))
+
+
+def test_ray_executor_matches_local(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch", "dann"]))
+    local, _, _ = run_recipe(recipe, results_dir=tmp_path / "local", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote, _, failed = run_recipe(recipe, results_dir=tmp_path / "ray", progress=False,
+                                       executor="ray")
+    finally:
+        ray.shutdown()
+    assert failed == 0
+    pd.testing.assert_frame_equal(_table(remote)[METRIC_COLS], _table(local)[METRIC_COLS])

@@ -1,0 +1,115 @@
+"""List what is available, with options and defaults, to write a recipe without reading code.
+
+``python -m transfer.inspect [corpora|backbones|strategies]`` (default: all three)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect as pyinspect
+import re
+import typing
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from transfer.cli import main_guard
+
+
+def option_docs(cls: type) -> dict[str, str]:
+    """Per-option text from an ``Args:`` section (``name: text`` or ``a, b: text``)."""
+    doc = pyinspect.getdoc(cls) or ""
+    docs: dict[str, str] = {}
+    current: list[str] = []
+    for line in doc.split("Args:", 1)[-1].splitlines() if "Args:" in doc else []:
+        m = re.match(r"^\s{0,8}([a-z_][\w, ]*):\s*(.*)$", line)
+        if m and all(re.fullmatch(r"[a-z_]\w*", n.strip()) for n in m.group(1).split(",")):
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                docs[n] = m.group(2).strip()
+        elif current and line.strip():
+            for n in current:
+                docs[n] += " " + line.strip()
+    return docs
+
+
+def options_table(title: str, cls: type) -> Table:
+    table = Table(title=title, title_justify="left", show_header=True, expand=False)
+    for col in ("option", "type", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    hints = typing.get_type_hints(cls)
+    docs = option_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
+        hint = hints[f.name]
+        if typing.get_origin(hint) is typing.Literal:
+            type_name = " | ".join(repr(a) for a in typing.get_args(hint))
+        else:
+            type_name = getattr(hint, "__name__", str(hint))
+        table.add_row(f.name, escape(type_name), escape(repr(default)),
+                      escape(docs.get(f.name, "").replace("``", "")))
+    if not dataclasses.fields(cls):
+        table.add_row("(none)", "", "", "")
+    return table
+
+
+def show_strategies(console: Console) -> None:
+    from transfer.strategies import get_strategy, names
+
+    for name in names():
+        cls = get_strategy(name)
+        summary = (pyinspect.getdoc(pyinspect.getmodule(cls)) or "").split("\n\n")[0]
+        summary = escape(summary.replace("``", ""))
+        console.print(f"\n[bold]{name}[/]  {summary}"
+                      + (escape("  (needs a [source])") if cls.needs_source else ""))
+        console.print(options_table(escape(f"[[strategies]] name = \"{name}\""), cls.Options))
+
+
+def show_backbones(console: Console) -> None:
+    import backbones
+
+    for name in backbones.names():
+        opts = backbones.options_of(name)
+        console.print(f"\n[bold]{name}[/]")
+        console.print(options_table(escape(f"[backbone] name = \"{name}\", options = {{...}}"),
+                                    opts))
+
+
+def show_corpora(console: Console) -> None:
+    from transfer.cards import available_cards, load_card
+
+    table = Table(title=escape("corpus cards (datasets/*.toml); [source]/[target] corpus = NAME"),
+                  title_justify="left")
+    for col in ("name", "task", "rate", "labels (after map/keep)", "root", "segments",
+                "description"):
+        table.add_column(col, overflow="fold")
+    for name in available_cards():
+        card = load_card(name)
+        table.add_row(name, card.task, str(card.sample_rate), ", ".join(card.final_labels()),
+                      f"${card.env_var}", f"{card.segments.seconds:g} s {card.segments.mode}",
+                      card.description)
+    console.print(table)
+    console.print("Your own corpus: write a card (see datasets/README.md) and use its path as "
+                  "corpus = \"path/to/card.toml\".")
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer.inspect",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", choices=["corpora", "backbones", "strategies", "all"],
+                        default="all")
+    args = parser.parse_args(argv)
+    console = Console(width=140)
+    shows = {"corpora": show_corpora, "backbones": show_backbones, "strategies": show_strategies}
+    for key, show in shows.items():
+        if args.what in (key, "all"):
+            show(console)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

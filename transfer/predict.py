@@ -1,0 +1,123 @@
+"""Apply an exported model to new recordings.
+
+``python -m transfer.predict MODEL AUDIO... [--out preds.csv] [--group-by folder|none]``
+
+AUDIO: wav/flac files and folders (searched recursively). Each file is resampled, segmented
+and featurised with the model's own settings; the CSV has one row per file (class
+probabilities = mean over its segments, predicted label, number of segments) and, with
+``--group-by folder`` (the default; a folder = a subject in MODMA's layout), one row per
+folder from the mean probability of all its segments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+from transfer import UserError
+from transfer.audio import SegmentSpec, cut, load_audio
+from transfer.cli import console, main_guard
+from transfer.features import FeatureSpec, extract
+from transfer.package import build_model, load_package
+
+AUDIO_SUFFIXES = {".wav", ".flac"}
+
+
+def collect(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise UserError(f"no .wav or .flac files under {p}")
+            files += found
+        elif p.is_file():
+            if p.suffix.lower() not in AUDIO_SUFFIXES:
+                raise UserError(f"{p} is not a .wav or .flac file")
+            files.append(p)
+        else:
+            raise UserError(f"no such file or folder: {p}")
+    return files
+
+
+def predict_files(package: dict, files: list[Path], group_by: str = "folder"
+                  ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Rows per file (and per folder); plus (file, reason) for files that could not be used."""
+    seg = SegmentSpec(**package["segments"])
+    feat = FeatureSpec(**package["features"])
+    model = build_model(package)
+    mean, std = package["norm_mean"], package["norm_std"]
+    labels = package["labels"]
+    rows, problems, per_file = [], [], {}
+    resampled: set[int] = set()
+    for path in files:
+        try:
+            rate = sf.info(str(path)).samplerate
+            audio = load_audio(str(path), seg.sample_rate)
+        except (UserError, RuntimeError) as err:
+            problems.append((str(path), f"unreadable: {err}"))
+            continue
+        if audio.size < feat.n_fft:
+            problems.append((str(path), f"too short: {audio.size} samples at {seg.sample_rate} Hz, "
+                                        f"less than one analysis frame ({feat.n_fft} samples)"))
+            continue
+        if rate != seg.sample_rate:
+            resampled.add(rate)
+        pieces, _ = cut(audio, seg)
+        x = torch.from_numpy(extract(np.stack(pieces), seg.sample_rate, feat))
+        with torch.no_grad():
+            prob = torch.softmax(model((x - mean) / std), -1).numpy()  # (segments, classes)
+        per_file[path] = prob
+        rows.append(_row("file", str(path), prob, labels))
+    for rate in sorted(resampled):
+        console.print(f"note: audio at {rate} Hz was resampled to the model's "
+                      f"{seg.sample_rate} Hz")
+    if group_by == "folder":
+        folders: dict[Path, list[np.ndarray]] = {}
+        for path, prob in per_file.items():
+            folders.setdefault(path.parent, []).append(prob)
+        for folder, probs in folders.items():
+            rows.append(_row("subject", str(folder), np.concatenate(probs), labels,
+                             files=len(probs)))
+    return pd.DataFrame(rows), problems
+
+
+def _row(kind: str, name: str, prob: np.ndarray, labels: list[str], files: int = 1) -> dict:
+    mean = prob.mean(0)
+    row = {"kind": kind, "name": name, "files": files, "segments": int(prob.shape[0])}
+    row.update({f"prob_{lab}": round(float(p), 6) for lab, p in zip(labels, mean)})
+    row["predicted"] = labels[int(mean.argmax())]
+    return row
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer.predict",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="an exported model package (.pt)")
+    parser.add_argument("audio", nargs="+", help="wav/flac files or folders")
+    parser.add_argument("--out", help="CSV to write (default: print)")
+    parser.add_argument("--group-by", choices=["folder", "none"], default="folder")
+    args = parser.parse_args(argv)
+    package = load_package(args.model)
+    files = collect(args.audio)
+    table, problems = predict_files(package, files, args.group_by)
+    for path, reason in problems:
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    if table.empty:
+        raise UserError(f"none of the {len(files)} file(s) could be used")
+    if args.out:
+        table.to_csv(args.out, index=False)
+        console.print(f"wrote {len(table)} rows to {args.out}")
+    else:
+        print(table.to_csv(index=False), end="")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
