@@ -80,7 +80,8 @@ def timnet_casia(root: str | None, epochs: int, protocol: str, device: torch.dev
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transfer.checks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m transfer.checks",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("check", choices=["timnet-casia"])
     parser.add_argument("--root", help="CASIA folder (default $CASIA_ROOT)")
     parser.add_argument("--epochs", type=int, default=50)
