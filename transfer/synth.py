@@ -41,6 +41,7 @@ SIZES: dict[str, dict[str, dict]] = {
     "modma": {
         "tiny": {"subjects": 8, "mdd": 4, "recordings": 3, "seconds": (3.0, 6.0)},
         "small": {"subjects": 16, "mdd": 7, "recordings": 4, "seconds": (4.0, 10.0)},
+        "medium": {"subjects": 16, "mdd": 7, "recordings": 12, "seconds": (6.0, 28.0)},
         "full": {"subjects": 52, "mdd": 23, "recordings": 29, "seconds": (6.0, 28.0)},
     },
 }
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, choices=sorted(MAKERS))
     parser.add_argument("--out", required=True, help="folder to write the corpus into")
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "full"])
+    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium", "full"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = make(args.kind, args.out, args.size, args.seed)
