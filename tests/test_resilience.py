@@ -146,3 +146,11 @@ def test_ray_executor_matches_local(tmp_path):
         ray.shutdown()
     assert failed == 0
     pd.testing.assert_frame_equal(_table(remote)[METRIC_COLS], _table(local)[METRIC_COLS])
+
+
+def test_packed_runs_match_one_by_one(tmp_path):
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch", "ddg"]))
+    single, _, _ = run_recipe(recipe, results_dir=tmp_path / "one", progress=False, jobs=1)
+    packed, _, failed = run_recipe(recipe, results_dir=tmp_path / "two", progress=False, jobs=2)
+    assert failed == 0
+    pd.testing.assert_frame_equal(_table(packed)[METRIC_COLS], _table(single)[METRIC_COLS])

@@ -144,3 +144,15 @@ class Projector(nn.Module):
     def reconstruction_loss(self, seq: Tensor) -> Tensor:
         flat = seq.flatten(1, 2)
         return nn.functional.mse_loss(self.decoder(self.encoder(flat)), flat)
+
+
+def alignment_loss(mmd: MultiKernelMMD, disc: DomainDiscriminator, grl: GradientReversal,
+                   source: Tensor, target: Tensor, progress: float, mmd_weight: float,
+                   adv_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """``mmd_weight`` * MMD + ``adv_weight`` * adversarial loss (behind ``grl``) between two
+    batches of aligned features, with the values to log."""
+    value = mmd(source, target)
+    grl.progress = progress
+    adv, acc = adversarial_loss(disc, grl(source), grl(target))
+    total = mmd_weight * value + adv_weight * adv
+    return total, {"mmd": value.detach(), "adv": adv.detach(), "disc_acc": acc}

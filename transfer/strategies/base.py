@@ -107,7 +107,9 @@ class Strategy(nn.Module):
 
     def loss(self, tgt: Batch, src: Batch | None, progress: float
              ) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
+        """One training step's loss; by default the target cross-entropy alone."""
+        ce = self.ce(self.model(tgt.x), tgt.y)
+        return ce, {"ce": ce.detach()}
 
     def phases(self) -> list[Phase]:
         return []

@@ -17,7 +17,7 @@ from transfer.alignment import (
     GradientReversal,
     MultiKernelMMD,
     Projector,
-    adversarial_loss,
+    alignment_loss,
 )
 from transfer.strategies.base import Batch, Context, Phase, Strategy, ensure_split, register
 
@@ -71,22 +71,13 @@ class Ddg(Strategy):
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.model.parameters()), "lr": lr}]
 
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
-             ) -> tuple[Tensor, dict[str, Tensor]]:
-        ce = self.ce(self.model(tgt.x), tgt.y)
-        return ce, {"ce": ce.detach()}
-
     def _align(self, tgt: Batch, src: Batch | None, progress: float
                ) -> tuple[Tensor, dict[str, Tensor]]:
         assert src is not None
         p_s = self.proj_source(self.model.forward_general(src.x).seq)
         p_t = self.proj_target(self.model.forward_general(tgt.x).seq)
-        mmd = self.mmd(p_s, p_t)
-        self.grl.progress = progress
-        adv, acc = adversarial_loss(self.disc, self.grl(p_s), self.grl(p_t))
         mu = self.opts.mu
-        return (1 - mu) * mmd + mu * adv, {"mmd": mmd.detach(), "adv": adv.detach(),
-                                           "disc_acc": acc}
+        return alignment_loss(self.mmd, self.disc, self.grl, p_s, p_t, progress, 1 - mu, mu)
 
     def phases(self) -> list[Phase]:
         o = self.opts

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from transfer.strategies.base import Batch, Context, Strategy, general_params, register, rest_params
+from transfer.strategies.base import Context, Strategy, general_params, register, rest_params
 
 
 @dataclass
@@ -30,8 +28,3 @@ class Finetune(Strategy):
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": general_params(self.model), "lr": lr * self.opts.general_lr_scale},
                 {"params": rest_params(self.model), "lr": lr}]
-
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
-             ) -> tuple[Tensor, dict[str, Tensor]]:
-        ce = self.ce(self.model(tgt.x), tgt.y)
-        return ce, {"ce": ce.detach()}

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from transfer.strategies.base import Batch, Context, Strategy, frozen, register, rest_params
+from transfer.strategies.base import Context, Strategy, frozen, register, rest_params
 
 
 @dataclass
@@ -32,8 +30,3 @@ class Freeze(Strategy):
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": rest_params(self.model), "lr": lr}]
-
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
-             ) -> tuple[Tensor, dict[str, Tensor]]:
-        ce = self.ce(self.model(tgt.x), tgt.y)
-        return ce, {"ce": ce.detach()}

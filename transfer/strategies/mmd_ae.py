@@ -19,7 +19,7 @@ from transfer.alignment import (
     GradientReversal,
     MultiKernelMMD,
     Projector,
-    adversarial_loss,
+    alignment_loss,
 )
 from transfer.strategies.base import Batch, Context, Phase, Strategy, ensure_split, frozen, register
 
@@ -70,11 +70,6 @@ class MmdAe(Strategy):
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.model.parameters()), "lr": lr}]
 
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
-             ) -> tuple[Tensor, dict[str, Tensor]]:
-        ce = self.ce(self.model(tgt.x), tgt.y)
-        return ce, {"ce": ce.detach()}
-
     def _autoencoder(self, tgt: Batch, src: Batch | None, progress: float
                      ) -> tuple[Tensor, dict[str, Tensor]]:
         assert src is not None
@@ -86,11 +81,8 @@ class MmdAe(Strategy):
         assert src is not None
         p_s = self.projector(self.source.forward_general(src.x).seq.detach())
         p_t = self.projector(self.model.forward_general(tgt.x).seq)
-        mmd = self.mmd(p_s, p_t)
-        self.grl.progress = progress
-        adv, acc = adversarial_loss(self.disc, self.grl(p_s), self.grl(p_t))
-        return mmd + self.opts.adv_weight * adv, {"mmd": mmd.detach(), "adv": adv.detach(),
-                                                  "disc_acc": acc}
+        return alignment_loss(self.mmd, self.disc, self.grl, p_s, p_t, progress, 1.0,
+                              self.opts.adv_weight)
 
     def phases(self) -> list[Phase]:
         o = self.opts

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from transfer.strategies.base import Batch, Context, Strategy, register
+from transfer.strategies.base import Context, Strategy, register
 
 
 @dataclass
@@ -21,8 +19,3 @@ class Scratch(Strategy):
     def __init__(self, ctx: Context, opts: ScratchOptions) -> None:
         super().__init__(ctx, opts)
         self.model = ctx.make_backbone(ctx.target_classes)
-
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
-             ) -> tuple[Tensor, dict[str, Tensor]]:
-        ce = self.ce(self.model(tgt.x), tgt.y)
-        return ce, {"ce": ce.detach()}
