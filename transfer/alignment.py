@@ -78,8 +78,10 @@ class MultiKernelMMD(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         x, y = x.float(), y.float()
         total = x.new_zeros(())
-        for blur in self.bandwidths(x, y):
-            total = total + 2.0 * SamplesLoss("gaussian", blur=blur, backend="tensorized")(x, y)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # kernels in fp32
+            for blur in self.bandwidths(x, y):
+                loss = SamplesLoss("gaussian", blur=blur, backend="tensorized")
+                total = total + 2.0 * loss(x, y)
         return total
 
 
