@@ -48,7 +48,7 @@ def write_plots(out_dir: Path, records: list[dict], order: list[str]) -> list[Pa
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, int(v), ha="center", va="center",
-                    color="white" if v > cm.max() / 2 else "black")
+                    color="white" if v > 0.6 * cm.max() else "black")
         ax.set_xticks(range(len(names)), names)
         ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("predicted")
