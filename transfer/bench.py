@@ -242,11 +242,10 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None) -> dict[str,
     from transfer.recipe import parse_recipe
     from transfer.run import Experiment
 
-    if quick:
-        strategies = ["scratch", "finetune", "ddg"]
-        folds, seeds, epochs, subjects, per = 2, [0], 2, 12, 10
+    strategies = ["scratch", "freeze", "finetune", "joint", "dann", "mmd_ae", "ddg"]
+    if quick:  # all strategies, fewer folds, seeds, epochs and segments
+        folds, seeds, epochs, subjects, per = 2, [0], 3, 52, 8
     else:
-        strategies = ["scratch", "freeze", "finetune", "joint", "dann", "mmd_ae", "ddg"]
         folds, seeds, epochs, subjects, per = 5, [0, 1, 2], 60, 52, 67
     recipe = parse_recipe({
         "name": "bench-grid", "seeds": seeds, "target": {"corpus": "modma"},

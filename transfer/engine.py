@@ -2,16 +2,18 @@
 
 Features stay resident on the device for the whole run and batches are gathered by index; the
 step loop never synchronises with the host (losses are accumulated on the device and read once
-per epoch). bf16 autocast on CUDA. Model selection uses the validation subjects only; the test
-split is never seen here.
+per epoch). bf16 autocast on CUDA and on CPUs with native bf16. Model selection uses the
+validation subjects only; the test split is never seen here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,19 +40,20 @@ class Standardizer:
 
     mean: Tensor  # (1, F, 1)
     std: Tensor
+    enabled: bool = True
 
     @classmethod
     def fit(cls, x: Tensor, idx: Tensor | None, enabled: bool = True) -> Standardizer:
         f = x.shape[1]
         if not enabled:
-            return cls(x.new_zeros(1, f, 1), x.new_ones(1, f, 1))
+            return cls(x.new_zeros(1, f, 1), x.new_ones(1, f, 1), enabled=False)
         sub = x if idx is None else x[idx]
         mean = sub.mean(dim=(0, 2), keepdim=True)
         std = sub.std(dim=(0, 2), keepdim=True).clamp_min(1e-5)
         return cls(mean, std)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std if self.enabled else x
 
     def to_dict(self) -> dict[str, Tensor]:
         return {"mean": self.mean.cpu(), "std": self.std.cpu()}
@@ -128,9 +131,24 @@ def embed(strategy: Strategy, dom: DomainTensors, idx: Tensor, batch: int = 1024
                       for i in range(0, len(idx), batch)])
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions and matmuls run faster than fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def amp_enabled(device: torch.device, amp: bool) -> bool:
+    """bf16 autocast (fp32 master weights) on CUDA, and on CPUs with native bf16."""
+    return amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()))
+
+
 def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=amp and device.type == "cuda")
+                          enabled=amp_enabled(device, amp))
 
 
 def _uar(y: Tensor, pred: Tensor, n_classes: int) -> Tensor:

@@ -90,7 +90,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     patience: int = 0  # early stopping on the validation metric; 0 = off
     select: Literal["val_uar", "val_loss", "last"] = "val_uar"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX)
     compile: bool = False  # torch.compile the model
 
 
