@@ -85,7 +85,7 @@ class _ExplodeOptions:
     fail_fold: int = 1
 
 
-@register("explodes")
+@register("_explodes")
 class _Explodes(Scratch):
     """Scratch, except that it raises on one fold: an injected failure."""
 
@@ -107,14 +107,14 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
         return original(self, entry, cls, split, spec, on_epoch)
 
     monkeypatch.setattr(run_mod.Experiment, "_train_and_test", tagged)
-    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["explodes", "scratch"]))
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_explodes", "scratch"]))
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     assert failed == 1
     records = read_records(out / "runs.jsonl")
     bad = [r for r in records if r["status"] == "failed"]
     assert len(bad) == 1 and "injected failure" in bad[0]["error"] and bad[0]["fold"] == 1
     assert sum(r["status"] == "ok" for r in records) == 3
-    row = table.set_index("strategy").loc["explodes"]
+    row = table.set_index("strategy").loc["_explodes"]
     assert row["failed"] == 1 and row["runs"] == 1
     assert "(1 failed)" in (out / "table.md").read_text()
 
