@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 
 from rich.console import Console
@@ -30,7 +29,3 @@ def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
             return 130
 
     return wrapper
-
-
-def run_main(fn: Callable[[list[str] | None], int]) -> None:
-    sys.exit(fn(None))

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from transfer import UserError
@@ -53,7 +52,6 @@ class Phase:
     momentum: float = 0.9
     step_size: int = 0
     gamma: float = 1.0
-    needs_source: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -170,7 +168,3 @@ def ensure_split(model: nn.Module, strategy: str) -> None:
     if model.options.split < 1:
         raise UserError(f"strategy '{strategy}' aligns general features: backbone option "
                         "split must be at least 1")
-
-
-def no_grad_eval(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    return torch.no_grad()(fn)
