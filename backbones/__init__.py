@@ -8,6 +8,11 @@ dataclass, so an unknown option or a wrong type is an error naming the allowed o
 backbone exposes ``general`` (stem + first ``split`` blocks), ``specific`` (the other blocks)
 and ``head`` (scale fusion + classifier), and the methods ``forward_general``,
 ``forward_specific``, ``forward_features``, ``forward_head``, ``forward`` and ``reset_head``.
+
+``create(name, runs=K, ...)`` builds K independent copies as one module (packed: every
+parameter's first dimension holds the runs, see :mod:`backbones.layers`); inputs are then
+(K, B, F, T) and outputs (K, B, classes). A backbone whose ``packable`` is false only builds
+with ``runs = 1``.
 """
 
 from __future__ import annotations
@@ -98,11 +103,17 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def create(name: str, **options: Any) -> nn.Module:
-    """Build a registered backbone with the given options."""
+def create(name: str, runs: int = 1, **options: Any) -> nn.Module:
+    """Build a registered backbone with the given options (``runs`` copies packed in one)."""
     _check_name(name)
     cls, opts_cls = _REGISTRY[name]
-    return cls(build_options(opts_cls, options, f"backbone {name!r}"))
+    return cls(build_options(opts_cls, options, f"backbone {name!r}"), runs=runs)
+
+
+def packable(name: str) -> bool:
+    """Whether ``name`` can build several runs as one module (``runs > 1``)."""
+    _check_name(name)
+    return bool(getattr(_REGISTRY[name][0], "packable", False))
 
 
 # Importing the modules registers them.

@@ -1,4 +1,5 @@
-"""TIM-Net (Ye et al., ICASSP 2023) and its research variants, split into general/specific.
+"""TIM-Net (Ye et al., ICASSP 2023) and its research variants, split into general/specific,
+with both directions fused and K independent runs packed into one module.
 
 Per direction: a 1x1 convolution, then Temporal Aware Blocks (TABs) with dilations 1, 2, 4, ...
 A TAB is two [causal dilated Conv1d (kernel 2) -> BatchNorm -> ReLU -> spatial dropout]
@@ -8,12 +9,21 @@ average-pooled over time (one vector per scale); a learned weight vector fuses t
 linear layer classifies. With 39 features, 39 filters, 8 blocks and 6 classes the model has
 104,456 trainable parameters, as the official Keras model.
 
+Fusion: the two directions of a block are one grouped convolution (groups = 2) and one
+BatchNorm over the concatenated channels; with ``runs = K`` the groups are K x 2 and the
+module trains K independent copies at once (see :mod:`backbones.layers`). Same maths as two
+convolutions per block and K separate models.
+
 Variants (options): ``residual`` mul|add, ``stem`` none|bn|bn_relu (a 1x1 conv + BatchNorm
 [+ ReLU] in front), ``fusion`` weight|diff (DeltaTIM: differences of successive scales plus the
 last one), ``attention`` none|mha (AT-TIM: causal multi-head attention after every block).
 
-Split: ``general`` = stem + both input convs + the first ``split`` blocks of each direction;
+Split: ``general`` = stem + the input convolutions + the first ``split`` blocks;
 ``specific`` = the remaining blocks; ``head`` = scale fusion + classifier.
+
+Shapes: ``forward`` takes (B, F, T) -> (B, classes), or packed (K, B, F, T) -> (K, B, classes).
+Inside, sequences are time-major (G, C, T, B) with G = 2 K groups (run-major, forward direction
+first).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones import OptionError, register
+from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv
 
 
 @dataclass
@@ -67,6 +78,10 @@ class TimNetOptions:
             raise OptionError(f"split must be between 0 and blocks={self.blocks}, got {self.split}")
         if self.blocks < 1 or self.filters < 1 or self.in_features < 1 or self.num_classes < 1:
             raise OptionError("blocks, filters, in_features and num_classes must be positive")
+        if self.kernel_size < 1:
+            raise OptionError(f"kernel_size must be at least 1, got {self.kernel_size}")
+        if not 0 <= self.dropout < 1:
+            raise OptionError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention == "mha" and self.d_model % self.heads:
             raise OptionError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
 
@@ -75,165 +90,269 @@ class GeneralFeatures(NamedTuple):
     """Output of ``forward_general``.
 
     Shape:
-        seq: (B, 2, C, T), the forward and the backward direction after the general blocks
-            (the backward one in reversed time).
-        pooled: (B, split, C), one time-averaged vector per general scale.
+        state: (2K, C, T, B), both directions after the general blocks (the backward one in
+            reversed time): what ``forward_specific`` continues from.
+        pooled: (K, split, C, B), one time-averaged vector per general scale.
     """
 
-    seq: Tensor
+    state: Tensor
     pooled: Tensor
 
+    @property
+    def vector(self) -> Tensor:
+        """The pooled general scales as one vector per segment: (K, B, split * C)."""
+        k, s, c, b = self.pooled.shape
+        return self.pooled.permute(0, 3, 1, 2).reshape(k, b, s * c)
 
-class CausalAttention(nn.Module):
-    """Multi-head self-attention over time with a causal mask and a residual connection."""
+    @property
+    def sequence(self) -> Tensor:
+        """Both directions in forward time, stacked on channels: (K, 2C, T, B)."""
+        g, c, t, b = self.state.shape
+        seq = self.state.view(g // 2, 2, c, t, b)
+        return torch.cat([seq[:, 0], seq[:, 1].flip(2)], 1)
 
-    def __init__(self, channels: int, d_model: int, heads: int) -> None:
+
+class CausalAttention(RunModule):
+    """Multi-head self-attention over time with a causal mask and a residual connection, one
+    independent attention per group (direction x run), as batched matmuls.
+
+    Shape: (G, C, T, B) -> (G, C, T, B).
+    """
+
+    def __init__(self, groups: int, channels: int, d_model: int, heads: int) -> None:
         super().__init__()
-        self.proj_in = nn.Linear(channels, d_model)
-        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
-        self.proj_out = nn.Linear(d_model, channels)
+        self.heads = heads
+        self.proj_in = TemporalConv(groups, channels, d_model)
+        self.qkv = TemporalConv(groups, d_model, 3 * d_model)
+        self.out = TemporalConv(groups, d_model, d_model)
+        self.proj_out = TemporalConv(groups, d_model, channels)
+        for conv in (self.qkv, self.out):  # nn.MultiheadAttention's initialisation
+            nn.init.xavier_uniform_(conv.weight.view(-1, d_model))
+            nn.init.zeros_(conv.bias)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, T)
-        h = self.proj_in(x.transpose(1, 2))  # (B, T, d)
-        t = h.shape[1]
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-        h, _ = self.attn(h, h, h, attn_mask=mask, need_weights=False)
-        return x + self.proj_out(h).transpose(1, 2)
+    def forward(self, x: Tensor) -> Tensor:
+        g, _, t, b = x.shape
+        d = self.qkv.weight.shape[-1]
+        h, dh = self.heads, d // self.heads
+        qkv = self.qkv(self.proj_in(x)).view(g, 3, h, dh, t, b)
+        q, k, v = (qkv[:, i].permute(4, 0, 1, 3, 2).reshape(b, g * h, t, dh) for i in range(3))
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, G*H, T, dh)
+        a = a.view(b, g, h, t, dh).permute(1, 2, 4, 3, 0).reshape(g, d, t, b)
+        return x + self.proj_out(self.out(a))
 
 
 class TemporalAwareBlock(nn.Module):
-    """Two causal dilated conv layers gating (or added to) the block input.
+    """Two causal dilated conv layers gating (or added to) the block input, for every group.
 
-    Shape: (B, C, T) -> (B, C, T).
+    Shape: (G, C, T, B) -> (G, C, T, B).
     """
 
-    def __init__(self, channels: int, dilation: int, opts: TimNetOptions) -> None:
+    def __init__(self, runs: int, channels: int, dilation: int, opts: TimNetOptions) -> None:
         super().__init__()
-        self.pad = (opts.kernel_size - 1) * dilation
+        g = 2 * runs
         layers: list[nn.Module] = []
         for _ in range(2):
-            layers += [nn.Conv1d(channels, channels, opts.kernel_size, dilation=dilation),
-                       nn.BatchNorm1d(channels, eps=1e-3, momentum=opts.bn_momentum),
-                       nn.ReLU(), nn.Dropout1d(opts.dropout)]
-        self.convs = nn.ModuleList(layers)
+            layers += [TemporalConv(g, channels, channels, opts.kernel_size, dilation),
+                       RunBatchNorm(runs, g * channels, eps=1e-3, momentum=opts.bn_momentum),
+                       nn.ReLU(), RunDropout(runs, opts.dropout)]
+        self.convs = nn.Sequential(*layers)
         self.residual = opts.residual
-        self.attention = (CausalAttention(channels, opts.d_model, opts.heads)
+        self.attention = (CausalAttention(g, channels, opts.d_model, opts.heads)
                           if opts.attention == "mha" else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x
-        for layer in self.convs:
-            if isinstance(layer, nn.Conv1d):
-                h = nn.functional.pad(h, (self.pad, 0))  # causal: only the past is seen
-            h = layer(h)
+        h = self.convs(x)
         out = x * torch.sigmoid(h) if self.residual == "mul" else x + h
         return self.attention(out) if self.attention is not None else out
 
 
 class Head(nn.Module):
-    """Fuses per-scale vectors with learned weights and classifies.
+    """Fuses per-scale vectors with learned weights and classifies, per run.
 
-    Shape: scales (B, S, C) -> fused (B, C) -> logits (B, num_classes).
+    Shape: scales (K, S, C, B) -> fused (K, B, C) -> logits (K, B, num_classes).
     """
 
-    def __init__(self, scales: int, channels: int, num_classes: int, fusion: str) -> None:
+    def __init__(self, runs: int, scales: int, channels: int, num_classes: int, fusion: str
+                 ) -> None:
         super().__init__()
         self.fusion = fusion
-        self.weight = nn.Parameter(torch.full((scales,), 1.0 / scales))
-        self.classifier = nn.Linear(channels, num_classes)
+        self.weight = nn.Parameter(torch.full((runs, scales), 1.0 / scales))
+        self.classifier = RunLinear(runs, channels, num_classes)
 
     def fuse(self, scales: Tensor) -> Tensor:
         if self.fusion == "diff":  # DeltaTIM: successive differences plus the last scale
             scales = torch.cat([scales[:, 1:] - scales[:, :-1], scales[:, -1:]], dim=1)
-        return torch.einsum("bsc,s->bc", scales, self.weight)
+        return torch.einsum("kscb,ks->kbc", scales, self.weight.to(scales.dtype))
 
     def forward(self, scales: Tensor) -> Tensor:
         return self.classifier(self.fuse(scales))
 
 
-def make_stem(kind: str, in_features: int, channels: int, momentum: float) -> nn.Module:
-    if kind == "none":
-        return nn.Identity()
-    layers: list[nn.Module] = [nn.Conv1d(in_features, channels, 1),
-                               nn.BatchNorm1d(channels, eps=1e-3, momentum=momentum)]
-    if kind == "bn_relu":
-        layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+class Stem(nn.Module):
+    """1x1 conv + BatchNorm (+ ReLU) per run. Shape: (K, F, T, B) -> (K, C, T, B)."""
+
+    def __init__(self, runs: int, in_features: int, channels: int, momentum: float, relu: bool
+                 ) -> None:
+        super().__init__()
+        self.conv = TemporalConv(runs, in_features, channels)
+        self.bn = RunBatchNorm(runs, runs * channels, eps=1e-3, momentum=momentum)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn(self.conv(x))
+        return torch.relu(h) if self.relu else h
+
+
+class InputConv(nn.Module):
+    """The stem output into both directions: (K, F', T, B) -> (2K, C, T, B), the backward
+    direction on the time-reversed input."""
+
+    def __init__(self, runs: int, in_features: int, channels: int) -> None:
+        super().__init__()
+        self.conv = TemporalConv(2 * runs, in_features, channels)
+
+    def forward(self, h: Tensor) -> Tensor:
+        k, f, t, b = h.shape
+        both = torch.stack([h, h.flip(2)], 1).view(2 * k, f, t, b)
+        return self.conv(both)
 
 
 @register("timnet", TimNetOptions)
 class TimNet(nn.Module):
     """TIM-Net with a general/specific split (see the module docstring).
 
-    Inputs: x (B, in_features, T), any T. Outputs: logits (B, num_classes).
+    Args:
+        opts: the options.
+        runs: K, how many independent copies this module trains at once.
     """
 
     options: TimNetOptions
+    packable = True  # every layer has a grouped form
 
-    def __init__(self, opts: TimNetOptions) -> None:
+    def __init__(self, opts: TimNetOptions, runs: int = 1) -> None:
         super().__init__()
-        self.options = opts
+        self.options, self.runs = opts, runs
         c, k = opts.filters, opts.split
-        stem = self._make_stem(opts)
-        stem_out = self._stem_features(opts)
-        blocks = {d: [TemporalAwareBlock(c, 2 ** i, opts) for i in range(opts.blocks)]
-                  for d in ("fwd", "bwd")}
+        blocks = [TemporalAwareBlock(runs, c, 2 ** i, opts) for i in range(opts.blocks)]
         self.general = nn.ModuleDict({
-            "stem": stem,
-            "in_fwd": nn.Conv1d(stem_out, c, 1),
-            "in_bwd": nn.Conv1d(stem_out, c, 1),
-            "fwd": nn.ModuleList(blocks["fwd"][:k]),
-            "bwd": nn.ModuleList(blocks["bwd"][:k]),
+            "stem": self._make_stem(opts),
+            "inputs": InputConv(runs, self._stem_features(opts), c),
+            "blocks": nn.ModuleList(blocks[:k]),
         })
-        self.specific = nn.ModuleDict({"fwd": nn.ModuleList(blocks["fwd"][k:]),
-                                       "bwd": nn.ModuleList(blocks["bwd"][k:])})
-        self.head = Head(opts.blocks, c, opts.num_classes, opts.fusion)
+        self.specific = nn.ModuleDict({"blocks": nn.ModuleList(blocks[k:])})
+        self.head = Head(runs, opts.blocks, c, opts.num_classes, opts.fusion)
 
-    # Subclasses put other front ends in the stem.
+    # Subclasses put other front ends in the stem: (K, B, F, T) -> (K, F', T, B).
     def _make_stem(self, opts: TimNetOptions) -> nn.Module:
-        return make_stem(opts.stem, opts.in_features, opts.filters, opts.bn_momentum)
+        if opts.stem == "none":
+            return _Transpose()
+        return nn.Sequential(_Transpose(), Stem(self.runs, opts.in_features, opts.filters,
+                                                opts.bn_momentum, opts.stem == "bn_relu"))
 
     def _stem_features(self, opts: TimNetOptions) -> int:
         return opts.in_features if opts.stem == "none" else opts.filters
 
     @property
     def embed_dim(self) -> int:
+        """Channels of every scale vector (C)."""
         return self.options.filters
 
+    @property
+    def general_dim(self) -> int:
+        """Width of :attr:`GeneralFeatures.vector` (split x C)."""
+        return self.options.split * self.options.filters
+
+    @property
+    def sequence_dim(self) -> int:
+        """Channels of :attr:`GeneralFeatures.sequence` (2 C)."""
+        return 2 * self.options.filters
+
+    def _pool(self, h: Tensor) -> Tensor:
+        g, c, t, b = h.shape
+        return h.view(g // 2, 2, c, t, b).sum(1).mean(2)  # (K, C, B): directions summed
+
     def forward_general(self, x: Tensor) -> GeneralFeatures:
-        g = self.general
-        h = g["stem"](x)  # (B, F', T)
-        fwd, bwd = g["in_fwd"](h), g["in_bwd"](h.flip(-1))  # (B, C, T) each
+        """x: (K, B, F, T) (or (B, F, T) for K = 1)."""
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        h = self.general["inputs"](self.general["stem"](x))  # (2K, C, T, B)
         pooled = []
-        for block_f, block_b in zip(g["fwd"], g["bwd"], strict=True):
-            fwd, bwd = block_f(fwd), block_b(bwd)
-            pooled.append((fwd + bwd).mean(-1))  # (B, C)
-        b, c = x.shape[0], self.options.filters
-        stacked = torch.stack(pooled, 1) if pooled else x.new_zeros(b, 0, c)
-        return GeneralFeatures(torch.stack([fwd, bwd], 1), stacked)
+        for block in self.general["blocks"]:
+            h = block(h)
+            pooled.append(self._pool(h))
+        k, b = x.shape[0], x.shape[1]
+        stacked = (torch.stack(pooled, 1) if pooled
+                   else h.new_zeros(k, 0, self.options.filters, b))
+        return GeneralFeatures(h, stacked)  # pooled (K, split, C, B)
 
     def forward_specific(self, g: GeneralFeatures) -> Tensor:
-        """All per-scale vectors, general then specific: (B, blocks, C)."""
-        fwd, bwd = g.seq[:, 0], g.seq[:, 1]
-        pooled = [g.pooled]
-        for block_f, block_b in zip(self.specific["fwd"], self.specific["bwd"], strict=True):
-            fwd, bwd = block_f(fwd), block_b(bwd)
-            pooled.append((fwd + bwd).mean(-1, keepdim=False).unsqueeze(1))
+        """All per-scale vectors, general then specific: (K, blocks, C, B)."""
+        h, pooled = g.state, [g.pooled]
+        for block in self.specific["blocks"]:
+            h = block(h)
+            pooled.append(self._pool(h).unsqueeze(1))
         return torch.cat(pooled, 1)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The fused embedding: (B, C)."""
-        return self.head.fuse(self.forward_specific(self.forward_general(x)))
+        """The fused embedding: (K, B, C), or (B, C) for a (B, F, T) input."""
+        z = self.head.fuse(self.forward_specific(self.forward_general(x)))
+        return z[0] if x.dim() == 3 else z
 
     def forward_head(self, z: Tensor) -> Tensor:
-        return self.head.classifier(z)
+        return self.head.classifier(z.unsqueeze(0))[0] if z.dim() == 2 else self.head.classifier(z)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        logits = self.head(self.forward_specific(self.forward_general(x)))  # (K, B, classes)
+        return logits[0] if x.dim() == 3 else logits
 
     def reset_head(self, num_classes: int) -> None:
         """A fresh head for ``num_classes``; ``general`` and ``specific`` are untouched."""
         self.options.num_classes = num_classes
         device = self.head.weight.device
-        self.head = Head(self.options.blocks, self.options.filters, num_classes,
+        self.head = Head(self.runs, self.options.blocks, self.options.filters, num_classes,
                          self.options.fusion).to(device)
+
+
+class _Transpose(nn.Module):
+    """(K, B, F, T) -> (K, F, T, B): the packed, time-major sequence layout."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1).contiguous()
+
+
+def upgrade_state(state: dict[str, Tensor], opts: TimNetOptions) -> dict[str, Tensor]:
+    """A state dict of the unfused TIM-Net of ser-transfer 0.1 (two convolutions and two
+    BatchNorms per block, ``general.in_fwd`` / ``in_bwd``, ``general.fwd.<i>`` / ``bwd.<i>``)
+    in this module's layout (runs = 1); other states are returned unchanged."""
+    if "general.in_fwd.weight" not in state:
+        return state
+    k = opts.split
+    new: dict[str, Tensor] = {}
+
+    def conv(prefix_f: str, prefix_b: str, out: str) -> None:
+        wf, wb = state[f"{prefix_f}.weight"], state[f"{prefix_b}.weight"]  # (Cout, Cin, k)
+        new[f"{out}.weight"] = torch.stack([wf, wb]).permute(0, 3, 1, 2).contiguous()
+        new[f"{out}.bias"] = torch.stack([state[f"{prefix_f}.bias"], state[f"{prefix_b}.bias"]])
+
+    def bn(prefix_f: str, prefix_b: str, out: str) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            new[f"{out}.{name}"] = torch.cat([state[f"{prefix_f}.{name}"],
+                                              state[f"{prefix_b}.{name}"]])
+
+    if "general.stem.0.weight" in state:  # stem conv + BatchNorm
+        new["general.stem.1.conv.weight"] = state["general.stem.0.weight"].permute(2, 0, 1)[None]
+        new["general.stem.1.conv.bias"] = state["general.stem.0.bias"][None]
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            new[f"general.stem.1.bn.{name}"] = state[f"general.stem.1.{name}"]
+    conv("general.in_fwd", "general.in_bwd", "general.inputs.conv")
+    for i in range(opts.blocks):
+        part, j = ("general", i) if i < k else ("specific", i - k)
+        for layer, (ci, bi) in enumerate(((0, 1), (4, 5))):
+            conv(f"{part}.fwd.{j}.convs.{ci}", f"{part}.bwd.{j}.convs.{ci}",
+                 f"{part}.blocks.{j}.convs.{4 * layer}")
+            bn(f"{part}.fwd.{j}.convs.{bi}", f"{part}.bwd.{j}.convs.{bi}",
+               f"{part}.blocks.{j}.convs.{4 * layer + 1}")
+    new["head.weight"] = state["head.weight"][None]
+    new["head.classifier.weight"] = state["head.classifier.weight"].t()[None].contiguous()
+    new["head.classifier.bias"] = state["head.classifier.bias"][None]
+    return new

@@ -2,6 +2,9 @@
 
 The encoder (input projection, sinusoidal positions, ``tf_layers`` encoder layers) is the stem,
 so it belongs to ``general``. With ``fusion = "diff"`` this is Transformer-DeltaTIM.
+
+The encoder has no grouped form here, so this backbone is not packable: the engine trains its
+runs one at a time (``runs = 1``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class TransformerTimNetOptions(TimNetOptions):
 
 
 class TransformerFront(nn.Module):
-    """Shape: (B, F, T) -> (B, tf_dim, T)."""
+    """Shape: (1, B, F, T) -> (1, tf_dim, T, B) (one run: the packed layout with K = 1)."""
 
     def __init__(self, opts: TransformerTimNetOptions) -> None:
         super().__init__()
@@ -49,7 +52,9 @@ class TransformerFront(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, opts.tf_layers, enable_nested_tensor=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.proj(x.transpose(1, 2))  # (B, T, d)
+        if x.shape[0] != 1:
+            raise ValueError("transformer_timnet is not packable: one run at a time")
+        h = self.proj(x[0].transpose(1, 2))  # (B, T, d)
         t, d = h.shape[1], h.shape[2]
         pos = torch.arange(t, device=x.device, dtype=h.dtype).unsqueeze(1)
         freq = torch.exp(torch.arange(0, d, 2, device=x.device, dtype=h.dtype)
@@ -57,12 +62,19 @@ class TransformerFront(nn.Module):
         pe = torch.zeros(t, d, device=x.device, dtype=h.dtype)
         pe[:, 0::2] = torch.sin(pos * freq)
         pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
-        return self.encoder(h + pe).transpose(1, 2)
+        return self.encoder(h + pe).permute(2, 1, 0).unsqueeze(0).contiguous()  # (1, d, T, B)
 
 
 @register("transformer_timnet", TransformerTimNetOptions)
 class TransformerTimNet(TimNet):
     """Transformer encoder -> TIM-Net. Inputs (B, in_features, T); outputs (B, num_classes)."""
+
+    packable = False
+
+    def __init__(self, opts: TimNetOptions, runs: int = 1) -> None:
+        if runs != 1:
+            raise OptionError("transformer_timnet is not packable: build it with runs = 1")
+        super().__init__(opts, runs)
 
     def _make_stem(self, opts: TimNetOptions) -> nn.Module:
         assert isinstance(opts, TransformerTimNetOptions)

@@ -61,3 +61,18 @@ def test_mmd_has_gradient():
     x = torch.randn(10, 4, requires_grad=True)
     MultiKernelMMD()(x, torch.randn(12, 4) + 1).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_mmd_of_packed_runs_equals_each_run_alone():
+    torch.manual_seed(3)
+    x, y = torch.randn(3, 16, 8), torch.randn(3, 20, 8) * 1.5 + 0.3
+    packed = MultiKernelMMD()(x, y)
+    assert packed.shape == (3,)
+    for k in range(3):
+        torch.testing.assert_close(packed[k], MultiKernelMMD()(x[k], y[k]))
+
+
+def test_reversal_coefficient_per_run():
+    x = torch.ones(3, 4, 2, requires_grad=True)
+    reverse_gradient(x, torch.tensor([0.0, 0.5, 1.0])).sum().backward()
+    assert x.grad[:, 0, 0].tolist() == [0.0, -0.5, -1.0]

@@ -38,9 +38,10 @@ def test_forward_backward_shapes(name, opts, frames):
     m = small(name, **opts)
     x = torch.randn(3, 39, frames)
     g = m.forward_general(x)
-    assert g.seq.shape[:3] == (3, 2, 8) and g.seq.shape[3] == frames
-    assert g.pooled.shape == (3, 2, 8)
-    assert m.forward_specific(g).shape == (3, 4, 8)
+    assert g.state.shape == (2, 8, frames, 3)  # (2K, C, T, B), K = 1
+    assert g.sequence.shape == (1, 16, frames, 3) and g.vector.shape == (1, 3, 16)
+    assert g.pooled.shape == (1, 2, 8, 3)
+    assert m.forward_specific(g).shape == (1, 4, 8, 3)
     z = m.forward_features(x)
     assert z.shape == (3, 8)
     assert m.forward_head(z).shape == (3, 3)
@@ -71,8 +72,8 @@ def test_forward_direction_is_causal(opts):
     y = x.clone()
     y[:, :, 40:] = torch.randn(2, 39, 20)  # change only the future
     with torch.no_grad():
-        a = m.forward_general(x).seq[:, 0]
-        b = m.forward_general(y).seq[:, 0]
+        a = m.forward_general(x).sequence[0, :8].transpose(1, 2)  # forward direction (C, B, T)
+        b = m.forward_general(y).sequence[0, :8].transpose(1, 2)
     torch.testing.assert_close(a[..., :40], b[..., :40])
     assert not torch.allclose(a[..., 40:], b[..., 40:])
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import tiny_recipe
 
 from transfer.recipe import load_recipe
@@ -102,12 +103,13 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
 
     original = run_mod.Experiment._train_and_test
 
-    def tagged(self, entry, cls, split, spec, on_epoch):
-        cls._fold = split.fold
-        return original(self, entry, cls, split, spec, on_epoch)
+    def tagged(self, entry, cls, specs, on_epoch):
+        cls._fold = self.splits[(specs[0].fold, specs[0].seed)].fold
+        return original(self, entry, cls, specs, on_epoch)
 
     monkeypatch.setattr(run_mod.Experiment, "_train_and_test", tagged)
-    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_explodes", "scratch"]))
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_explodes", "scratch"]),
+                         ["train.pack=1"])  # one run per pack: the failure hits one run
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     assert failed == 1
     records = read_records(out / "runs.jsonl")
@@ -117,6 +119,57 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     row = table.set_index("strategy").loc["_explodes"]
     assert row["failed"] == 1 and row["runs"] == 1
     assert "(1 failed)" in (out / "table.md").read_text()
+
+
+@dataclass
+class _NanOptions:
+    bad_seed: int = 1
+
+
+@register("_nan_for_one_seed")
+class _NanForOneSeed(Scratch):
+    """Scratch whose loss is NaN for the run with one seed: one diverging run in a pack."""
+
+    Options = _NanOptions
+
+    def loss(self, tgt, src, progress):
+        ce, logs = super().loss(tgt, src, progress)
+        seeds = next(m.run_state.seed for m in self.modules() if getattr(m, "run_state", None))
+        return torch.where(seeds == self.opts.bad_seed, float("nan"), ce), logs
+
+
+def test_a_diverging_run_fails_alone_and_its_pack_goes_on(tmp_path):
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_nan_for_one_seed"]),
+                         ["seeds=[0, 1]"])
+    out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
+    records = read_records(out / "runs.jsonl")
+    assert {r["pack"] for r in records} == {4}  # 2 folds x 2 seeds trained as one model
+    assert failed == 2 and table.loc[0, "runs"] == 2
+    for r in records:
+        assert (r["status"] == "failed") == (r["seed"] == 1)
+        if r["seed"] == 1:
+            assert "diverged" in r["error"]
+
+
+def test_a_raising_pack_fails_its_runs_and_the_grid_goes_on(tmp_path, monkeypatch):
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_explodes", "scratch"]))
+    monkeypatch.setattr(_Explodes, "_fold", 1, raising=False)  # every pack raises
+    out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
+    records = read_records(out / "runs.jsonl")
+    bad = [r for r in records if r["status"] == "failed"]
+    assert failed == 2 and {r["strategy"] for r in bad} == {"_explodes"}
+    assert all("injected failure" in r["error"] and r["pack"] == 2 for r in bad)
+    assert sum(r["status"] == "ok" for r in records) == 2
+
+
+def test_packed_grid_table_equals_one_by_one(tmp_path):
+    recipe = tiny_recipe(tmp_path / "r.toml", ["scratch", "dann", "mmd_ae"])
+    one, _, _ = run_recipe(load_recipe(recipe, ["train.pack=1"]), results_dir=tmp_path / "one",
+                           progress=False)
+    packed, _, failed = run_recipe(load_recipe(recipe), results_dir=tmp_path / "packed",
+                                   progress=False)
+    assert failed == 0
+    pd.testing.assert_frame_equal(_table(packed)[METRIC_COLS], _table(one)[METRIC_COLS])
 
 
 def test_cli_exit_status_is_nonzero_when_runs_fail(tmp_path):

@@ -33,9 +33,9 @@ def _domains(seed: int, n: int = 300, f: int = 8, t: int = 40, strength: float =
     return dom(make(False)), dom(make(True))
 
 
-def _make(k: int):
-    return backbones.create("timnet", in_features=8, filters=8, blocks=3, split=2, num_classes=k,
-                            stem="bn")
+def _make(k: int, runs: int = 1):
+    return backbones.create("timnet", runs=runs, in_features=8, filters=8, blocks=3, split=2,
+                            num_classes=k, stem="bn")
 
 
 CFG = TrainConfig(epochs=15, batch_size=16, lr=3e-3, amp=False)  # the mechanism, in fp32

@@ -1,6 +1,9 @@
 """Shared domain-alignment pieces: gradient reversal, MMD, discriminator, projectors.
 
 One of each, used by every strategy that needs it (dann, mmd_ae, ddg) and by the diagnostics.
+Every piece works on K packed runs at once (a leading run dimension, see
+:mod:`backbones.layers`) and returns one value per run; nothing synchronises with the host, so
+a training step that uses them can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -11,40 +14,54 @@ import torch
 from geomloss import SamplesLoss
 from torch import Tensor, nn
 
+from backbones.layers import RunBatchNorm, RunDropout, RunLinear, TemporalConv
 
-def grl_coefficient(progress: float, gamma: float = 10.0) -> float:
-    """Ganin & Lempitsky's schedule 2 / (1 + exp(-gamma p)) - 1, p = training progress in [0, 1]."""
+
+def grl_coefficient(progress: float | Tensor, gamma: float = 10.0) -> float | Tensor:
+    """Ganin & Lempitsky's schedule 2 / (1 + exp(-gamma p)) - 1, p = training progress in [0, 1].
+
+    ``progress`` may be a tensor (kept on its device)."""
+    if isinstance(progress, Tensor):
+        return 2.0 / (1.0 + torch.exp(-gamma * progress)) - 1.0
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
 class _ReverseGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, coeff: float) -> Tensor:  # noqa: ANN001
-        ctx.coeff = coeff
+    def forward(ctx, x: Tensor, coeff: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(coeff)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        return -ctx.coeff * grad, None
+        (coeff,) = ctx.saved_tensors
+        return -coeff.to(grad.dtype) * grad, None
 
 
-def reverse_gradient(x: Tensor, coeff: float = 1.0) -> Tensor:
-    """Identity forward; the gradient is multiplied by ``-coeff`` on the way back."""
-    return _ReverseGrad.apply(x, coeff)
+def reverse_gradient(x: Tensor, coeff: float | Tensor = 1.0) -> Tensor:
+    """Identity forward; the gradient is multiplied by ``-coeff`` on the way back.
+
+    ``coeff``: a number, or (K,) per run for packed inputs (K, ...)."""
+    c = torch.as_tensor(coeff, dtype=torch.float32, device=x.device)
+    if c.dim() == 1:
+        c = c.view(-1, *([1] * (x.dim() - 1)))
+    return _ReverseGrad.apply(x, c)
 
 
 class GradientReversal(nn.Module):
     """Gradient reversal layer whose coefficient follows :func:`grl_coefficient`.
 
-    Set ``progress`` (0..1) before the forward pass; ``max_coeff`` scales the schedule.
+    Set ``progress`` (0..1, a float or a 0-d tensor) before the forward pass; ``max_coeff``
+    scales the schedule.
     """
 
     def __init__(self, max_coeff: float = 1.0, gamma: float = 10.0) -> None:
         super().__init__()
-        self.max_coeff, self.gamma, self.progress = max_coeff, gamma, 0.0
+        self.max_coeff, self.gamma = max_coeff, gamma
+        self.progress: float | Tensor = 0.0
 
     @property
-    def coeff(self) -> float:
+    def coeff(self) -> float | Tensor:
         return self.max_coeff * grl_coefficient(self.progress, self.gamma)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -52,41 +69,55 @@ class GradientReversal(nn.Module):
 
 
 class MultiKernelMMD(nn.Module):
-    """Squared MMD with a sum of Gaussian kernels, computed by geomloss.
+    """Squared MMD with a sum of Gaussian kernels, computed by geomloss, per run.
 
     The bandwidths are ``kernels`` powers of ``ratio`` centred on the mean pairwise distance of
-    the pooled samples (detached), which makes the loss scale-free. geomloss' ``"gaussian"``
-    loss with blur s is half the squared MMD under k(x, y) = exp(-|x - y|^2 / (2 s^2)); memory is
-    O(n m), never O((n + m)^2 d).
+    the pooled samples of each run (detached), which makes the loss scale-free. Since the
+    Gaussian MMD with bandwidth s on (x, y) equals the one with bandwidth 1 on (x / s, y / s),
+    each run's samples are divided by its centre and geomloss runs with fixed blurs on all runs
+    at once (its batched "tensorized" backend). geomloss' ``"gaussian"`` loss with blur s is
+    half the squared MMD under k(x, y) = exp(-|x - y|^2 / (2 s^2)); memory is O(n m) per run,
+    never O((n + m)^2 d).
 
-    Inputs: x (N, D), y (M, D). Output: a scalar.
+    Inputs: x (K, N, D), y (K, M, D) (or (N, D), (M, D)). Output: (K,) (or a scalar).
     """
 
     def __init__(self, kernels: int = 5, ratio: float = 2.0) -> None:
         super().__init__()
         self.kernels, self.ratio = kernels, ratio
+        half = kernels // 2
+        self.losses = [SamplesLoss("gaussian", blur=ratio ** (i - half), backend="tensorized")
+                       for i in range(kernels)]
 
-    def bandwidths(self, x: Tensor, y: Tensor) -> list[float]:
+    @staticmethod
+    def centre(x: Tensor, y: Tensor) -> Tensor:
+        """Mean pairwise distance of the pooled samples, per run: (K,)."""
         with torch.no_grad():
-            z = torch.cat([x, y]).float()
-            n = z.shape[0]
-            mean_dist = torch.cdist(z, z).sum() / max(n * (n - 1), 1)
-            centre = max(float(mean_dist), 1e-6)
+            z = torch.cat([x, y], -2).float()
+            n = z.shape[-2]
+            return (torch.cdist(z, z).sum((-1, -2)) / max(n * (n - 1), 1)).clamp_min(1e-6)
+
+    def bandwidths(self, x: Tensor, y: Tensor) -> Tensor:
+        """(K, kernels): the bandwidths of every run."""
         half = self.kernels // 2
-        return [centre * self.ratio ** (i - half) for i in range(self.kernels)]
+        powers = torch.tensor([self.ratio ** (i - half) for i in range(self.kernels)],
+                              device=x.device)
+        return self.centre(x, y).unsqueeze(-1) * powers
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        x, y = x.float(), y.float()
-        total = x.new_zeros(())
+        single = x.dim() == 2
+        if single:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
         with torch.autocast(device_type=x.device.type, enabled=False):  # kernels in fp32
-            for blur in self.bandwidths(x, y):
-                loss = SamplesLoss("gaussian", blur=blur, backend="tensorized")
-                total = total + 2.0 * loss(x, y)
-        return total
+            x, y = x.float(), y.float()
+            scale = self.centre(x, y).view(-1, 1, 1)
+            xs, ys = x / scale, y / scale
+            total = sum(2.0 * loss(xs, ys) for loss in self.losses)  # (K,)
+        return total[0] if single else total
 
 
 def mmd_reference(x: Tensor, y: Tensor, bandwidths: list[float]) -> Tensor:
-    """The same squared MMD by the direct (biased) kernel formula; for tests."""
+    """The same squared MMD by the direct (biased) kernel formula, one run; for tests."""
 
     def k(a: Tensor, b: Tensor) -> Tensor:
         d2 = torch.cdist(a, b) ** 2
@@ -96,12 +127,15 @@ def mmd_reference(x: Tensor, y: Tensor, bandwidths: list[float]) -> Tensor:
 
 
 class DomainDiscriminator(nn.Module):
-    """MLP that tells source (1) from target (0). Shape: (B, D) -> (B,) logits."""
+    """MLP that tells source (1) from target (0), one per run. Shape: (K, B, D) -> (K, B)."""
 
-    def __init__(self, in_dim: int, hidden: int = 64, dropout: float = 0.1) -> None:
+    def __init__(self, in_dim: int, hidden: int = 64, dropout: float = 0.1, runs: int = 1
+                 ) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(RunLinear(runs, in_dim, hidden), nn.ReLU(),
+                                 RunDropout(runs, dropout, channels=False),
+                                 RunLinear(runs, hidden, hidden), nn.ReLU(),
+                                 RunLinear(runs, hidden, 1))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).squeeze(-1)
@@ -109,50 +143,51 @@ class DomainDiscriminator(nn.Module):
 
 def adversarial_loss(disc: DomainDiscriminator, source: Tensor, target: Tensor
                      ) -> tuple[Tensor, Tensor]:
-    """Binary cross-entropy of the discriminator on both domains, and its accuracy.
+    """Binary cross-entropy of the discriminator on both domains, and its accuracy, per run.
 
+    Inputs: (K, N, D) and (K, M, D). Outputs: (K,) and (K,).
     Put a :class:`GradientReversal` in front of the features so that the features learn to
     confuse the discriminator while it learns to separate them.
     """
-    logits = torch.cat([disc(source), disc(target)])
-    labels = torch.cat([torch.ones(source.shape[0], device=logits.device),
-                        torch.zeros(target.shape[0], device=logits.device)])
-    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
-    acc = ((logits > 0).float() == labels).float().mean().detach()
-    return loss, acc
+    logits = torch.cat([disc(source), disc(target)], 1).float()  # (K, N + M)
+    labels = torch.cat([logits.new_ones(source.shape[:2]), logits.new_zeros(target.shape[:2])], 1)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    acc = ((logits > 0).float() == labels).float().mean(1).detach()
+    return loss.mean(1), acc
 
 
 class Projector(nn.Module):
-    """Small conv encoder from general sequence features to an alignment space.
+    """Small conv encoder from general sequence features to an alignment space, per run.
 
-    Inputs: seq (B, 2, C, T) from ``forward_general``. Output: (B, out_dim), time-averaged.
+    Inputs: seq (K, D, T, B), time-aligned (``GeneralFeatures.sequence``: for TIM-Net both
+    directions in forward time, so the kernel mixes neighbouring moments, not t and T - 1 - t).
+    Output: (K, B, out_dim), time-averaged.
     """
 
-    def __init__(self, channels: int, out_dim: int = 64) -> None:
+    def __init__(self, channels: int, out_dim: int = 64, runs: int = 1) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv1d(2 * channels, out_dim, 3, padding=1), nn.BatchNorm1d(out_dim), nn.ReLU(),
-            nn.Conv1d(out_dim, out_dim, 3, padding=1))
+            TemporalConv(runs, channels, out_dim, 3, causal=False),
+            RunBatchNorm(runs, runs * out_dim), nn.ReLU(),
+            TemporalConv(runs, out_dim, out_dim, 3, causal=False))
         self.decoder = nn.Sequential(  # used only for autoencoder pretraining
-            nn.Conv1d(out_dim, out_dim, 3, padding=1), nn.ReLU(),
-            nn.Conv1d(out_dim, 2 * channels, 3, padding=1))
-
-    def encode_sequence(self, seq: Tensor) -> Tensor:
-        return self.encoder(seq.flatten(1, 2))  # (B, out_dim, T)
+            TemporalConv(runs, out_dim, out_dim, 3, causal=False), nn.ReLU(),
+            TemporalConv(runs, out_dim, channels, 3, causal=False))
 
     def forward(self, seq: Tensor) -> Tensor:
-        return self.encode_sequence(seq).mean(-1)
+        return self.encoder(seq).mean(2).transpose(1, 2)  # (K, B, out_dim)
 
     def reconstruction_loss(self, seq: Tensor) -> Tensor:
-        flat = seq.flatten(1, 2)
-        return nn.functional.mse_loss(self.decoder(self.encoder(flat)), flat)
+        """Mean squared reconstruction error per run: (K,)."""
+        err = (self.decoder(self.encoder(seq)) - seq) ** 2
+        return err.flatten(1).mean(1)
 
 
 def alignment_loss(mmd: MultiKernelMMD, disc: DomainDiscriminator, grl: GradientReversal,
-                   source: Tensor, target: Tensor, progress: float, mmd_weight: float,
+                   source: Tensor, target: Tensor, progress: float | Tensor, mmd_weight: float,
                    adv_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
     """``mmd_weight`` * MMD + ``adv_weight`` * adversarial loss (behind ``grl``) between two
-    batches of aligned features, with the values to log."""
+    batches of aligned features (K, N, D) and (K, M, D), per run, with the values to log."""
     value = mmd(source, target)
     grl.progress = progress
     adv, acc = adversarial_loss(disc, grl(source), grl(target))

@@ -1,18 +1,21 @@
 """Benchmarks: feature extraction, training throughput, grid wall time, fraction of peak.
 
-``python -m transfer.bench [--quick] [--json] [--device cpu|cuda] [--compile] [--jobs N]``
+``python -m transfer.bench [--quick] [--json] [--device cpu|cuda] [--fp32] [--pack K]
+[--grid-epochs E] [--compile] [--jobs N] [--skip features train grid]``
 
 Writes ``results/bench/<timestamp>.json`` and ``.md`` and prints a summary:
 
 - feature extraction: seconds of audio per wall second on a synthetic MODMA-like corpus
   (44.1 kHz, resampled to 16 kHz, MFCC-39, 10-s windows), cache cold, one worker per core;
-- training throughput of ``timnet`` (39 x 313 segments, forward + backward) with this engine
-  against a reference loop written the way the research code trains (a DataLoader over
-  per-segment tensors, batch 64, fp32, a host-to-device copy and a ``.item()`` per batch),
-  same model, data and machine, in this process; their ratio;
+- training throughput of TIM-Net (39 x 313 segments, forward + backward) in this process:
+  a reference loop written the way the research code trains (the plain unfused model, a
+  DataLoader over per-segment tensors, batch 64, fp32, a host-to-device copy and a
+  ``.item()`` per batch), this engine on one run, and this engine on ``--pack`` K runs packed
+  into one model (segment-steps per second summed over runs); the speedups;
 - the wall time of a grid on MODMA-sized synthetic features (52 subjects, ~3,500 segments of
-  39 x 313; source 1,200 x 39 x 188): 7 strategies x 5 folds x 3 seeds x 60 epochs, or in
-  ``--quick`` mode a reduced grid that the output states;
+  39 x 313; source 1,200 x 39 x 188): 7 strategies x 5 folds x 3 seeds x 60 epochs, packed,
+  or in ``--quick`` mode a reduced grid that the output states; ``--grid-epochs E`` times E
+  epochs of every pack and extrapolates (stated in the output);
 - achieved fraction of the device's peak: model FLOPs per segment x segments per second /
   the peak FLOP/s assumed for the device (stated).
 """
@@ -51,6 +54,22 @@ def cpu_peak() -> tuple[float, str]:
     except OSError:
         pass
     return cores * ghz * 1e9 * 32, f"{cores} cores x {ghz:.2f} GHz x 32 fp32 FLOP/cycle (FMA)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has native bf16 (cpuinfo)."""
+    from transfer.engine import cpu_has_native_bf16
+
+    name = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{name} ({os.cpu_count()} cores, {bf16})"
 
 
 def device_peak(device: torch.device) -> tuple[float, str]:
@@ -92,21 +111,25 @@ def bench_features(size: str) -> dict[str, Any]:
 
 
 # --- training throughput -----------------------------------------------------------------------
-def _model():
+def _model(runs: int = 1):
     import backbones
 
-    return backbones.create("timnet", in_features=39, filters=39, blocks=8, num_classes=2)
+    return backbones.create("timnet", runs=runs, in_features=39, filters=39, blocks=8,
+                            num_classes=2)
 
 
 def reference_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epochs: int) -> float:
-    """The research code's way: DataLoader over per-segment tensors, batch 64, fp32, a copy to
-    the device and a ``.item()`` per batch. Returns segments per second."""
+    """The research code's way: the plain TIM-Net (two ``nn.Conv1d`` per block and direction),
+    a DataLoader over per-segment tensors, batch 64, fp32, a copy to the device and a
+    ``.item()`` per batch. Returns segments per second."""
     from torch.utils.data import DataLoader
 
+    from backbones.reference import ReferenceTimNet
+
     torch.manual_seed(0)
-    model = _model().to(device)
+    model = ReferenceTimNet(39, 39, 8, 3, 2).to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.93, 0.98))
-    loader = DataLoader(list(zip(x, y)), batch_size=64, shuffle=True)
+    loader = DataLoader(list(zip(x, y)), batch_size=64, shuffle=True, drop_last=True)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def epoch() -> int:
@@ -131,10 +154,12 @@ def reference_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epoch
 
 
 def engine_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epochs: int,
-                compile_model: bool) -> float:
-    """This engine: features resident on the device, batches by index, no per-step sync,
-    bf16 autocast on CUDA, optional torch.compile. Returns segments per second."""
-    from transfer.engine import DomainTensors, Standardizer, fit
+                runs: int, compile_model: bool = False, amp: bool = True,
+                cuda_graph: bool = True) -> float:
+    """This engine on ``runs`` packed runs (each its own seed, all on the same segments, batch
+    64 each): features resident on the device, batches by index, no per-step sync, the step
+    captured in a CUDA graph on CUDA. Returns segment-steps per second summed over runs."""
+    from transfer.engine import DomainTensors, Standardizer, build_pack, fit_runs
     from transfer.recipe import TrainConfig
     from transfer.strategies import Context
     from transfer.strategies.scratch import Scratch, ScratchOptions
@@ -142,17 +167,20 @@ def engine_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epochs: 
     xd, yd = x.to(device), y.to(device)
     idx = torch.arange(len(y), device=device)
     dom = DomainTensors(xd, yd, Standardizer.fit(xd, None, enabled=False), idx, None)
-    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-3, select="last", compile=compile_model)
-    strategy = Scratch(Context(lambda k: _model(), 2, label_smoothing=0.1), ScratchOptions())
-    fit(strategy, dom, None, cfg, 0, device)  # warm-up (and compilation)
+    seeds = list(range(runs))
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-3, select="last", compile=compile_model,
+                      amp=amp, cuda_graph=cuda_graph)
+    ctx = Context(lambda k, r: _model(r), 2, label_smoothing=0.1)
+    strategy = build_pack(Scratch, ctx, ScratchOptions(), seeds)
+    fit_runs(strategy, dom, None, cfg, seeds, device)  # warm-up (and compilation)
     cfg.compile = False  # already compiled
     _sync(device)
     t0 = time.perf_counter()
     cfg.epochs = epochs
-    fit(strategy, dom, None, cfg, 0, device)
+    fit_runs(strategy, dom, None, cfg, seeds, device)
     _sync(device)
     steps = len(y) // 64
-    return steps * 64 * epochs / (time.perf_counter() - t0)
+    return runs * steps * 64 * epochs / (time.perf_counter() - t0)
 
 
 def flops_per_segment(device: torch.device) -> float:
@@ -165,24 +193,31 @@ def flops_per_segment(device: torch.device) -> float:
     return counter.get_total_flops() / 8
 
 
-def bench_training(device: torch.device, n: int, epochs: int, compile_model: bool,
-                   repeats: int = 2) -> dict[str, Any]:
+def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile_model: bool,
+                   amp: bool = True, repeats: int = 2) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 39, 313, generator=g)
     y = torch.randint(0, 2, (n,), generator=g)
-    refs, ours_all = [], []
+    refs, ones, packs = [], [], []
     for _ in range(repeats):  # alternate, keep each one's best: robust to a busy machine
         refs.append(reference_loop(x, y, device, epochs))
-        ours_all.append(engine_loop(x, y, device, epochs, compile_model))
-    ref, ours = max(refs), max(ours_all)
+        ones.append(engine_loop(x, y, device, epochs, 1, compile_model, amp))
+        packs.append(engine_loop(x, y, device, epochs, pack, compile_model, amp))
+    ref, one, packed = max(refs), max(ones), max(packs)
     flops = flops_per_segment(device)
     peak, peak_note = device_peak(device)
+    from transfer.engine import amp_enabled
+
     return {"train_segments": n, "train_epochs_timed": epochs,
-            "reference_segments_per_s": round(ref, 1), "engine_segments_per_s": round(ours, 1),
-            "train_speedup_vs_reference": round(ours / ref, 2),
+            "precision": "bf16 autocast" if amp_enabled(device, amp) else "fp32",
+            "reference_segments_per_s": round(ref, 1), "engine_segments_per_s": round(one, 1),
+            "packed_runs": pack, "packed_segments_per_s": round(packed, 1),
+            "train_speedup_vs_reference": round(one / ref, 2),
+            "packed_speedup_vs_reference": round(packed / ref, 2),
             "model_gflops_per_segment_fwd_bwd": round(flops / 1e9, 4),
             "peak_flops": peak, "peak_assumption": peak_note,
-            "achieved_fraction_of_peak": round(flops * ours / peak, 4),
+            "achieved_fraction_of_peak_one_run": round(flops * one / peak, 4),
+            "achieved_fraction_of_peak_packed": round(flops * packed / peak, 4),
             "compile": compile_model}
 
 
@@ -235,7 +270,11 @@ def synthetic_domains(subjects: int, per_subject: int, source_n: int, seed: int 
     return target, source
 
 
-def bench_grid(device: torch.device, quick: bool, jobs: int | None) -> dict[str, Any]:
+def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice: int = 0,
+               amp: bool = True, pack: int = 0) -> dict[str, Any]:
+    """Time a grid (pretraining excluded). ``epochs_slice`` > 0 trains every pack for that many
+    epochs and extrapolates to the grid's epochs (a pack's epoch costs the same all along: no
+    early stopping here)."""
     from transfer.executors import execute_all
     from transfer.pretrain import pretrain
     from transfer.protocols import make_splits
@@ -247,29 +286,37 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None) -> dict[str,
         folds, seeds, epochs, subjects, per = 2, [0], 3, 52, 8
     else:
         folds, seeds, epochs, subjects, per = 5, [0, 1, 2], 60, 52, 67
+    timed = min(epochs_slice, epochs) if epochs_slice > 0 else epochs
     recipe = parse_recipe({
         "name": "bench-grid", "seeds": seeds, "target": {"corpus": "modma"},
         "source": {"corpus": "casia"}, "backbone": {"options": {"split": 3, "stem": "bn"}},
-        "pretrain": {"epochs": 2}, "train": {"epochs": epochs, "batch_size": 32},
+        "pretrain": {"epochs": 2}, "train": {"epochs": timed, "batch_size": 32, "amp": amp,
+                                              "pack": pack},
         "protocol": {"folds": folds}, "diagnostics": {"enabled": False},
         "strategies": [{"name": s} for s in strategies]})
     target, source = synthetic_domains(subjects, per, 240 if quick else 1200)
-    exp = Experiment(recipe, progress=False, device=device)
-    exp.target, exp.source = target, source
     with tempfile.TemporaryDirectory() as tmp:
-        exp.pretrained = pretrain(recipe, source, device, root=Path(tmp))
-        for split in make_splits(recipe.protocol, target.groups, target.y, seeds):
-            exp.splits[(split.fold, split.seed)] = split
+        pre = pretrain(recipe, source, device, root=Path(tmp))
+        splits = make_splits(recipe.protocol, target.groups, target.y, seeds)
+        exp = Experiment.from_domains(recipe, target, source, pre, splits, device=device,
+                                      progress=False)
         plan = exp.plan()
         _sync(device)
         t0 = time.perf_counter()
         execute_all(exp, plan, Path(tmp) / "runs.jsonl", progress=False, jobs=jobs)
         _sync(device)
         seconds = time.perf_counter() - t0
+        packs = exp.packs(plan)
     grid = (f"{len(strategies)} strategies x {folds} folds x {len(seeds)} seed(s) x {epochs} "
             f"epochs on {subjects} subjects x {per} segments of 39 x 313")
-    return {"grid": grid, "grid_runs": len(plan), "grid_seconds": round(seconds, 1),
-            "grid_full": not quick, "grid_jobs": jobs or recipe.jobs}
+    out = {"grid": grid, "grid_runs": len(plan), "grid_packs": len(packs),
+           "grid_jobs": jobs or recipe.jobs, "grid_full": not quick}
+    if timed < epochs:
+        out.update(grid_epochs_timed=timed, grid_seconds_timed=round(seconds, 1),
+                   grid_seconds=round(seconds * epochs / timed, 1), grid_extrapolated=True)
+    else:
+        out.update(grid_seconds=round(seconds, 1), grid_extrapolated=False)
+    return out
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -290,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile in the engine")
-    parser.add_argument("--jobs", type=int, help="runs at once in the grid")
+    parser.add_argument("--jobs", type=int, help="worker processes in the grid")
+    parser.add_argument("--pack", type=int, default=15,
+                        help="runs packed into one model in the packed training measure")
+    parser.add_argument("--grid-epochs", type=int, default=0, metavar="E",
+                        help="time every pack of the grid for E epochs and extrapolate")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (train.amp=false)")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--skip", nargs="*", default=[], choices=["features", "train", "grid"])
     args = parser.parse_args(argv)
@@ -298,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(args.device or "auto")
     result: dict[str, Any] = {"timestamp": dt.datetime.now().isoformat(timespec="seconds"),
-                              "device": str(device) if device.type == "cpu"
+                              "device": cpu_model() if device.type == "cpu"
                               else torch.cuda.get_device_name(device),
                               "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "quick": args.quick}
@@ -308,11 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     if "train" not in args.skip:
         console.print("training throughput ...")
         n = 256 if args.quick and device.type == "cpu" else 2048
-        result.update(bench_training(device, n, 1 if args.quick else 3, args.compile))
+        result.update(bench_training(device, n, 1 if args.quick else 3, args.pack, args.compile,
+                                     amp=not args.fp32))
         result["profile"] = profile_step(device)
     if "grid" not in args.skip:
         console.print("grid ...")
-        result.update(bench_grid(device, args.quick, args.jobs))
+        result.update(bench_grid(device, args.quick, args.jobs, args.grid_epochs,
+                                 amp=not args.fp32))
     out = Path(args.results_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

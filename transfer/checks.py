@@ -54,9 +54,9 @@ def timnet_casia(root: str | None, epochs: int, protocol: str, device: torch.dev
     else:
         folds = list(LeaveOneGroupOut().split(feats.x, y, groups))
 
-    def make(k: int) -> torch.nn.Module:
-        return backbones.create("timnet", in_features=39, filters=39, blocks=8, num_classes=k,
-                                dropout=0.1, bn_momentum=0.01)
+    def make(k: int, runs: int = 1) -> torch.nn.Module:
+        return backbones.create("timnet", runs=runs, in_features=39, filters=39, blocks=8,
+                                num_classes=k, dropout=0.1, bn_momentum=0.01)
 
     accs, uars, secs = [], [], []
     for i, (tr, te) in enumerate(folds):

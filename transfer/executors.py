@@ -1,14 +1,19 @@
 """Executors: who runs the planned runs of a grid.
 
-- ``local``, ``jobs = 1``: one after the other in this process.
+The unit of work is a pack: the runs of one strategy entry (folds x seeds) trained together as
+one model (see :mod:`transfer.engine`); ``train.pack = 1`` makes every run its own pack.
+
+- ``local``, ``jobs = 1``: one pack after the other in this process.
 - ``local``, ``jobs > 1``: that many worker processes (each loads the data and the pretrained
-  model once, from the content-addressed caches the parent has already filled), on a GPU
-  several runs share it; results are identical to running them one by one, since every run
-  seeds itself.
-- ``ray``: one Ray task per run with its CPU/GPU share (the optional ``ray`` extra).
+  model once, from the content-addressed caches the parent has already filled), one pack per
+  task; results are identical to running them one by one, since every run seeds itself.
+- ``ray``: one Ray task per pack with its CPU/GPU share (the optional ``ray`` extra).
 
 Whoever runs them, the parent appends each finished run's record to ``runs.jsonl`` at once
-(flushed and fsynced), so an interrupted grid loses no finished run.
+(flushed and fsynced), so an interrupted grid loses no finished pack.
+
+This module runs units of work handed to it; it never imports the module that plans a grid
+(:mod:`transfer.run`), so the two cannot import each other.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from transfer.progress import progress_bar
 
 
 def default_jobs(device: torch.device) -> int:
-    """Runs at once when the recipe says 0: a few per GPU, one on a small CPU."""
+    """Worker processes when the recipe says 0: one per GPU (packs fill it), one on a small
+    CPU."""
     if device.type == "cuda":
-        return 4
+        return 1
     return max(1, (os.cpu_count() or 1) // 4)
 
 
@@ -49,76 +55,85 @@ def _record(path: Path, record: dict[str, Any]) -> None:
                       f"seed {record['seed']}: {record['error']}")
 
 
+def _pack_label(pack: list) -> str:
+    first = pack[0]
+    if len(pack) == 1:
+        return f"{first.strategy} fold {first.fold} seed {first.seed}"
+    return f"{first.strategy} ({len(pack)} runs packed)"
+
+
 def execute_all(exp, todo: list, records_path: Path, *, progress: bool = True,
                 jobs: int | None = None, executor: str = "local", address: str | None = None,
                 out_dir: Path | None = None) -> None:
+    """Run the planned runs ``todo`` of the experiment ``exp`` and record them."""
     if not todo:
         return
+    packs = exp.packs(todo)
     if executor == "ray":
         from transfer.ray_executor import execute_ray
 
-        execute_ray(exp, todo, records_path, address=address, progress=progress)
+        execute_ray(exp, packs, records_path, address=address, progress=progress)
         return
     jobs = exp.recipe.jobs if jobs is None else jobs
     if jobs == 0:
         jobs = default_jobs(exp.device)
     if jobs < 0:
         raise UserError(f"--jobs must be 0 (auto) or positive, got {jobs}")
-    if jobs == 1 or len(todo) == 1:
-        _sequential(exp, todo, records_path, progress)
+    if jobs == 1 or len(packs) == 1:
+        _sequential(exp, packs, records_path, progress)
     else:
-        _processes(exp, todo, records_path, progress, min(jobs, len(todo)))
+        _processes(exp, packs, records_path, progress, min(jobs, len(packs)))
 
 
-def _sequential(exp, todo: list, records_path: Path, progress: bool) -> None:
+def _sequential(exp, packs: list[list], records_path: Path, progress: bool) -> None:
     epochs = exp.recipe.train.epochs
     with progress_bar(progress) as bar:
-        grid = bar.add_task("grid", total=len(todo))
-        for spec in todo:
-            label = f"{spec.strategy} fold {spec.fold} seed {spec.seed}"
+        grid = bar.add_task("grid", total=sum(len(p) for p in packs))
+        for pack in packs:
+            label = _pack_label(pack)
             task = bar.add_task(label, total=epochs)
 
-            def on_epoch(epoch: int, row: dict, task=task, label=label) -> None:
-                uar = row.get("val_uar")
-                desc = label if uar is None else f"{label} val UAR {uar:.3f}"
+            def on_epoch(epoch: int, rows: list, task=task, label=label) -> None:
+                uars = [r["val_uar"] for r in rows if r is not None and "val_uar" in r]
+                desc = label if not uars else f"{label} val UAR {sum(uars) / len(uars):.3f}"
                 bar.update(task, completed=epoch, description=desc)
 
-            record = exp.execute(spec, on_epoch)
+            records = exp.execute_pack(pack, on_epoch)
             bar.remove_task(task)
-            _record(records_path, record)
-            bar.advance(grid)
+            for record in records:
+                _record(records_path, record)
+            bar.advance(grid, len(pack))
 
 
 # --- worker processes ------------------------------------------------------------------------
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(recipe, base, device: str, threads: int) -> None:
-    from transfer.run import Experiment
-
-    exp = Experiment(recipe, base=base, progress=False, device=torch.device(device)).load()
-    exp.threads = threads  # the parent's: identical numerics to running one by one
-    _WORKER["exp"] = exp
+def _init_worker(experiment: Any, threads: int) -> None:
+    experiment.threads = threads  # the parent's: identical numerics to running one by one
+    _WORKER["exp"] = experiment
 
 
-def _work(spec) -> dict[str, Any]:
-    return _WORKER["exp"].execute(spec)
+def _work(pack: list) -> list[dict[str, Any]]:
+    return _WORKER["exp"].execute_pack(pack)
 
 
-def _processes(exp, todo: list, records_path: Path, progress: bool, jobs: int) -> None:
-    threads = exp.threads
+def _processes(exp, packs: list[list], records_path: Path, progress: bool, jobs: int) -> None:
     ctx = get_context("spawn")
+    shipped = exp.for_worker()
     with progress_bar(progress) as bar, ProcessPoolExecutor(
             jobs, mp_context=ctx, initializer=_init_worker,
-            initargs=(exp.recipe, exp.base, str(exp.device), threads)) as pool:
-        grid = bar.add_task(f"grid ({jobs} at once)", total=len(todo))
-        pending = {pool.submit(_work, spec) for spec in todo}
+            initargs=(shipped, exp.threads)) as pool:
+        grid = bar.add_task(f"grid ({jobs} at once)", total=sum(len(p) for p in packs))
+        pending = {pool.submit(_work, pack): pack for pack in packs}
         try:
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _ = wait(set(pending), return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    _record(records_path, fut.result())
-                    bar.advance(grid)
+                    pack = pending.pop(fut)
+                    for record in fut.result():
+                        _record(records_path, record)
+                    bar.advance(grid, len(pack))
         except KeyboardInterrupt:
             for fut in pending:
                 fut.cancel()

@@ -20,7 +20,7 @@ from transfer.cache import atomic_path
 from transfer.features import FeatureSpec
 
 FORMAT = "ser-transfer-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fused TIM-Net layout (1 is converted on load)
 
 
 def make_package(model: torch.nn.Module, *, backbone: str, segments: SegmentSpec,
@@ -68,5 +68,10 @@ def build_model(package: dict[str, Any]) -> torch.nn.Module:
     import backbones
 
     model = backbones.create(package["backbone"], **package["options"])
-    model.load_state_dict(package["state"])
+    state = package["state"]
+    if package.get("format_version", 1) < 2 and hasattr(model, "options"):
+        from backbones.timnet import upgrade_state
+
+        state = upgrade_state(state, model.options)  # a package of ser-transfer 0.1
+    model.load_state_dict(state)
     return model.eval()

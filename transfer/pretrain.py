@@ -27,7 +27,7 @@ from transfer.recipe import Recipe
 from transfer.strategies import Context
 from transfer.strategies.scratch import Scratch, ScratchOptions
 
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2  # 2: fused TIM-Net layout
 
 
 @dataclass
@@ -61,12 +61,13 @@ def pretrain_key(recipe: Recipe, domain: Domain) -> str:
 
 
 def make_backbone_factory(recipe: Recipe, in_features: int):
+    """(num_classes, runs) -> a fresh backbone of the recipe."""
     import backbones
 
-    def make(num_classes: int) -> torch.nn.Module:
+    def make(num_classes: int, runs: int = 1) -> torch.nn.Module:
         opts = {**recipe.backbone.options, "in_features": in_features, "num_classes": num_classes}
         try:
-            return backbones.create(recipe.backbone.name, **opts)
+            return backbones.create(recipe.backbone.name, runs=runs, **opts)
         except backbones.OptionError as err:
             raise UserError(f"[backbone.options]: {err}") from None
 

@@ -92,6 +92,8 @@ class TrainConfig:
     select: Literal["val_uar", "val_loss", "last"] = "val_uar"
     amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX)
     compile: bool = False  # torch.compile the model
+    pack: int = 0  # runs of one strategy trained together as one model; 0 = by device, 1 = off
+    cuda_graph: bool = True  # on CUDA, capture the training step once and replay it
 
 
 @dataclass

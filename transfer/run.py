@@ -11,6 +11,7 @@ Writes ``<results-dir>/<recipe name>/<timestamp>/``: ``recipe.json`` (resolved),
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -35,11 +36,13 @@ from transfer.data import Domain, load_domain
 from transfer.engine import (
     DomainTensors,
     Standardizer,
-    embed,
-    fit,
+    build_pack,
+    embed_runs,
+    fit_runs,
     pick_device,
-    predict_proba,
+    predict_runs,
     to_device,
+    unpack_model,
 )
 from transfer.metrics import confusion, evaluate
 from transfer.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
@@ -76,6 +79,17 @@ class Experiment:
         # order depends on it, and results must not depend on the executor.
         self.threads = torch.get_num_threads()
 
+    @classmethod
+    def from_domains(cls, recipe: Recipe, target: Domain, source: Domain | None,
+                     pretrained: Pretrained | None, splits: list[Split], *,
+                     device: torch.device | None = None, progress: bool = False,
+                     base: Path | None = None) -> Experiment:
+        """An experiment on domains already in memory (a benchmark, a notebook, a test)."""
+        exp = cls(recipe, base=base, progress=progress, device=device)
+        exp.target, exp.source, exp.pretrained = target, source, pretrained
+        exp.splits = {(s.fold, s.seed): s for s in splits}
+        return exp
+
     # --- preparation ---------------------------------------------------------------------
     def load(self) -> Experiment:
         r = self.recipe
@@ -98,6 +112,14 @@ class Experiment:
                              "options": dataclasses.asdict(entry.options), "fold": fold,
                              "seed": seed, "data": [self.target.keys if self.target else None]})
 
+    def for_worker(self) -> Experiment:
+        """A copy to ship to a worker process or a Ray task: the prepared data, splits and
+        pretrained model travel with it; nothing is loaded again from the recipe's corpora."""
+        clone = copy.copy(self)
+        clone._tensors = {}
+        clone.progress = False
+        return clone
+
     def plan(self) -> list[RunSpec]:
         return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed))
                 for e in self.recipe.strategies for (fold, seed) in self.splits]
@@ -117,79 +139,140 @@ class Experiment:
                 self._tensors["s_held"] = to_device(held, dev)
         return self._tensors
 
-    # --- one run -------------------------------------------------------------------------
+    # --- packs of runs ---------------------------------------------------------------------
+    def pack_size(self) -> int:
+        """Runs of one strategy entry trained together as one model (``train.pack``; 0 = all
+        runs of the entry, at most 16, or 1 where the backbone cannot pack)."""
+        import backbones
+
+        if not backbones.packable(self.recipe.backbone.name):
+            if self.recipe.train.pack != 1 and self.progress:
+                console.print(f"note: backbone {self.recipe.backbone.name!r} cannot pack runs "
+                              "into one model; its runs train one at a time")
+            return 1
+        return self.recipe.train.pack or 16
+
+    def packs(self, todo: list[RunSpec]) -> list[list[RunSpec]]:
+        """Group runs into packs: same strategy entry and the same batch size (a fold with
+        fewer training segments than a batch trains with smaller batches)."""
+        size = self.pack_size()
+        groups: dict[tuple[str, int], list[RunSpec]] = {}
+        for spec in todo:
+            n_train = len(self.splits[(spec.fold, spec.seed)].train)
+            batch = min(self.recipe.train.batch_size, n_train)
+            groups.setdefault((spec.strategy, batch), []).append(spec)
+        return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
     def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
-        """Train and evaluate one run; a failure is returned as a failed record, not raised."""
-        entry = self.entries[spec.strategy]
-        split = self.splits[(spec.fold, spec.seed)]
+        """Train and evaluate one run (a pack of one)."""
+        return self.execute_pack([spec], on_epoch)[0]
+
+    def execute_pack(self, specs: list[RunSpec], on_epoch=None) -> list[dict[str, Any]]:
+        """Train and evaluate the runs of one pack (one strategy entry, several folds and
+        seeds) as one model; one record per run. A failure is returned as failed records, not
+        raised: an error fails the whole pack, a diverging run only itself."""
+        entry = self.entries[specs[0].strategy]
         cls = get_strategy(entry.name)
-        base = {"key": spec.key, "strategy": spec.strategy, "strategy_name": entry.name,
-                "fold": spec.fold, "seed": spec.seed, "protocol": self.recipe.protocol.name,
-                "speaker_dependent": self.recipe.protocol.name in SPEAKER_DEPENDENT,
-                "uses_source": cls.needs_source, "labels": self.target.labels,
-                "sizes": {"train": len(split.train), "val": len(split.val),
-                          "test": len(split.test)}}
         t0 = time.perf_counter()
         try:
-            record = self._train_and_test(entry, cls, split, spec, on_epoch)
+            records = self._train_and_test(entry, cls, specs, on_epoch)
         except KeyboardInterrupt:
             raise
-        except Exception as err:  # noqa: BLE001 - a failing run must not stop the grid
-            return {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                    "traceback": traceback.format_exc(limit=8),
-                    "seconds": round(time.perf_counter() - t0, 2)}
-        return {**base, **record, "seconds": round(time.perf_counter() - t0, 2)}
+        except Exception as err:  # noqa: BLE001 - a failing pack must not stop the grid
+            return self.failed_records(specs, f"{type(err).__name__}: {err}",
+                                       traceback.format_exc(limit=8), time.perf_counter() - t0)
+        seconds = round(time.perf_counter() - t0, 2)
+        return [{**self._base(spec, len(specs)), **r, "seconds": seconds}
+                for spec, r in zip(specs, records, strict=True)]
 
-    def _train_and_test(self, entry: StrategyEntry, cls, split: Split, spec: RunSpec,
-                        on_epoch) -> dict[str, Any]:
+    def _base(self, spec: RunSpec, pack: int) -> dict[str, Any]:
+        """What every record of a run says, whether it succeeded or not."""
+        entry = self.entries[spec.strategy]
+        split = self.splits[(spec.fold, spec.seed)]
+        return {"key": spec.key, "strategy": spec.strategy, "strategy_name": entry.name,
+                "fold": spec.fold, "seed": spec.seed, "protocol": self.recipe.protocol.name,
+                "speaker_dependent": self.recipe.protocol.name in SPEAKER_DEPENDENT,
+                "uses_source": get_strategy(entry.name).needs_source,
+                "labels": self.target.labels,
+                "sizes": {"train": len(split.train), "val": len(split.val),
+                          "test": len(split.test)}, "pack": pack}
+
+    def failed_records(self, specs: list[RunSpec], error: str, tb: str = "",
+                       seconds: float = 0.0) -> list[dict[str, Any]]:
+        """Records of runs that failed (a raising pack, a lost worker)."""
+        return [{**self._base(s, len(specs)), "status": "failed", "error": error,
+                 "traceback": tb, "seconds": round(seconds, 2)} for s in specs]
+
+    def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
+                        ) -> list[dict[str, Any]]:
         r, d = self.recipe, self._device_data()
         dev = self.device
         torch.set_num_threads(self.threads)
-        torch.manual_seed(spec.seed)
-        train, val = to_device(split.train, dev), to_device(split.val, dev)
-        norm = Standardizer.fit(d["tx"], train, r.features.normalize == "corpus")
-        target = DomainTensors(d["tx"], d["ty"], norm, train, val)
+        splits = [self.splits[(s.fold, s.seed)] for s in specs]
+        seeds = [s.seed for s in specs]
+        trains = [to_device(sp.train, dev) for sp in splits]
+        norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
+        target = DomainTensors(d["tx"], d["ty"], norms, trains,
+                               [to_device(sp.val, dev) for sp in splits])
         source = None
         if self.source is not None:
             snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
             source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
-        make = make_backbone_factory(r, self.target.x.shape[1])
-        ctx = Context(make, len(self.target.labels),
-                      len(self.source.labels) if self.source else 0,
-                      self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
-        strategy = cls(ctx, entry.options)
         if cls.needs_source and source is None:
             raise UserError(f"strategy {entry.label} needs a source corpus")
-        result = fit(strategy, target, source, r.train, spec.seed, dev, on_epoch)
-        if result.diverged:
-            raise FloatingPointError(f"training diverged (non-finite loss) at epoch "
-                                     f"{result.epochs_run}")
-        test = to_device(split.test, dev)
-        prob = predict_proba(strategy, target, test, amp=r.train.amp).cpu().numpy()
-        y_test = self.target.y[split.test]
-        metrics = evaluate(y_test, prob, self.target.groups[split.test],
-                           self.target.positive_index)
-        record: dict[str, Any] = {
-            "status": "ok", "metrics": metrics, "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
-            "curves": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
-                       for row in result.curves],
-            "confusion": confusion(y_test, prob, len(self.target.labels)),
-        }
-        if r.export:
-            record["_model"] = self._package(strategy, norm, spec, metrics)
+        factory = make_backbone_factory(r, self.target.x.shape[1])
+        ctx = Context(factory, len(self.target.labels),
+                      len(self.source.labels) if self.source else 0,
+                      self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
+        strategy = build_pack(cls, ctx, entry.options, seeds)
+        results = fit_runs(strategy, target, source, r.train, seeds, dev, on_epoch)
+        tests = [to_device(sp.test, dev) for sp in splits]
+        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
+        gaps: list[dict | None] = [None] * len(specs)
         if source is not None and r.diagnostics.enabled:
-            from transfer.diagnostics import domain_gap
+            gaps = self._gaps(strategy, source, target, tests, specs)
+        records = []
+        for k, (spec, split, result, prob) in enumerate(zip(specs, splits, results, probs,
+                                                            strict=True)):
+            if result.diverged:
+                records.append({"status": "failed", "best_epoch": result.best_epoch,
+                                "epochs_run": result.epochs_run,
+                                "error": "FloatingPointError: training diverged (non-finite "
+                                         f"loss) at epoch {result.epochs_run}"})
+                continue
+            y_test = self.target.y[split.test]
+            metrics = evaluate(y_test, prob, self.target.groups[split.test],
+                               self.target.positive_index)
+            record: dict[str, Any] = {
+                "status": "ok", "metrics": metrics, "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+                "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
+                            for k2, v in row.items()} for row in result.curves],
+                "confusion": confusion(y_test, prob, len(self.target.labels)),
+            }
+            if gaps[k] is not None:
+                record["gap"] = gaps[k]
+            if r.export:
+                record["_model"] = self._package(unpack_model(strategy, k), norms[k], spec,
+                                                 metrics)
+            records.append(record)
+        return records
 
-            first = (spec.fold, spec.seed) == next(iter(self.splits))
-            zs = embed(strategy, source, source.val).cpu().numpy()
-            zt = embed(strategy, target, test).cpu().numpy()
-            record["gap"] = domain_gap(zs, zt, max_samples=r.diagnostics.max_samples,
-                                       seed=spec.seed, projection=first and r.diagnostics.plot)
-        return record
+    def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
+              tests: list, specs: list[RunSpec]) -> list[dict]:
+        from transfer.diagnostics import domain_gap
 
+        r = self.recipe
+        k = len(specs)
+        zs = embed_runs(strategy, source.for_runs(k), [source.val[0]] * k)
+        zt = embed_runs(strategy, target, tests)
+        first = next(iter(self.splits))
+        return [domain_gap(a.cpu().numpy(), b.cpu().numpy(), max_samples=r.diagnostics.max_samples,
+                           seed=spec.seed,
+                           projection=(spec.fold, spec.seed) == first and r.diagnostics.plot)
+                for a, b, spec in zip(zs, zt, specs, strict=True)]
 
-    def _package(self, strategy, norm: Standardizer, spec: RunSpec, metrics: dict) -> dict:
+    def _package(self, model, norm: Standardizer, spec: RunSpec, metrics: dict) -> dict:
         from transfer.cards import load_card
         from transfer.data import _resolve, feature_spec, segment_spec
         from transfer.package import make_package
@@ -197,7 +280,7 @@ class Experiment:
         card = load_card(_resolve(self.recipe.target.corpus, self.base))
         seg = segment_spec(self.recipe.target, card, self.recipe.features.sample_rate)
         return make_package(
-            strategy.model, backbone=self.recipe.backbone.name, segments=seg,
+            model, backbone=self.recipe.backbone.name, segments=seg,
             features=feature_spec(self.recipe.features), mean=norm.mean, std=norm.std,
             labels=self.target.labels, positive=self.target.positive,
             recipe_hash=content_hash(self.recipe.to_dict()),

@@ -1,19 +1,27 @@
-"""The strategy interface, shared helpers and the registry."""
+"""The strategy interface, shared helpers and the registry.
+
+A strategy holds K packed runs (``ctx.runs``; K = 1 is one ordinary run): every module it
+builds has the runs as its leading dimension (see :mod:`backbones.layers`), batches are
+(K, B, ...) and every loss is one value per run, shape (K,). The engine sums the per-run
+losses of the active runs, so each run's gradients are its own.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
+from backbones.layers import repeat_state
 from transfer import UserError
 
 
 class Batch(NamedTuple):
-    x: Tensor  # (B, F, T)
-    y: Tensor  # (B,)
+    x: Tensor  # (K, B, F, T)
+    y: Tensor  # (K, B)
 
 
 @dataclass
@@ -21,17 +29,26 @@ class Context:
     """What a strategy gets from the engine to build itself.
 
     Args:
-        make_backbone: a fresh backbone for a number of classes.
+        backbone_factory: (num_classes, runs) -> a fresh backbone.
         target_classes, source_classes: class counts of the two tasks (0 = no source).
-        pretrained: the source-pretrained backbone's state dict (with its source head), or None.
+        pretrained: the source-pretrained backbone's state dict (one run, with its source
+            head), or None.
         label_smoothing: for the cross-entropy losses.
+        runs: K, how many runs the strategy packs.
     """
 
-    make_backbone: Callable[[int], nn.Module]
+    backbone_factory: Callable[[int, int], nn.Module]
     target_classes: int
     source_classes: int = 0
     pretrained: dict[str, Tensor] | None = None
     label_smoothing: float = 0.0
+    runs: int = 1
+
+    def make_backbone(self, num_classes: int) -> nn.Module:
+        return self.backbone_factory(num_classes, self.runs)
+
+    def with_runs(self, runs: int) -> Context:
+        return dataclasses.replace(self, runs=runs)
 
 
 @dataclass
@@ -43,7 +60,7 @@ class Phase:
     """
 
     name: str
-    loss: Callable[[Batch, Batch | None, float], tuple[Tensor, dict[str, Tensor]]]
+    loss: Callable[[Batch, Batch | None, Tensor], tuple[Tensor, dict[str, Tensor]]]
     params: list[dict[str, Any]]
     steps: int
     every: int = 0
@@ -83,10 +100,14 @@ def get_strategy(name: str) -> type[Strategy]:
 
 class Strategy(nn.Module):
     """Base class. Subclasses set ``Options`` (a dataclass), build ``self.model`` (the target
-    backbone) and implement :meth:`loss`.
+    backbone, ``ctx.runs`` packed runs) and implement :meth:`loss`.
 
     ``needs_source``: uses the source corpus (pretrained weights or source batches).
     ``uses_source_batches``: the engine passes a source batch to every step.
+
+    Every parameter a :meth:`param_groups` or :class:`Phase` optimiser owns must receive a
+    gradient from that optimiser's loss at every step (the engine keeps one flat gradient
+    buffer; a parameter outside the loss would see Adam steps from stale moments).
     """
 
     name: ClassVar[str] = ""
@@ -103,9 +124,10 @@ class Strategy(nn.Module):
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
 
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
+    def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
-        """One training step's loss; by default the target cross-entropy alone."""
+        """One training step's loss per run, (K,), and values to log, each (K,); by default
+        the target cross-entropy alone."""
         ce = self.ce(self.model(tgt.x), tgt.y)
         return ce, {"ce": ce.detach()}
 
@@ -114,23 +136,27 @@ class Strategy(nn.Module):
 
     # --- shared ----------------------------------------------------------------------
     def predict(self, x: Tensor) -> Tensor:
-        """Target logits."""
+        """Target logits: (K, B, F, T) -> (K, B, classes)."""
         return self.model(x)
 
     def general_embedding(self, x: Tensor) -> Tensor:
-        """The target model's pooled ``general`` features, (B, split * C); for diagnostics."""
-        return self.model.forward_general(x).pooled.flatten(1)
+        """The target model's pooled ``general`` features, (K, B, split * C); for diagnostics."""
+        return self.model.forward_general(x).vector
 
     def ce(self, logits: Tensor, y: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(logits.float(), y,
-                                           label_smoothing=self.ctx.label_smoothing)
+        """Cross-entropy per run: logits (K, B, classes), y (K, B) -> (K,)."""
+        k, b, c = logits.shape
+        loss = nn.functional.cross_entropy(logits.reshape(k * b, c).float(), y.reshape(-1),
+                                           label_smoothing=self.ctx.label_smoothing,
+                                           reduction="none")
+        return loss.view(k, b).mean(1)
 
     def source_model(self) -> nn.Module:
-        """A backbone with the source-pretrained weights (and its source head)."""
+        """A backbone with the source-pretrained weights (and its source head) in every run."""
         if self.ctx.pretrained is None:
             raise UserError(f"strategy '{self.name}' needs a source-pretrained model")
         model = self.ctx.make_backbone(self.ctx.source_classes)
-        model.load_state_dict(self.ctx.pretrained)
+        model.load_state_dict(repeat_state(self.ctx.pretrained, self.ctx.runs))
         return model
 
     def target_model(self, init: str = "source") -> nn.Module:
@@ -165,6 +191,6 @@ def frozen(module: nn.Module) -> nn.Module:
 
 
 def ensure_split(model: nn.Module, strategy: str) -> None:
-    if model.options.split < 1:
+    if model.general_dim < 1:
         raise UserError(f"strategy '{strategy}' aligns general features: backbone option "
                         "split must be at least 1")

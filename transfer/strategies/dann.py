@@ -45,15 +45,14 @@ class Dann(Strategy):
         super().__init__(ctx, opts)
         self.model = self.target_model(opts.init)
         ensure_split(self.model, "dann")
-        dim = self.model.options.split * self.model.embed_dim
-        self.disc = DomainDiscriminator(dim, opts.disc_hidden)
+        self.disc = DomainDiscriminator(self.model.general_dim, opts.disc_hidden, runs=ctx.runs)
         self.grl = GradientReversal(opts.grl_max, opts.grl_gamma)
         self.branch = self.source_branch() if opts.source_weight > 0 else None
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
+    def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
         assert src is not None
         g_t = self.model.forward_general(tgt.x)
@@ -61,8 +60,7 @@ class Dann(Strategy):
         logits = self.model.head(self.model.forward_specific(g_t))
         ce = self.ce(logits, tgt.y)
         self.grl.progress = progress
-        adv, acc = adversarial_loss(self.disc, self.grl(g_s.pooled.flatten(1)),
-                                    self.grl(g_t.pooled.flatten(1)))
+        adv, acc = adversarial_loss(self.disc, self.grl(g_s.vector), self.grl(g_t.vector))
         total = ce + self.opts.adv_weight * adv
         logs = {"ce": ce.detach(), "adv": adv.detach(), "disc_acc": acc}
         if self.branch is not None:

@@ -60,29 +60,30 @@ class Ddg(Strategy):
         super().__init__(ctx, opts)
         self.model = self.target_model(opts.init)
         ensure_split(self.model, "ddg")
-        c = self.model.embed_dim
-        self.proj_source = Projector(c, opts.proj_dim)
-        self.proj_target = Projector(c, opts.proj_dim)
+        c, k = self.model.sequence_dim, ctx.runs
+        self.proj_source = Projector(c, opts.proj_dim, runs=k)
+        self.proj_target = Projector(c, opts.proj_dim, runs=k)
         self.proj_target.load_state_dict(self.proj_source.state_dict())  # same starting map
-        self.disc = DomainDiscriminator(opts.proj_dim)
+        self.disc = DomainDiscriminator(opts.proj_dim, runs=k)
         self.grl = GradientReversal(1.0)
         self.mmd = MultiKernelMMD(opts.mmd_kernels, opts.mmd_ratio)
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.model.parameters()), "lr": lr}]
 
-    def _align(self, tgt: Batch, src: Batch | None, progress: float
+    def _align(self, tgt: Batch, src: Batch | None, progress: Tensor
                ) -> tuple[Tensor, dict[str, Tensor]]:
         assert src is not None
-        p_s = self.proj_source(self.model.forward_general(src.x).seq)
-        p_t = self.proj_target(self.model.forward_general(tgt.x).seq)
+        p_s = self.proj_source(self.model.forward_general(src.x).sequence)
+        p_t = self.proj_target(self.model.forward_general(tgt.x).sequence)
         mu = self.opts.mu
         return alignment_loss(self.mmd, self.disc, self.grl, p_s, p_t, progress, 1 - mu, mu)
 
     def phases(self) -> list[Phase]:
         o = self.opts
         shared = list(self.model.general.parameters()) + list(self.disc.parameters())
-        projectors = list(self.proj_source.parameters()) + list(self.proj_target.parameters())
+        projectors = (list(self.proj_source.encoder.parameters())
+                      + list(self.proj_target.encoder.parameters()))
         groups = [{"params": shared, "lr": o.align_lr},
                   {"params": projectors, "lr": o.align_lr * o.proj_lr_scale}]
         return [Phase("align", self._align, groups, o.align_steps,

@@ -42,7 +42,7 @@ class Joint(Strategy):
                 {"params": rest_params(self.model), "lr": lr},
                 {"params": list(self.branch.parameters()), "lr": lr * self.opts.source_lr_scale}]
 
-    def loss(self, tgt: Batch, src: Batch | None, progress: float
+    def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
         assert src is not None
         ce_t = self.ce(self.model(tgt.x), tgt.y)

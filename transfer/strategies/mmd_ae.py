@@ -57,8 +57,8 @@ class MmdAe(Strategy):
         self.model = self.target_model("source")
         ensure_split(self.model, "mmd_ae")
         self.source = frozen(self.source_model())
-        self.projector = Projector(self.model.embed_dim, opts.proj_dim)
-        self.disc = DomainDiscriminator(opts.proj_dim)
+        self.projector = Projector(self.model.sequence_dim, opts.proj_dim, runs=ctx.runs)
+        self.disc = DomainDiscriminator(opts.proj_dim, runs=ctx.runs)
         self.grl = GradientReversal(1.0)
         self.mmd = MultiKernelMMD(opts.mmd_kernels, opts.mmd_ratio)
 
@@ -70,24 +70,25 @@ class MmdAe(Strategy):
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.model.parameters()), "lr": lr}]
 
-    def _autoencoder(self, tgt: Batch, src: Batch | None, progress: float
+    def _autoencoder(self, tgt: Batch, src: Batch | None, progress: Tensor
                      ) -> tuple[Tensor, dict[str, Tensor]]:
         assert src is not None
-        rec = self.projector.reconstruction_loss(self.source.forward_general(src.x).seq.detach())
+        seq = self.source.forward_general(src.x).sequence.detach()
+        rec = self.projector.reconstruction_loss(seq)
         return rec, {"ae_rec": rec.detach()}
 
-    def _align(self, tgt: Batch, src: Batch | None, progress: float
+    def _align(self, tgt: Batch, src: Batch | None, progress: Tensor
                ) -> tuple[Tensor, dict[str, Tensor]]:
         assert src is not None
-        p_s = self.projector(self.source.forward_general(src.x).seq.detach())
-        p_t = self.projector(self.model.forward_general(tgt.x).seq)
+        p_s = self.projector(self.source.forward_general(src.x).sequence.detach())
+        p_t = self.projector(self.model.forward_general(tgt.x).sequence)
         return alignment_loss(self.mmd, self.disc, self.grl, p_s, p_t, progress, 1.0,
                               self.opts.adv_weight)
 
     def phases(self) -> list[Phase]:
         o = self.opts
-        align_params = (list(self.model.general.parameters()) + list(self.projector.parameters())
-                        + list(self.disc.parameters()))
+        align_params = (list(self.model.general.parameters())
+                        + list(self.projector.encoder.parameters()) + list(self.disc.parameters()))
         phases = [Phase("align", self._align, [{"params": align_params}], o.align_steps,
                         every=o.align_every, optimizer="adam", lr=o.align_lr)]
         if o.ae_epochs > 0:

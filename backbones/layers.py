@@ -1,0 +1,330 @@
+"""Layers that hold K independent runs of a model as one module (horizontal fusion).
+
+A packed model computes K runs at once: every parameter and buffer has the runs as the
+contiguous chunks of its first dimension (run k owns ``tensor.chunk(K, 0)[k]``), so a packed
+state dict is the concatenation of K ordinary ones (:func:`pack_states`) and run k is recovered
+by slicing (:func:`unpack_state`). K = 1 is the ordinary model: one implementation serves both.
+
+Sequences are kept time-major in the layout (G, C, T, B): G groups (runs x directions), C
+channels, T time, B batch. A shift in time is then a contiguous slice of the flattened (T B)
+axis, so a dilated temporal convolution is one batched GEMM per kernel tap over all groups,
+accumulated in place into the shifted output (:class:`TemporalConv`, no padding copies);
+BatchNorm is one call over G x C channels (:class:`RunBatchNorm`), a head one batched matmul
+(:class:`RunLinear`).
+
+Randomness is per run and counter-based: dropout masks are a hash of (run seed, the run's step
+counter, the layer, the element), so a run draws the same masks whether it trains alone or in
+a pack of any size, on any device. BatchNorm running statistics and the step counter advance
+only for runs marked active (a run that has finished or has no batch in this step).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+_M32 = 0xFFFFFFFF
+
+
+def hash_uniform(seed: Tensor, stream: int, counter: Tensor | int, n: int) -> Tensor:
+    """Uniform numbers in [0, 1), a pure function of (seed, stream, counter, index).
+
+    Args:
+        seed: (K,) int64, one per run.
+        stream: a constant that separates uses (a layer, the batch sampler, ...).
+        counter: (K,) int64 or an int, e.g. a step or an epoch.
+        n: how many numbers per run.
+
+    Shape: (K, n) float32. Integer mixing (a murmur3-style finaliser) in int64 tensors with
+    every product below 2^63, so it is exact and identical on CPU and GPU.
+    """
+    seed = seed.to(torch.int64)
+    counter = torch.as_tensor(counter, dtype=torch.int64, device=seed.device)
+    base = (((seed & _M32) * 0x61C88647) & _M32) ^ (((counter & _M32) * 0x2545F491) & _M32)
+    base = (base + (stream & _M32) * 0x1B873593) & _M32  # (K,)
+    h = (base.unsqueeze(-1) + torch.arange(n, device=seed.device) * 0x27D4EB2F) & _M32  # (K, n)
+    for mult in (0x7FEB352D, 0x4B1D2A63):
+        h = h ^ (h >> 16)
+        h = (h * mult) & _M32
+    h = h ^ (h >> 15)
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def stream_id(name: str) -> int:
+    """A stable 31-bit constant for a name (a layer's path in its model)."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class RunState:
+    """What the engine tells a packed model about its K runs at every step.
+
+    ``seed`` (K,) int64: per-run seeds for dropout masks; ``counter`` (K,) int64: per-run step
+    counters; ``active`` (K,) bool: which runs this step trains (the others keep their
+    BatchNorm statistics and counters). Tensors live on the model's device; the engine updates
+    them in place, so a captured CUDA graph sees the new values.
+    """
+
+    seed: Tensor
+    counter: Tensor
+    active: Tensor
+
+    @classmethod
+    def create(cls, seeds: list[int], device: torch.device | str = "cpu") -> RunState:
+        k = len(seeds)
+        return cls(torch.tensor(seeds, dtype=torch.int64, device=device),
+                   torch.zeros(k, dtype=torch.int64, device=device),
+                   torch.ones(k, dtype=torch.bool, device=device))
+
+
+class RunModule(nn.Module):
+    """Base of the packed layers: knows K and, once the engine installs it, the run state."""
+
+    runs: int
+    run_state: RunState | None = None
+    stream: int = 0
+
+
+def install_run_state(module: nn.Module, state: RunState | None) -> None:
+    """Give every packed layer of ``module`` the run state (and its stream id by path)."""
+    for name, child in module.named_modules():
+        if isinstance(child, RunModule):
+            child.run_state = state
+            child.stream = stream_id(name)
+
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.bmm`` that never runs a matrix-vector product with a batch of one.
+
+    BLAS takes another path (gemv) for a single matrix with one output row or column, which
+    rounds differently; duplicating the one matrix keeps a run's bits the same alone and in a
+    pack.
+    """
+    if a.shape[0] == 1 and (a.shape[1] == 1 or b.shape[2] == 1):
+        return torch.bmm(a.expand(2, -1, -1), b.expand(2, -1, -1))[:1]
+    return torch.bmm(a, b)
+
+
+class _AddBias(torch.autograd.Function):
+    """x + bias per (group, channel). The bias gradient is a row sum of the contiguous
+    gradient, so every run's value has the same bits in a pack of any size (autograd's
+    broadcast reduction picks its loop order from the whole tensor's shape)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Tensor, channel_dim: int = 1) -> Tensor:  # noqa: ANN001
+        ctx.channel_dim = channel_dim
+        shape = [1] * x.dim()
+        shape[0], shape[channel_dim] = bias.shape
+        return x + bias.view(shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
+        rows = grad.movedim(ctx.channel_dim, 1).contiguous()
+        g, c = rows.shape[:2]
+        return grad, rows.view(g, c, -1).sum(-1), None
+
+
+class _TemporalConvFn(torch.autograd.Function):
+    """The taps of a grouped temporal convolution as batched GEMMs on shifted slices.
+
+    Inputs: x (G, C_in, T B) time-major, weight (G, k, C_out, C_in), bias (G, C_out) or None,
+    ``shifts[j]``: tap j's delay in steps (one tap has delay 0), ``batch``: B.
+    Output: (G, C_out, T B). The backward pass is written out the same way (no padded copies);
+    the bias gradient is a row sum, whose bits do not depend on G. Under autocast the GEMMs run
+    in the autocast dtype, forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, shifts: list[int],  # noqa: ANN001
+                batch: int) -> Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        n = x.shape[-1]
+        zero = shifts.index(0)
+        with torch.autocast(device, enabled=False):
+            if bias is None:
+                out = bmm(weight[:, zero], x)
+            else:
+                out = torch.baddbmm(bias.unsqueeze(-1), weight[:, zero], x)
+            for j, s in enumerate(shifts):
+                sb = s * batch
+                if j == zero or abs(sb) >= n:
+                    continue
+                if sb > 0:
+                    out[..., sb:].baddbmm_(weight[:, j], x[..., :n - sb])
+                else:
+                    out[..., :n + sb].baddbmm_(weight[:, j], x[..., -sb:])
+        ctx.save_for_backward(x, weight)
+        ctx.shifts, ctx.batch, ctx.has_bias = shifts, batch, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        g = grad.to(x.dtype).contiguous()
+        n, zero = x.shape[-1], ctx.shifts.index(0)
+        gx = bmm(weight[:, zero].transpose(1, 2), g)
+        gw = []
+        for j, s in enumerate(ctx.shifts):
+            sb = s * ctx.batch
+            if j == zero:
+                gw.append(bmm(g, x.transpose(1, 2)))
+            elif abs(sb) >= n:
+                gw.append(torch.zeros_like(weight[:, j]))
+            elif sb > 0:
+                gx[..., :n - sb].baddbmm_(weight[:, j].transpose(1, 2), g[..., sb:])
+                gw.append(bmm(g[..., sb:], x[..., :n - sb].transpose(1, 2)))
+            else:
+                gx[..., -sb:].baddbmm_(weight[:, j].transpose(1, 2), g[..., :n + sb])
+                gw.append(bmm(g[..., :n + sb], x[..., -sb:].transpose(1, 2)))
+        gb = g.sum(-1) if ctx.has_bias else None
+        return gx, torch.stack(gw, 1), gb, None, None
+
+
+class TemporalConv(RunModule):
+    """G grouped 1-D convolutions over time, one batched GEMM per kernel tap.
+
+    ``causal``: output t sees inputs t, t - d, ..., t - (k - 1) d (left zero padding, as the
+    dilated causal convolutions of TIM-Net); otherwise "same" padding (k odd).
+
+    Args:
+        groups: G (runs x groups per run).
+        in_channels, out_channels: per group.
+        kernel_size, dilation, causal: as above.
+
+    Shape: (G, C_in, T, B) -> (G, C_out, T, B). Weight (G, k, C_out, C_in), bias (G, C_out).
+    """
+
+    def __init__(self, groups: int, in_channels: int, out_channels: int, kernel_size: int = 1,
+                 dilation: int = 1, causal: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        if not causal and kernel_size % 2 == 0:
+            raise ValueError("a non-causal TemporalConv needs an odd kernel size")
+        self.groups, self.kernel_size, self.dilation = groups, kernel_size, dilation
+        k, cin, cout = kernel_size, in_channels, out_channels
+        # tap j sees the input delayed by shifts[j] steps (negative: ahead)
+        if causal:
+            self.shifts = [(k - 1 - j) * dilation for j in range(k)]
+        else:
+            self.shifts = [((k - 1) // 2 - j) * dilation for j in range(k)]
+        self.weight = nn.Parameter(torch.empty(groups, k, cout, cin))
+        self.bias = nn.Parameter(torch.empty(groups, cout)) if bias else None
+        bound = 1.0 / (cin * k) ** 0.5  # PyTorch's Conv1d initialisation
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g, cin, t, b = x.shape
+        out = _TemporalConvFn.apply(x.reshape(g, cin, t * b), self.weight, self.bias,
+                                    self.shifts, b)
+        return out.view(g, -1, t, b)
+
+
+class RunBatchNorm(RunModule):
+    """BatchNorm over G x C channels of (G, C, T, B) or (G, C, B); statistics per channel over
+    time and batch. Running statistics of inactive runs stay as they are.
+
+    Shape: (G, C, *) -> same.
+    """
+
+    def __init__(self, runs: int, channels: int, eps: float = 1e-5, momentum: float = 0.1
+                 ) -> None:
+        super().__init__()
+        self.runs, self.eps, self.momentum = runs, eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))  # channels = G x C (all runs)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        flat = x.reshape(1, self.weight.shape[0], -1)  # (1, G*C, T*B)
+        if not self.training:
+            out = nn.functional.batch_norm(flat, self.running_mean, self.running_var,
+                                           self.weight, self.bias, False, 0.0, self.eps)
+            return out.view(shape)
+        out, mean, rstd = torch.native_batch_norm(flat, self.weight, self.bias, None, None, True,
+                                                  self.momentum, self.eps)
+        with torch.no_grad():
+            n = flat.shape[-1]
+            var = (rstd.float().pow(-2) - self.eps) * (n / max(n - 1, 1))  # unbiased
+            m = self.momentum
+            new_mean = self.running_mean * (1 - m) + mean.float() * m
+            new_var = self.running_var * (1 - m) + var * m
+            if self.run_state is not None:
+                keep = self.run_state.active.repeat_interleave(flat.shape[1] // self.runs)
+                new_mean = torch.where(keep, new_mean, self.running_mean)
+                new_var = torch.where(keep, new_var, self.running_var)
+            self.running_mean.copy_(new_mean)
+            self.running_var.copy_(new_var)
+        return out.view(shape)
+
+
+class RunDropout(RunModule):
+    """Dropout with per-run counter-based masks (see the module docstring).
+
+    ``channels = True``: whole channels of a sequence are dropped (spatial dropout, the Keras
+    ``SpatialDropout1D`` of TIM-Net): input (G, C, T, B), one draw per (group, channel, sample).
+    ``channels = False``: elementwise on (K, B, D).
+    Without a run state (a model used outside the engine) masks come from torch's generator.
+    """
+
+    def __init__(self, runs: int, p: float, channels: bool = True) -> None:
+        super().__init__()
+        self.runs, self.p, self.channels = runs, p, channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p <= 0:
+            return x
+        if self.channels:  # (G, C, T, B): one draw per (group, channel, sample)
+            mask_shape = torch.Size((x.shape[0], x.shape[1], 1, x.shape[3]))
+        else:
+            mask_shape = x.shape
+        if self.run_state is None:
+            keep = torch.rand(mask_shape, device=x.device) >= self.p
+        else:
+            per_run = mask_shape.numel() // self.runs
+            u = hash_uniform(self.run_state.seed, self.stream, self.run_state.counter, per_run)
+            keep = (u >= self.p).view(mask_shape)
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))  # scale the small mask once
+
+
+class RunLinear(RunModule):
+    """K independent linear layers as one batched matmul.
+
+    Shape: (K, B, in) -> (K, B, out). Weight (K, in, out), bias (K, out).
+    """
+
+    def __init__(self, runs: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.runs = runs
+        bound = 1.0 / in_features ** 0.5  # PyTorch's Linear initialisation
+        self.weight = nn.Parameter(torch.empty(runs, in_features, out_features).uniform_(-bound,
+                                                                                          bound))
+        self.bias = nn.Parameter(torch.empty(runs, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _AddBias.apply(bmm(x, self.weight), self.bias, 2)
+
+
+# --- packing and unpacking states ---------------------------------------------------------------
+def pack_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """K ordinary (K = 1) state dicts -> the state dict of the packed module."""
+    return {k: torch.cat([s[k] for s in states], 0) for k in states[0]}
+
+
+def unpack_state(state: dict[str, Tensor], runs: int, k: int) -> dict[str, Tensor]:
+    """Run ``k``'s ordinary state dict out of a packed one (copies)."""
+    return {name: t.chunk(runs, 0)[k].clone() for name, t in state.items()}
+
+
+def repeat_state(state: dict[str, Tensor], runs: int) -> dict[str, Tensor]:
+    """An ordinary state dict copied into every run of a packed one."""
+    return {name: torch.cat([t] * runs, 0) for name, t in state.items()}

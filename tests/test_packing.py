@@ -1,0 +1,278 @@
+"""Packed training: K runs as one model give exactly what K runs one by one give.
+
+The reference points: an unfused TIM-Net built from ``nn.Conv1d`` / ``nn.BatchNorm1d`` per
+direction (the maths the fused model must keep), ``torch.optim`` (the update rules the packed
+optimiser must keep) and one-by-one training (what a pack must reproduce, bit for bit on a CPU
+thread, since every run's randomness is counter-based and every reduction is per run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+import backbones
+from backbones.layers import hash_uniform, pack_states, unpack_state
+from backbones.reference import ReferenceTimNet
+from backbones.timnet import upgrade_state
+from transfer.engine import (
+    DomainTensors,
+    FlatParams,
+    PackedOptimizer,
+    Standardizer,
+    StepRunner,
+    build_pack,
+    fit_runs,
+)
+from transfer.recipe import TrainConfig
+from transfer.strategies import Context, get_strategy, names
+
+
+@contextlib.contextmanager
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- the fused model keeps the maths of two convolutions per block ------------------------------
+def test_fused_timnet_equals_two_convolutions_per_block():
+    torch.manual_seed(0)
+    ref = ReferenceTimNet(13, 8, 4, 2, 3, dropout=0.0, stem="bn")
+    nn.init.uniform_(ref.head.weight)
+    model = backbones.create("timnet", in_features=13, filters=8, blocks=4, split=2,
+                             num_classes=3, stem="bn", dropout=0.0)
+    model.load_state_dict(upgrade_state(ref.state_dict(), model.options))
+    x = torch.randn(5, 13, 40)
+    ref(x).square().sum().backward()
+    model(x).square().sum().backward()
+    torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+    w = model.general.inputs.conv.weight.grad  # (2, 1, C, C): forward, backward direction
+    torch.testing.assert_close(w[0, 0], ref.general.in_fwd.weight.grad[..., 0], rtol=1e-4,
+                               atol=1e-6)
+    torch.testing.assert_close(w[1, 0], ref.general.in_bwd.weight.grad[..., 0], rtol=1e-4,
+                               atol=1e-6)
+    bn = model.specific.blocks[1].convs[5].running_mean  # training-mode statistics moved
+    ref_bn = torch.cat([ref.specific.fwd[1].convs[5].running_mean,
+                        ref.specific.bwd[1].convs[5].running_mean])
+    torch.testing.assert_close(bn, ref_bn, rtol=1e-5, atol=1e-7)
+
+
+# --- K copies as one module ---------------------------------------------------------------------
+@pytest.mark.parametrize("opts", [{}, {"stem": "bn_relu", "fusion": "diff", "residual": "add"},
+                                  {"attention": "mha", "d_model": 8, "heads": 2}])
+def test_packed_backbone_equals_separate_models(opts):
+    with one_thread():
+        torch.manual_seed(0)
+        kw = dict(in_features=6, filters=4, blocks=3, split=1, num_classes=2, dropout=0.0, **opts)
+        singles = [backbones.create("timnet", **kw) for _ in range(3)]
+        packed = backbones.create("timnet", runs=3, **kw)
+        packed.load_state_dict(pack_states([m.state_dict() for m in singles]))
+        x = torch.randn(3, 7, 6, 30)
+        out = packed(x)
+        out.square().sum().backward()
+        for k, m in enumerate(singles):
+            o = m(x[k])
+            o.square().sum().backward()
+            assert torch.equal(o, out[k])
+            back = unpack_state(packed.state_dict(), 3, k)
+            for name, t in m.state_dict().items():  # BatchNorm statistics moved the same way
+                assert torch.equal(t, back[name]), name
+            for name, p in m.named_parameters():
+                assert torch.equal(p.grad, dict(packed.named_parameters())[name].grad.chunk(3)[k])
+
+
+def test_transformer_timnet_is_not_packable():
+    assert backbones.packable("timnet") and not backbones.packable("transformer_timnet")
+    with pytest.raises(backbones.OptionError, match="not packable"):
+        backbones.create("transformer_timnet", runs=2, tf_dim=8, tf_heads=2)
+
+
+def test_counter_based_uniforms():
+    seeds = torch.tensor([0, 1, 2])
+    u = hash_uniform(seeds, 7, torch.tensor([5, 5, 5]), 20000)
+    assert u.shape == (3, 20000) and 0 <= u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
+    assert torch.equal(u[1], hash_uniform(seeds[1:2], 7, 5, 20000)[0])  # independent of K
+    assert not torch.equal(u[0], u[1])
+    assert not torch.equal(u[0], hash_uniform(seeds[:1], 7, 6, 20000)[0])  # the counter
+    assert not torch.equal(u[0], hash_uniform(seeds[:1], 8, 5, 20000)[0])  # the stream
+    assert torch.corrcoef(torch.stack([u[0, :-1], u[0, 1:]]))[0, 1].abs() < 0.03
+
+
+# --- the packed optimiser keeps torch.optim's update rules --------------------------------------
+@pytest.mark.parametrize(("kind", "torch_cls", "extra"), [
+    ("adam", torch.optim.Adam, {"betas": (0.93, 0.98), "weight_decay": 0.01}),
+    ("adamw", torch.optim.AdamW, {"betas": (0.9, 0.999), "weight_decay": 0.1}),
+    ("sgd", torch.optim.SGD, {"momentum": 0.9, "weight_decay": 0.01}),
+])
+def test_packed_optimizer_matches_torch_optim(kind, torch_cls, extra):
+    torch.manual_seed(0)
+    a = nn.Linear(4, 3)
+    b = nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    groups = [{"params": [a.weight], "lr": 0.01}, {"params": [a.bias], "lr": 0.05}]
+    flat = FlatParams(a, 1)
+    ours = PackedOptimizer(flat, groups, kind, 0.01, **extra)
+    ref = torch_cls([{"params": [b.weight], "lr": 0.01}, {"params": [b.bias], "lr": 0.05}],
+                    **extra)
+    x = torch.randn(8, 4)
+    for _ in range(5):
+        flat.grad.zero_()
+        a(x).sin().sum().backward()
+        ours.step(torch.ones(1, dtype=torch.bool))
+        ref.zero_grad()
+        b(x).sin().sum().backward()
+        ref.step()
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(a.bias, b.bias, rtol=1e-5, atol=1e-7)
+
+
+def test_masked_run_does_not_move_and_clipping_is_per_run():
+    packed = backbones.create("timnet", runs=2, in_features=3, filters=2, blocks=1, split=1)
+    flat = FlatParams(packed, 2)
+    opt = PackedOptimizer(flat, [{"params": list(packed.parameters())}], "adam", 0.1)
+    before = flat.data.clone()
+    packed(torch.randn(2, 4, 3, 10)).sum().backward()
+    flat.grad.view(-1)[flat.rid == 1] *= 1000  # run 1 has huge gradients
+    opt.clip_(1.0)
+    norms = flat.grad_norms(opt.params)
+    assert norms[1] == pytest.approx(1.0, rel=1e-4) and norms[0] <= 1.0 + 1e-5
+    opt.step(torch.tensor([False, True]))
+    moved = (flat.data != before)
+    assert not moved[flat.rid == 0].any() and moved[flat.rid == 1].any()
+
+
+# --- a pack trains exactly like its runs one by one ----------------------------------------------
+def _data(n: int = 120, f: int = 6, t: int = 24):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (n,), generator=g)
+    xt = torch.randn(n, f, t, generator=g)
+    xt[:, 0] += y[:, None]
+    ys = torch.randint(0, 3, (n,), generator=g)
+    xs = torch.randn(n, f, t, generator=g)
+    xs[:, 1] += ys[:, None]
+    source = DomainTensors(xs, ys, Standardizer.fit(xs, torch.arange(90)), torch.arange(90),
+                           torch.arange(90, n))
+    # three folds of different sizes: the runs have different steps per epoch
+    folds = [(torch.arange(0, 70), torch.arange(70, 90)), (torch.arange(20, 100),
+             torch.arange(0, 20)), (torch.arange(30, 110), torch.arange(110, 120))]
+    return xt, y, source, folds
+
+
+def _factory(k: int, runs: int = 1):
+    return backbones.create("timnet", runs=runs, in_features=6, filters=4, blocks=3, split=2,
+                            num_classes=k, stem="bn", dropout=0.1)
+
+
+@pytest.mark.parametrize("name", [n for n in names() if not n.startswith("_")])
+def test_pack_of_three_equals_three_runs_one_by_one(name):
+    xt, y, source, folds = _data()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=False, grad_clip=1.0, patience=1)
+    ctx = Context(_factory, 2, 3, _factory(3).state_dict(), 0.1)
+    cls = get_strategy(name)
+    opts = cls.Options()
+    for key in ("align_every", "align_steps", "ae_epochs"):
+        if hasattr(opts, key):
+            setattr(opts, key, 1)
+
+    def target(fs):
+        return DomainTensors(xt, y, [Standardizer.fit(xt, tr) for tr, _ in fs],
+                             [tr for tr, _ in fs], [va for _, va in fs])
+
+    seeds = [0, 1, 2]
+    with one_thread():
+        alone = []
+        for fold, seed in zip(folds, seeds, strict=True):
+            s = build_pack(cls, ctx, opts, [seed])
+            alone.append((fit_runs(s, target([fold]), source, cfg, [seed], torch.device("cpu"))[0],
+                          s.state_dict()))
+        packed = build_pack(cls, ctx, opts, seeds)
+        results = fit_runs(packed, target(folds), source, cfg, seeds, torch.device("cpu"))
+    state = packed.state_dict()
+    for k, (result, single) in enumerate(alone):
+        assert result.best_epoch == results[k].best_epoch
+        assert len(result.curves) == len(results[k].curves)
+        for a, b in zip(result.curves, results[k].curves, strict=True):
+            assert a.keys() == b.keys()
+            for key in a:  # logged means: validation sets are padded to the pack's longest
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
+        for key, value in single.items():  # the weights: bit for bit
+            assert torch.equal(value, state[key].chunk(3)[k]), key
+
+
+# --- the captured step: its control flow, with a stand-in for the CUDA graph API ----------------
+class _FakeGraph:
+    captured = 0
+
+    def __init__(self) -> None:
+        self.fn = None
+
+    def replay(self) -> None:
+        self.fn()
+
+
+class _FakeCuda:
+    """torch.cuda's graph API on the CPU: a 'graph' re-runs the captured function, which is
+    what replaying a graph over static inputs computes."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.capturing = fail, False
+
+    CUDAGraph = _FakeGraph
+
+    @contextlib.contextmanager
+    def graph(self, g):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        _FakeGraph.captured += 1
+        self.capturing = True  # recorded, not executed: a real capture launches nothing
+        yield
+        self.capturing = False
+        g.fn = self._last
+
+    def Stream(self, device):  # noqa: N802
+        return self
+
+    @contextlib.contextmanager
+    def stream(self, s):
+        yield
+
+    def current_stream(self, device):
+        return self
+
+    def wait_stream(self, s) -> None:
+        pass
+
+    def synchronize(self, device=None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_step_runner_warms_up_captures_once_and_replays(monkeypatch, fail):
+    fake = _FakeCuda(fail)
+    monkeypatch.setattr(torch, "cuda", fake)
+    calls = []
+
+    def step():
+        if not fake.capturing:
+            calls.append(1)
+        fake._last = step
+
+    runner = StepRunner(step, torch.device("cuda"), capture=True, warmup=2)
+    _FakeGraph.captured = 0
+    if fail:
+        with pytest.warns(UserWarning, match="capture failed"):
+            for _ in range(6):
+                runner()
+        assert not runner.capture and len(calls) == 6
+    else:
+        for _ in range(6):
+            runner()
+        assert _FakeGraph.captured == 1 and runner.graph is not None and len(calls) == 6
