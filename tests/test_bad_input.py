@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,14 @@ from transfer.protocols import make_splits
 from transfer.recipe import ProtocolConfig, apply_set, parse_recipe
 from transfer.records import read_records
 from transfer.synth import make
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm_handler():
+    """transfer.run.main installs its SIGTERM handler; called in-process, it must not stay."""
+    old = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, old)
 
 
 def test_cuda_requested_without_a_gpu():

@@ -132,11 +132,18 @@ def _train(recipe: Recipe, domain: Domain, device: torch.device, train_idx: np.n
                "source_best_epoch": result.best_epoch, "source_seconds": round(result.seconds, 2)}
     state = {k: v.detach().cpu() for k, v in strategy.model.state_dict().items()}
     blob = {"state": state, "norm": norm.to_dict(), "metrics": metrics, "labels": domain.labels}
-    store_entry(folder, key, ".pt", lambda tmp: torch.save(blob, tmp))
+    store_entry(folder, key, ".pt", lambda tmp: _save(blob, tmp))
     console.print(f"source held-out accuracy {metrics['source_acc']:.3f}, "
                   f"UAR {metrics['source_uar']:.3f}")
     return Pretrained(state, Standardizer(norm.mean.cpu(), norm.std.cpu()), train_idx, val_idx,
                       metrics, key, False)
+
+
+def _save(blob: dict[str, Any], path: Path) -> None:
+    # Through a file object, the archive's inner folder is always "archive", not the temporary
+    # file's name: the same model gives the same bytes, hence the same checksum.
+    with open(path, "wb") as fh:
+        torch.save(blob, fh)
 
 
 def summary(p: Pretrained) -> dict[str, Any]:
