@@ -284,6 +284,7 @@ BASE = {"target": {"corpus": "modma"}, "strategies": [{"name": "scratch"}]}
     ("jobs=-2", r"'jobs' must be >= 0"),
     ("features.hop=0", r"'features\.hop' must be >= 1"),
     ("diagnostics.max_samples=1", r"'diagnostics\.max_samples' must be >= 2"),
+    ("target.label_map.a=1", r"'target\.label_map\.a' must be str, got 1"),
 ])
 def test_numeric_recipe_values_are_range_checked_at_load(assignment, message):
     data = json.loads(json.dumps(BASE))

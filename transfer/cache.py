@@ -141,7 +141,7 @@ def find_entry(folder: Path, stem: str, suffix: str) -> Path | None:
     removed, so the caller rebuilds the entry.
     """
     candidates = sorted(folder.glob(f"{glob_escape(stem)}.*{suffix}"),
-                        key=lambda p: (-p.stat().st_mtime_ns, p.name)) if folder.is_dir() else []
+                        key=lambda p: (-_mtime(p), p.name)) if folder.is_dir() else []
     for path in candidates:
         expected = _checksum_of(path, stem, suffix)
         if len(expected) != 16 or not all(c in "0123456789abcdef" for c in expected):
@@ -152,9 +152,23 @@ def find_entry(folder: Path, stem: str, suffix: str) -> Path | None:
             continue
         if actual.startswith(expected):
             return path
-        discard_entry(path, f"checksum mismatch (content changed after it was written, "
-                            f"{path.stat().st_size} bytes)")
+        discard_entry(path, f"checksum mismatch: its content changed after it was written, "
+                            f"{_size(path)} bytes now")
     return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 def discard_entry(path: Path, why: str) -> None:

@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from transfer import UserError
 from transfer.audio import SegmentSpec
 from transfer.cards import load_card
 from transfer.cli import console, main_guard
@@ -27,6 +28,8 @@ def prepare(corpus: str, root: str | None = None, *, seconds: float | None = Non
             progress: bool = True) -> dict[str, Any]:
     """Manifest + features for one corpus; returns the summary printed by the CLI."""
     t0 = time.perf_counter()
+    if not 0 <= max_bad_share <= 1:
+        raise UserError(f"--max-bad-share must be in [0, 1], got {max_bad_share}")
     card = load_card(corpus)
     manifest = build_manifest(card, root, max_bad_share=max_bad_share)
     for warning in manifest.warnings:

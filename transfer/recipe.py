@@ -180,7 +180,9 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"recipe key '{key}' must be a table, got {value!r}")
-        return dict(value)
+        _, inner = typing.get_args(hint)
+        return {k: v if inner is Any else _check_value(v, inner, f"{key}.{k}")
+                for k, v in value.items()}
     from backbones import _describe, _type_ok
 
     if not _type_ok(value, hint):
