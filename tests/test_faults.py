@@ -173,40 +173,54 @@ def test_damaged_pretrained_cache_is_reported_and_retrained(source_domain, tmp_p
 RACER = """
 import hashlib, json, sys, time
 from pathlib import Path
-import torch
+from transfer.cards import load_card
+from transfer.corpora import build_manifest
+from transfer.data import corpus_root, feature_spec, segment_spec
+from transfer.features import load_features
 from transfer.recipe import load_recipe
 from transfer.run import Experiment
-go = Path(sys.argv[2])
+recipe = load_recipe(sys.argv[1])
+card = load_card(recipe.target.corpus)
+manifest = build_manifest(card, corpus_root(recipe.target, card))
 Path(sys.argv[3]).touch()
+go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.01)
-exp = Experiment(load_recipe(sys.argv[1]), progress=False).load()
+seg = segment_spec(recipe.target, card, recipe.features.sample_rate)
+fs = load_features(manifest, seg, feature_spec(recipe.features), progress=False)
+exp = Experiment(recipe, progress=False).load()
 state = hashlib.sha256(b"".join(v.numpy().tobytes() for v in exp.pretrained.state.values()))
-print(json.dumps({"trained": not exp.pretrained.cache_hit, "state": state.hexdigest(),
-                  "target": hashlib.sha256(exp.target.x.tobytes()).hexdigest(),
+print(json.dumps({"extracted": not fs.cache_hit, "trained": not exp.pretrained.cache_hit,
+                  "state": state.hexdigest(), "target": hashlib.sha256(fs.x.tobytes()).hexdigest(),
                   "source": hashlib.sha256(exp.source.x.tobytes()).hexdigest()}))
 """
 
 
 def test_two_processes_filling_the_same_cache_entries_agree(tmp_path):
     recipe = tiny_recipe(tmp_path / "r.toml", ["freeze"])
-    cache = tmp_path / "cache"
+    shared = transfer.cache.cache_dir()
+    cache = tmp_path / "cache"  # empty, but for the synthetic corpora (shared, read-only here)
+    cache.mkdir()
+    (shared / "synth").mkdir(exist_ok=True)
+    (cache / "synth").symlink_to(shared / "synth")
     env = {**os.environ, "SER_TRANSFER_CACHE": str(cache)}
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", RACER, str(recipe), str(go),
                                str(tmp_path / f"ready{i}")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
         assert time.time() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.02)
-    go.touch()  # both start loading at the same moment
+    go.touch()  # both need the same features and the same pretrained model now
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         results.append(json.loads(out.strip().splitlines()[-1]))
-    assert sorted(r["trained"] for r in results) == [False, True]  # trained once, by one of them
+    # each entry built once, by one of them; the other waited and loaded it
+    assert sorted(r["extracted"] for r in results) == [False, True]
+    assert sorted(r["trained"] for r in results) == [False, True]
     for key in ("state", "target", "source"):
         assert results[0][key] == results[1][key], key
     assert len(list((cache / "pretrained").glob("*.pt"))) == 1

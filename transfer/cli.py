@@ -33,7 +33,7 @@ def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
         except OSError as err:
             if err.errno not in ENVIRONMENT_ERRORS:
                 raise
-            console.print(f"[bold red]error:[/] cannot write {err.filename or 'a file'}: "
+            console.print(f"[bold red]error:[/] {err.filename or 'file system'}: "
                           f"{err.strerror or err}")
             return 2
         except KeyboardInterrupt:
