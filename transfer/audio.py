@@ -9,6 +9,7 @@ Modes:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,16 +57,97 @@ class SegmentSpec:
         return int(round(self.seconds * self.sample_rate))
 
 
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the header of a usable audio file says."""
+
+    seconds: float
+    sample_rate: int
+    channels: int
+
+
+def _wav_shortfall(path: str, size: int) -> tuple[int, int] | None:
+    """(bytes the ``data`` chunk promises, bytes the file holds) of a RIFF/WAVE file whose data
+    chunk claims at least one whole frame more than the file holds; None otherwise.
+
+    libsndfile reads such a file (a copy cut short, a write interrupted by a crash) without
+    complaint, shortened to what is there; a 100-byte stub of a 3-s recording becomes a 2-ms
+    clip that would be padded into a silent, labelled segment.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos, block = 12, 1
+        while True:
+            fh.seek(pos)
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"fmt ":
+                fmt = fh.read(16)
+                block = max(1, int.from_bytes(fmt[12:14], "little")) if len(fmt) >= 14 else 1
+            elif cid == b"data":
+                present = size - (pos + 8)
+                if length != 0xFFFFFFFF and length - present >= block:  # 0xFFFFFFFF: streamed
+                    return length, max(present, 0)
+                return None
+            pos += 8 + length + (length & 1)
+
+
+def probe(path: str | os.PathLike) -> AudioInfo | str:
+    """The header facts of an audio file, or the reason it cannot be used.
+
+    Reasons start with a short class (``empty file``, ``unreadable``, ``truncated``,
+    ``zero-length audio``, ``non-finite samples``), then ``:`` and the details. Files stored as
+    floats are read in full to check for NaN/inf samples (integer PCM cannot hold them).
+    """
+    path = str(path)
+    try:
+        size = os.stat(path).st_size
+        if size == 0:
+            return "empty file (0 bytes)"
+        info = sf.info(path)
+    except Exception as err:  # noqa: BLE001 - libsndfile raises several types
+        return f"unreadable: {str(err).strip() or type(err).__name__}"
+    if info.frames == 0:
+        return "zero-length audio (0 frames)"
+    if info.format == "WAV":
+        short = _wav_shortfall(path, size)
+        if short is not None:
+            promised, present = short
+            return (f"truncated: the header promises {promised} bytes of audio, the file holds "
+                    f"{present} ({present / promised:.0%})")
+    if info.subtype in ("FLOAT", "DOUBLE"):
+        try:
+            bad = _non_finite(sf.read(path, dtype="float32", always_2d=True)[0])
+        except Exception as err:  # noqa: BLE001
+            return f"unreadable: {str(err).strip() or type(err).__name__}"
+        if bad:
+            return f"non-finite samples: {bad} NaN/inf sample(s)"
+    return AudioInfo(info.frames / info.samplerate, int(info.samplerate), int(info.channels))
+
+
+def _non_finite(audio: np.ndarray) -> int:
+    return int(audio.size - np.count_nonzero(np.isfinite(audio)))
+
+
 def load_audio(path: str, sample_rate: int, *, keep_turns: list[tuple[float, float]] | None = None
                ) -> np.ndarray:
     """Read a file as mono float32 at ``sample_rate`` (resampled with soxr when needed).
 
     ``keep_turns``: (start_s, stop_s) spans to keep and concatenate (DAIC-WOZ participant turns).
+    NaN or inf samples are an error naming the file: they would poison every feature.
     """
     try:
         audio, native = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:  # noqa: BLE001
         raise UserError(f"cannot read audio {path}: {err}") from None
+    bad = _non_finite(audio)
+    if bad:
+        raise UserError(f"audio {path} has {bad} non-finite sample(s) (NaN/inf); fix or remove "
+                        "the file")
     mono = audio.mean(axis=1)
     if keep_turns:
         pieces = [mono[int(a * native):int(b * native)] for a, b in keep_turns]

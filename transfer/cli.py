@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 
@@ -13,9 +14,14 @@ from transfer import UserError
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                       errno.EFBIG}
+
+
 def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main``: a :class:`UserError` becomes a one-line message and exit status 2,
-    Ctrl-C exits with 130 after saying what was kept."""
+    Ctrl-C exits with 130 after saying what was kept, and so does a file-system error of the
+    user's environment (full disk, read-only folder, no permission) naming the file."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> int:
@@ -23,6 +29,12 @@ def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
             return fn(*args, **kwargs) or 0
         except UserError as err:
             console.print(f"[bold red]error:[/] {err}")
+            return 2
+        except OSError as err:
+            if err.errno not in ENVIRONMENT_ERRORS:
+                raise
+            console.print(f"[bold red]error:[/] {err.filename or 'file system'}: "
+                          f"{err.strerror or err}")
             return 2
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: finished work is kept; rerun to continue")

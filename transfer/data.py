@@ -45,7 +45,7 @@ def feature_spec(cfg: FeaturesConfig) -> FeatureSpec:
 
 def segment_spec(cfg: CorpusConfig, card: Card, sample_rate: int) -> SegmentSpec:
     seg = cfg.segments
-    return SegmentSpec(seconds=seg.seconds or card.segments.seconds,
+    return SegmentSpec(seconds=card.segments.seconds if seg.seconds is None else seg.seconds,
                        mode=seg.mode or card.segments.mode, overlap_s=seg.overlap_s,
                        align=seg.align, sample_rate=sample_rate)
 

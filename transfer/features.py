@@ -2,7 +2,8 @@
 
 The cache key covers the manifest's files (path, size, mtime), the segment and feature
 settings and :data:`FEATURE_VERSION`; bump the version whenever extraction code changes
-what it produces.
+what it produces. Cache files carry their checksum (:mod:`transfer.cache`): a damaged one is
+reported and rebuilt, and two processes that need the same features extract them once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 
 from transfer import UserError
 from transfer.audio import SegmentSpec, cut, load_audio, read_turns
-from transfer.cache import atomic_path, cache_dir, content_hash
+from transfer.cache import cache_dir, content_hash, discard_entry, entry_lock, find_entry, store_entry
 from transfer.corpora import Manifest
 
 FEATURE_VERSION = 1
@@ -150,14 +151,50 @@ def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
     """
     t0 = time.perf_counter()
     key = cache_key(manifest, seg, feat)
-    path = (root or cache_dir()) / "features" / f"{manifest.name}-{key}.npz"
-    if path.is_file():
+    folder, stem = (root or cache_dir()) / "features", f"{manifest.name}-{key}"
+    cached = _load_cached(folder, stem)  # no lock on the common path: a verified load
+    if cached is None:
+        with entry_lock(folder, stem, f"the features of {manifest.name}"):
+            cached = _load_cached(folder, stem)
+            if cached is None:
+                x, segments = _extract_all(manifest, seg, feat, workers, progress)
+                store_entry(folder, stem, ".npz", lambda tmp: _save(tmp, x, segments))
+                return FeatureSet(x, segments, key, False, time.perf_counter() - t0)
+    x, segments = cached
+    return FeatureSet(x, segments, key, True, time.perf_counter() - t0)
+
+
+def _load_cached(folder: Path, stem: str) -> tuple[np.ndarray, pd.DataFrame] | None:
+    """A verified cache entry, or None (a damaged one is reported and removed)."""
+    path = find_entry(folder, stem, ".npz")
+    if path is None:
+        return None
+    try:
         with np.load(path, allow_pickle=False) as data:
             x = data["x"]
             segments = pd.DataFrame({"file": data["source"], "speaker": data["speaker"],
                                      "label": data["label"], "start_s": data["start_s"]})
-        return FeatureSet(x, segments, key, True, time.perf_counter() - t0)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # noqa: BLE001 - whatever a bad file raises, it is rebuilt
+        discard_entry(path, f"cannot be loaded: {type(err).__name__}: {err}")
+        return None
+    if x.ndim != 3 or len(segments) != x.shape[0]:
+        discard_entry(path, f"inconsistent arrays: x {x.shape}, {len(segments)} segment rows")
+        return None
+    return x, segments
 
+
+def _save(path: Path, x: np.ndarray, segments: pd.DataFrame) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, x=x, source=segments["file"].to_numpy(str),
+                 speaker=segments["speaker"].to_numpy(str),
+                 label=segments["label"].to_numpy(str),
+                 start_s=segments["start_s"].to_numpy(np.float64))
+
+
+def _extract_all(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, workers: int | None,
+                 progress: bool) -> tuple[np.ndarray, pd.DataFrame]:
     groups = _groups(manifest.frame, seg.mode)
     transcripts = {}
     if manifest.card.audio.transcript:
@@ -172,13 +209,7 @@ def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
     x = np.concatenate([r[0] for r in results])
     meta = [m for r in results for m in r[1]]
     segments = pd.DataFrame.from_records(meta, columns=["file", "speaker", "label", "start_s"])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, x=x, source=segments["file"].to_numpy(str),
-                     speaker=segments["speaker"].to_numpy(str),
-                     label=segments["label"].to_numpy(str),
-                     start_s=segments["start_s"].to_numpy(np.float64))
-    return FeatureSet(x, segments, key, False, time.perf_counter() - t0)
+    return x, segments
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool, title: str) -> list:

@@ -53,7 +53,11 @@ def load_package(path: str | Path) -> dict[str, Any]:
     try:
         package = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a package"
-        raise UserError(f"{path} is not a ser-transfer model package ({type(err).__name__}); "
+        why = type(err).__name__
+        if "weights only" in str(err).lower():
+            why = ("it holds code or objects other than plain data, refused without running "
+                   "them")
+        raise UserError(f"{path} is not a ser-transfer model package ({why}); "
                         "export one with: python -m transfer.run RECIPE --export") from None
     if not isinstance(package, dict) or package.get("format") != FORMAT:
         raise UserError(f"{path} is not a ser-transfer model package (no '{FORMAT}' header); "

@@ -1,12 +1,18 @@
 """Apply an exported model to new recordings.
 
-``python -m transfer.predict MODEL AUDIO... [--out preds.csv] [--group-by folder|none]``
+``python -m transfer.predict MODEL AUDIO... [--out preds.csv] [--group-by folder|none]
+[--allow-upsampling]``
 
 AUDIO: wav/flac files and folders (searched recursively). Each file is resampled, segmented
 and featurised with the model's own settings; the CSV has one row per file (class
 probabilities = mean over its segments, predicted label, number of segments) and, with
 ``--group-by folder`` (the default; a folder = a subject in MODMA's layout), one row per
 folder from the mean probability of all its segments.
+
+Files that cannot be used are skipped with their reason (unreadable, truncated, NaN/inf
+samples, too short) and the exit status is 1. Audio recorded below the model's sample rate is
+refused unless ``--allow-upsampling``: upsampling cannot restore the missing band, and the
+model never saw such spectra (8 kHz audio can flip a subject's prediction).
 """
 
 from __future__ import annotations
@@ -16,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
 
 from transfer import UserError
-from transfer.audio import SegmentSpec, cut, load_audio
+from transfer.audio import SegmentSpec, cut, load_audio, probe
 from transfer.cli import console, main_guard
 from transfer.features import FeatureSpec, extract
 from transfer.package import build_model, load_package
@@ -45,9 +50,12 @@ def collect(paths: list[str]) -> list[Path]:
     return files
 
 
-def predict_files(package: dict, files: list[Path], group_by: str = "folder"
-                  ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Rows per file (and per folder); plus (file, reason) for files that could not be used."""
+def predict_files(package: dict, files: list[Path], group_by: str = "folder", *,
+                  allow_upsampling: bool = False) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Rows per file (and per folder); plus (file, reason) for files that could not be used.
+
+    Audio below the model's sample rate is one of those unless ``allow_upsampling``.
+    """
     seg = SegmentSpec(**package["segments"])
     feat = FeatureSpec(**package["features"])
     model = build_model(package)
@@ -56,11 +64,21 @@ def predict_files(package: dict, files: list[Path], group_by: str = "folder"
     rows, problems, per_file = [], [], {}
     resampled: set[int] = set()
     for path in files:
+        info = probe(path)
+        if isinstance(info, str):
+            problems.append((str(path), info))
+            continue
+        rate = info.sample_rate
+        if rate < seg.sample_rate and not allow_upsampling:
+            problems.append((str(path), f"sample rate {rate} Hz is below the model's "
+                                        f"{seg.sample_rate} Hz: upsampling cannot restore the "
+                                        "missing band and changes predictions; pass "
+                                        "--allow-upsampling to use it anyway"))
+            continue
         try:
-            rate = sf.info(str(path)).samplerate
             audio = load_audio(str(path), seg.sample_rate)
-        except (UserError, RuntimeError) as err:
-            problems.append((str(path), f"unreadable: {err}"))
+        except UserError as err:
+            problems.append((str(path), str(err)))
             continue
         if audio.size < feat.n_fft:
             problems.append((str(path), f"too short: {audio.size} samples at {seg.sample_rate} Hz, "
@@ -75,8 +93,8 @@ def predict_files(package: dict, files: list[Path], group_by: str = "folder"
         per_file[path] = prob
         rows.append(_row("file", str(path), prob, labels))
     for rate in sorted(resampled):
-        console.print(f"note: audio at {rate} Hz was resampled to the model's "
-                      f"{seg.sample_rate} Hz")
+        how = "upsampled (--allow-upsampling)" if rate < seg.sample_rate else "resampled"
+        console.print(f"note: audio at {rate} Hz was {how} to the model's {seg.sample_rate} Hz")
     if group_by == "folder":
         folders: dict[Path, list[np.ndarray]] = {}
         for path, prob in per_file.items():
@@ -103,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("audio", nargs="+", help="wav/flac files or folders")
     parser.add_argument("--out", help="CSV to write (default: print)")
     parser.add_argument("--group-by", choices=["folder", "none"], default="folder")
+    parser.add_argument("--allow-upsampling", action="store_true",
+                        help="use audio recorded below the model's sample rate (upsampled)")
     args = parser.parse_args(argv)
     package = load_package(args.model)
     files = collect(args.audio)
-    table, problems = predict_files(package, files, args.group_by)
+    table, problems = predict_files(package, files, args.group_by,
+                                    allow_upsampling=args.allow_upsampling)
     for path, reason in problems:
         console.print(f"[yellow]skipped[/] {path}: {reason}")
     if table.empty:

@@ -14,10 +14,11 @@ import json
 import time
 from typing import Any
 
+from transfer import UserError
 from transfer.audio import SegmentSpec
 from transfer.cards import load_card
 from transfer.cli import console, main_guard
-from transfer.corpora import build_manifest
+from transfer.corpora import build_manifest, reason_counts
 from transfer.features import FeatureSpec, load_features
 
 
@@ -27,11 +28,14 @@ def prepare(corpus: str, root: str | None = None, *, seconds: float | None = Non
             progress: bool = True) -> dict[str, Any]:
     """Manifest + features for one corpus; returns the summary printed by the CLI."""
     t0 = time.perf_counter()
+    if not 0 <= max_bad_share <= 1:
+        raise UserError(f"--max-bad-share must be in [0, 1], got {max_bad_share}")
     card = load_card(corpus)
     manifest = build_manifest(card, root, max_bad_share=max_bad_share)
     for warning in manifest.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    seg = SegmentSpec(seconds=seconds or card.segments.seconds, mode=mode or card.segments.mode)
+    seg = SegmentSpec(seconds=card.segments.seconds if seconds is None else seconds,
+                      mode=mode or card.segments.mode)
     feats = load_features(manifest, seg, features or FeatureSpec(), workers=workers,
                           progress=progress)
     frame = manifest.frame
@@ -46,7 +50,13 @@ def prepare(corpus: str, root: str | None = None, *, seconds: float | None = Non
         "feature_shape": list(feats.x.shape[1:]),
         "segment": dataclasses.asdict(seg),
         "skipped": len(manifest.skipped),
+        "skipped_by_reason": reason_counts(manifest.skipped),
         "skipped_files": [{"path": p, "reason": r} for p, r in manifest.skipped],
+        "unmatched": len(manifest.unmatched),
+        "unmatched_by_reason": reason_counts(manifest.unmatched),
+        "unmatched_files": [{"path": p, "reason": r} for p, r in manifest.unmatched],
+        "without_label_row": len(manifest.without_row),
+        "excluded_by_require": manifest.excluded,
         "dropped_by_label_filter": manifest.dropped,
         "warnings": manifest.warnings,
         "cache_hit": feats.cache_hit,
@@ -79,12 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for path, reason in ((s["path"], s["reason"]) for s in summary["skipped_files"]):
         console.print(f"[yellow]skipped[/] {path}: {reason}")
+    for path, reason in ((s["path"], s["reason"]) for s in summary["unmatched_files"][:20]):
+        console.print(f"[yellow]unmatched[/] {path}: {reason}")
     labels = ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
     hit = "hit" if summary["cache_hit"] else "miss"
     rt = "" if summary["cache_hit"] else f" ({summary['realtime_factor']}x real time)"
     print(f"corpus      {summary['corpus']} at {summary['root']}\n"
           f"files       {summary['files']} ({summary['skipped']} skipped, "
-          f"{summary['dropped_by_label_filter']} filtered by label)\n"
+          f"{summary['dropped_by_label_filter']} filtered by label, "
+          f"{summary['unmatched']} unmatched, {summary['without_label_row']} without a label "
+          f"row)\n"
+          + _reasons("skipped", summary["skipped_by_reason"])
+          + _reasons("unmatched", summary["unmatched_by_reason"]) +
           f"speakers    {summary['speakers']}\n"
           f"labels      {labels}\n"
           f"duration    {summary['duration_s'] / 60:.1f} min\n"
@@ -92,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
           f"cache       {hit}, features in {summary['feature_seconds']:.2f} s{rt}\n"
           f"total       {summary['seconds']:.2f} s")
     return 0
+
+
+def _reasons(title: str, counts: dict[str, int]) -> str:
+    """One summary line: how many files per reason (empty when there are none)."""
+    if not counts:
+        return ""
+    return f"{title:<12}" + ", ".join(f"{n} {why}" for why, n in counts.items()) + "\n"
 
 
 if __name__ == "__main__":

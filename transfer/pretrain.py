@@ -3,7 +3,9 @@
 A speaker-independent hold-out (``pretrain.val_fraction`` of the speakers) selects the epoch and
 gives the reported source accuracy/UAR. The result is cached under a content hash of everything
 that determines it (the source features, labels, backbone and options, pretraining settings,
-seed), so every strategy, fold and later recipe reuses it.
+seed), so every strategy, fold and later recipe reuses it. The cached file carries its
+checksum and is loaded with ``weights_only=True``: a damaged or tampered file (a pickle that
+would run code included) is reported in one line and retrained, never used.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from sklearn.model_selection import GroupShuffleSplit
 
 from transfer import UserError
-from transfer.cache import atomic_path, cache_dir, content_hash
+from transfer.cache import cache_dir, content_hash, discard_entry, entry_lock, find_entry, store_entry
 from transfer.cli import console
 from transfer.data import Domain
 from transfer.engine import DomainTensors, Standardizer, fit, predict_proba, to_device
@@ -80,12 +82,39 @@ def pretrain(recipe: Recipe, domain: Domain, device: torch.device, *, root: Path
     cfg = recipe.pretrain
     train_idx, val_idx = source_split(domain, cfg.val_fraction, cfg.seed)
     key = pretrain_key(recipe, domain)
-    path = (root or cache_dir()) / "pretrained" / f"{key}.pt"
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        norm = Standardizer(blob["norm"]["mean"], blob["norm"]["std"])
-        return Pretrained(blob["state"], norm, train_idx, val_idx, blob["metrics"], key, True)
+    folder = (root or cache_dir()) / "pretrained"
+    blob = _load_cached(folder, key)  # no lock on the common path: a verified load
+    if blob is None:
+        with entry_lock(folder, key, f"pretraining on {domain.name}"):
+            blob = _load_cached(folder, key)
+            if blob is None:
+                return _train(recipe, domain, device, train_idx, val_idx, folder, key)
+    norm = Standardizer(blob["norm"]["mean"], blob["norm"]["std"])
+    return Pretrained(blob["state"], norm, train_idx, val_idx, blob["metrics"], key, True)
 
+
+def _load_cached(folder: Path, key: str) -> dict[str, Any] | None:
+    """A verified cached model, or None (a damaged one is reported and removed)."""
+    path = find_entry(folder, key, ".pt")
+    if path is None:
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if (not isinstance(blob, dict) or not {"state", "norm", "metrics"} <= set(blob)
+                or not {"mean", "std"} <= set(blob["norm"])):
+            raise ValueError("not a pretrained-model entry")
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # noqa: BLE001 - whatever a bad file raises, it is retrained
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        discard_entry(path, f"cannot be loaded: {type(err).__name__}: {first}")
+        return None
+    return blob
+
+
+def _train(recipe: Recipe, domain: Domain, device: torch.device, train_idx: np.ndarray,
+           val_idx: np.ndarray, folder: Path, key: str) -> Pretrained:
+    cfg = recipe.pretrain
     console.print(f"pretraining {recipe.backbone.name} on {domain.name} "
                   f"({len(train_idx)} train / {len(val_idx)} held-out segments, "
                   f"{cfg.epochs} epochs)")
@@ -103,13 +132,19 @@ def pretrain(recipe: Recipe, domain: Domain, device: torch.device, *, root: Path
     metrics = {"source_acc": held["acc"], "source_uar": held["uar"],
                "source_best_epoch": result.best_epoch, "source_seconds": round(result.seconds, 2)}
     state = {k: v.detach().cpu() for k, v in strategy.model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state": state, "norm": norm.to_dict(), "metrics": metrics,
-                    "labels": domain.labels}, tmp)
+    blob = {"state": state, "norm": norm.to_dict(), "metrics": metrics, "labels": domain.labels}
+    store_entry(folder, key, ".pt", lambda tmp: _save(blob, tmp))
     console.print(f"source held-out accuracy {metrics['source_acc']:.3f}, "
                   f"UAR {metrics['source_uar']:.3f}")
     return Pretrained(state, Standardizer(norm.mean.cpu(), norm.std.cpu()), train_idx, val_idx,
                       metrics, key, False)
+
+
+def _save(blob: dict[str, Any], path: Path) -> None:
+    # Through a file object, the archive's inner folder is always "archive", not the temporary
+    # file's name: the same model gives the same bytes, hence the same checksum.
+    with open(path, "wb") as fh:
+        torch.save(blob, fh)
 
 
 def summary(p: Pretrained) -> dict[str, Any]:

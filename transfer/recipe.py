@@ -1,15 +1,18 @@
 """Recipes: TOML files that describe one comparison (data, backbone, protocol, strategies).
 
 A recipe is data, never executed. Every section maps onto a typed dataclass below whose
-defaults are the defaults; an unknown key or a value of the wrong type is an error that names
-the key and what is allowed. ``--set a.b=value`` uses the same dotted names (the value is read
-as a TOML value, else as a string); a strategy's options are ``strategies.<name>.<option>``.
+defaults are the defaults; an unknown key, a value of the wrong type or out of range (an
+``epochs`` of 0, an ``lr`` of 0) is an error that names the key and what is allowed.
+``--set a.b=value`` uses the same dotted names (the value is read as a TOML value, else as a
+string); a strategy's options are ``strategies.<name>.<option>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ else:  # pragma: no cover
 class SegmentsConfig:
     """Segmenting of one corpus; unset values come from the corpus card."""
 
-    seconds: float = 0.0  # 0 = the card's default
+    seconds: float | None = None  # absent = the card's default
     mode: str = ""  # "" = the card's default; pad | window | concat
     overlap_s: float = 2.5
     align: Literal["start", "center"] = "start"
@@ -179,12 +182,16 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"recipe key '{key}' must be a table, got {value!r}")
-        return dict(value)
+        _, inner = typing.get_args(hint)
+        return {k: v if inner is Any else _check_value(v, inner, f"{key}.{k}")
+                for k, v in value.items()}
     from backbones import _describe, _type_ok
 
     if not _type_ok(value, hint):
         raise UserError(f"recipe key '{key}' must be {_describe(hint)}, got {value!r}")
-    return float(value) if hint is float else value
+    floats = hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                               and float in typing.get_args(hint))
+    return float(value) if floats and isinstance(value, int) else value
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -252,7 +259,80 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
         backbones.options_of(recipe.backbone.name)
     except OptionError as err:
         raise UserError(f"backbone.name: {err}") from None
+    check_ranges(recipe)
     return recipe
+
+
+def _require(ok: bool, key: str, rule: str, value: Any, hint: str = "") -> None:
+    if not ok:
+        raise UserError(f"recipe key '{key}' must be {rule}, got {value!r}" + (f"; {hint}" if hint
+                                                                                else ""))
+
+
+def _at_least(value: float, low: float, key: str, hint: str = "") -> None:
+    _require(math.isfinite(value) and value >= low, key, f">= {low:g}", value, hint)
+
+
+def _above(value: float, low: float, key: str, hint: str = "") -> None:
+    _require(math.isfinite(value) and value > low, key, f"> {low:g}", value, hint)
+
+
+def _share(value: float, key: str, *, open_low: bool = False, open_high: bool = False) -> None:
+    ok = (math.isfinite(value) and (value > 0 if open_low else value >= 0)
+          and (value < 1 if open_high else value <= 1))
+    rule = f"in {'(' if open_low else '['}0, 1{')' if open_high else ']'}"
+    _require(ok, key, rule, value)
+
+
+def _check_train(cfg: TrainConfig, prefix: str) -> None:
+    _at_least(cfg.epochs, 1, f"{prefix}.epochs", "0 epochs would report an untrained model")
+    _at_least(cfg.batch_size, 1, f"{prefix}.batch_size")
+    _above(cfg.lr, 0, f"{prefix}.lr", "a learning rate of 0 or less trains nothing")
+    _require(len(cfg.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in cfg.betas),
+             f"{prefix}.betas", "two numbers in [0, 1)", cfg.betas)
+    _at_least(cfg.momentum, 0, f"{prefix}.momentum")
+    _at_least(cfg.weight_decay, 0, f"{prefix}.weight_decay")
+    _at_least(cfg.step_size, 1, f"{prefix}.step_size")
+    _above(cfg.gamma, 0, f"{prefix}.gamma")
+    _share(cfg.label_smoothing, f"{prefix}.label_smoothing", open_high=True)
+    _at_least(cfg.grad_clip, 0, f"{prefix}.grad_clip", "0 turns clipping off")
+    _at_least(cfg.patience, 0, f"{prefix}.patience", "0 turns early stopping off")
+
+
+def check_ranges(recipe: Recipe) -> None:
+    """Numeric values that type-check but cannot give a meaningful run are errors at load time,
+    before any data is read or model trained."""
+    _require(len(set(recipe.seeds)) == len(recipe.seeds), "seeds", "distinct seeds",
+             recipe.seeds)
+    _at_least(recipe.jobs, 0, "jobs", "0 chooses from the device")
+    corpora = [("target", recipe.target)] + [
+        (f"source[{i}]" if len(recipe.source) > 1 else "source", c)
+        for i, c in enumerate(recipe.source)]
+    for where, c in corpora:
+        _share(c.max_bad_share, f"{where}.max_bad_share")
+        if c.segments.seconds is not None:
+            _above(c.segments.seconds, 0, f"{where}.segments.seconds",
+                   "leave it out to use the corpus card's length")
+        _at_least(c.segments.overlap_s, 0, f"{where}.segments.overlap_s")
+    f = recipe.features
+    _at_least(f.sample_rate, 1000, "features.sample_rate")
+    for name in ("n_mfcc", "n_fft", "hop", "n_mels"):
+        _at_least(getattr(f, name), 1, f"features.{name}")
+    _require(f.deltas in (0, 1, 2), "features.deltas", "0, 1 or 2", f.deltas)
+    _check_train(recipe.train, "train")
+    _check_train(recipe.pretrain, "pretrain")
+    _share(recipe.pretrain.val_fraction, "pretrain.val_fraction", open_low=True, open_high=True)
+    p = recipe.protocol
+    if p.name == "subject-kfold":
+        _at_least(p.folds, 2, "protocol.folds",
+                  "subject-kfold needs a training and a test part; for one held-out subject "
+                  "per fold use protocol.name = \"loso\"")
+    _share(p.val_fraction, "protocol.val_fraction", open_low=True, open_high=True)
+    if p.name == "segment-random":
+        _require(len(p.split) == 3 and all(math.isfinite(v) and v > 0 for v in p.split)
+                 and abs(sum(p.split) - 1) <= 1e-6, "protocol.split",
+                 "three shares > 0 (train, validation, test) that sum to 1", p.split)
+    _at_least(recipe.diagnostics.max_samples, 2, "diagnostics.max_samples")
 
 
 def _parse_value(text: str) -> Any:

@@ -16,25 +16,12 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from transfer.cache import atomic_write_text
+from transfer.cache import atomic_path, atomic_write_text
 from transfer.cli import console, main_guard
 from transfer.metrics import METRICS
+from transfer.records import read_records  # noqa: F401 - the records reader lives there
 
 GAP = ["gap_mmd", "gap_a_distance"]
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete line of a records file (a torn last line from a crash is ignored)."""
-    records = []
-    path = Path(path)
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def latest(records: list[dict]) -> list[dict]:
@@ -145,8 +132,8 @@ def print_table(table: pd.DataFrame, title: str = "") -> None:
 def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: dict | None,
                   title: str, plots: bool = True) -> pd.DataFrame:
     table = build_table(records, order, source)
-    table.to_csv(out_dir / "table.csv.tmp", index=False)
-    (out_dir / "table.csv.tmp").replace(out_dir / "table.csv")
+    with atomic_path(out_dir / "table.csv") as tmp:  # no table.csv.tmp left on a full disk
+        table.to_csv(tmp, index=False)
     atomic_write_text(out_dir / "table.md", markdown(table, title))
     if plots:
         from transfer.plots import write_plots

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfer import REPO_ROOT, UserError, __version__
+from transfer import UserError
 from transfer.cache import atomic_write_text, content_hash
 from transfer.cli import console, main_guard
 from transfer.data import Domain, load_domain
@@ -48,7 +47,16 @@ from transfer.metrics import confusion, evaluate
 from transfer.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
 from transfer.protocols import SPEAKER_DEPENDENT, Split, make_splits
 from transfer.recipe import Recipe, StrategyEntry, load_recipe
-from transfer.report import latest, print_table, read_records, write_outputs
+from transfer.records import (
+    check_resume,
+    check_writable,
+    new_results_path,
+    planned,
+    read_records,
+    results_folder,
+    toolkit_info,
+)
+from transfer.report import latest, print_table, write_outputs
 from transfer.strategies import Context, get_strategy
 
 
@@ -314,12 +322,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import librosa
     import sklearn
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    env = {"ser_transfer": __version__, "git_commit": commit, "python": sys.version.split()[0],
+    env = {**toolkit_info(), "python": sys.version.split()[0],
            "platform": platform.platform(), "torch": torch.__version__,
            "numpy": np.__version__, "librosa": librosa.__version__,
            "scikit_learn": sklearn.__version__, "device": str(device),
@@ -344,25 +347,36 @@ def _print_dry_run(recipe: Recipe) -> None:
 def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
                base: Path | None = None, progress: bool = True, jobs: int | None = None,
                executor: str = "local", address: str | None = None) -> tuple[Path, Any, int]:
-    """Run (or resume) a recipe. Returns (output dir, table, number of failed runs)."""
+    """Run (or resume) a recipe. Returns (output dir, table, number of failed runs).
+
+    Everything that can be checked is checked before the results folder is made (a resumed
+    folder's recipe, writability, data, the plan), and a new folder is removed again if the
+    run fails before its first record.
+    """
+    if jobs is not None and jobs < 0:
+        raise UserError(f"--jobs must be 0 (auto) or positive, got {jobs}")
     if resume is not None:
         out = resume
-        if not out.is_dir():
-            raise UserError(f"--resume: no results folder {out}")
+        check_resume(out, recipe.to_dict())
     else:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = results_dir / recipe.name / stamp
-        n = 1
-        while out.exists():
-            out = results_dir / recipe.name / f"{stamp}-{n}"
-            n += 1
-    out.mkdir(parents=True, exist_ok=True)
+        out = new_results_path(results_dir, recipe.name, dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        check_writable(out)
     exp = Experiment(recipe, base=base, progress=progress).load()
-    atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, default=str))
-    atomic_write_text(out / "environment.json", json.dumps(environment(exp.device), indent=2))
-    records_path = out / "runs.jsonl"
-    done = {r["key"] for r in read_records(records_path) if r.get("status") == "ok"}
     plan = exp.plan()
+    with results_folder(out, new=resume is None):
+        if resume is None:  # a resumed folder keeps the recipe it was started with
+            atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2,
+                                                              default=str))
+        atomic_write_text(out / "environment.json", json.dumps(environment(exp.device), indent=2))
+        return _run_plan(exp, plan, out, progress=progress, jobs=jobs, executor=executor,
+                         address=address)
+
+
+def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tuple[Path, Any, int]:
+    recipe = exp.recipe
+    records_path = out / "runs.jsonl"
+    keys = {s.key for s in plan}
+    done = {r["key"] for r in planned(read_records(records_path), keys) if r["status"] == "ok"}
     todo = [s for s in plan if s.key not in done]
     if done:
         console.print(f"resuming {out}: {len(plan) - len(todo)} of {len(plan)} runs already "
@@ -376,16 +390,14 @@ def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
     from transfer.executors import execute_all
 
     try:
-        execute_all(exp, todo, records_path, progress=progress, jobs=jobs, executor=executor,
-                    address=address, out_dir=out)
-    finally:  # also on Ctrl-C: the table of what finished
-        records = read_records(records_path)
+        execute_all(exp, todo, records_path, out_dir=out, **how)
+    finally:  # also on Ctrl-C: the table of what finished (of this plan's runs only)
+        records = planned(read_records(records_path), keys)
         table = write_outputs(out, records, summary["order"], source, summary["title"])
         if recipe.export:
             for path in export_best(out, latest(records), summary["order"]):
                 console.print(f"exported {path}")
-    failed = sum(1 for r in latest(records) if r["status"] != "ok"
-                 and r["key"] in {s.key for s in plan})
+    failed = sum(1 for r in latest(records) if r["status"] != "ok")
     return out, table, failed
 
 
