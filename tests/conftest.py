@@ -18,6 +18,22 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    """Tests train tiny models: one thread is fastest for them, and with two OpenMP threads a
+    busy machine (other jobs on the same cores) makes them up to 10x slower. Subprocesses
+    started by tests inherit the setting."""
+    import torch
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    mp.undo()
+
+
 def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 220.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * sr)) / sr
