@@ -20,8 +20,9 @@ from transfer.run import run_recipe
 from transfer.strategies import register
 from transfer.strategies.scratch import Scratch
 
-METRIC_COLS = ["subject_uar_mean", "subject_acc_mean", "segment_uar_mean", "segment_auc_mean",
-               "gap_mmd_mean", "gap_a_distance_mean"]
+METRIC_COLS = ["unit_uar_mean", "unit_acc_mean", "segment_uar_mean", "segment_auc_mean",
+               "gap_mmd_mean", "gap_a_distance_mean", "unit_uar_pooled", "unit_uar_ci_low",
+               "unit_uar_ci_high", "vs_scratch_p"]
 
 
 def _grid(tmp_path: Path, name: str = "grid") -> Path:

@@ -259,7 +259,7 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None) -> dict[str,
     with tempfile.TemporaryDirectory() as tmp:
         exp.pretrained = pretrain(recipe, source, device, root=Path(tmp))
         for split in make_splits(recipe.protocol, target.groups, target.y, seeds):
-            exp.splits[(split.fold, split.seed)] = split
+            exp.splits[(split.protocol, split.fold, split.seed)] = split
         plan = exp.plan()
         _sync(device)
         t0 = time.perf_counter()

@@ -54,6 +54,7 @@ def resolve_root(card: Card, root: str | Path | None) -> Path:
 def _read_table(card: Card, root: Path) -> dict[str, str]:
     spec = card.labels
     rows: dict[str, str] = {}
+    conflicts: dict[str, set[str]] = {}
     found = []
     for name in spec.files:
         path = root / name
@@ -76,10 +77,18 @@ def _read_table(card: Card, root: Path) -> dict[str, str]:
         for key, label in zip(table[spec.key_column], table[spec.label_column], strict=True):
             if pd.isna(key) or pd.isna(label):
                 continue
-            rows[_normalise_key(key, spec.zero_pad)] = _normalise_code(label)
+            key, label = _normalise_key(key, spec.zero_pad), _normalise_code(label)
+            if rows.get(key, label) != label:
+                conflicts.setdefault(key, {rows[key]}).add(label)
+            rows[key] = label
     if not found:
         raise UserError(f"corpus '{card.name}': no label table found; looked for "
                         f"{', '.join(str(root / f) for f in spec.files)}")
+    if conflicts:
+        shown = "; ".join(f"{k}: {sorted(v)}" for k, v in list(conflicts.items())[:6])
+        raise UserError(f"corpus '{card.name}': the label table gives {len(conflicts)} key(s) "
+                        f"in column {spec.key_column!r} several labels: {shown}; fix the table "
+                        f"({', '.join(str(p) for p in found)})")
     return rows
 
 

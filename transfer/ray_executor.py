@@ -68,7 +68,7 @@ def execute_ray(exp, todo: list, records_path: Path, *, address: str | None = No
                     except Exception as err:  # noqa: BLE001 - a lost worker fails one run
                         record = {"key": spec.key, "strategy": spec.strategy, "fold": spec.fold,
                                   "seed": spec.seed, "status": "failed",
-                                  "protocol": exp.recipe.protocol.name,
+                                  "protocol": spec.protocol or exp.recipe.protocol.name,
                                   "speaker_dependent": False, "error": f"ray: {err}"}
                     _record(records_path, record)
                     bar.advance(grid)
