@@ -176,7 +176,7 @@ def test_leak_report_on_a_target_where_speaker_identity_predicts_the_label(tmp_p
         "diagnostics": {"enabled": False}, "strategies": [{"name": "scratch"}]})
     exp = Experiment(recipe, progress=False)
     exp.target = _speaker_identity_target()
-    exp.make_splits()
+    exp.build_splits()
     plan = exp.plan()
     assert sorted({s.protocol for s in plan}) == ["segment-random", "subject-kfold"]
     assert len({s.key for s in plan}) == len(plan) == 3

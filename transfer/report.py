@@ -261,7 +261,7 @@ def leak_table(records: list[dict], order: list[str], protocol: str | None = Non
     for other in others:
         comp = build_table(records, order, protocol=other).set_index("strategy")
         leaky = bool(comp["speaker_dependent"].any())
-        for label in base.index:
+        for label in base.index.intersection(comp.index, sort=False):
             h, c = base.loc[label], comp.loc[label]
             rows.append({
                 "strategy": label, "honest_protocol": honest, "compared_protocol": other,

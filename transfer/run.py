@@ -88,9 +88,9 @@ class Experiment:
             self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
         if any(get_strategy(e.name).needs_source for e in r.strategies):
             self.pretrained = pretrain(r, self.source, self.device)
-        return self.make_splits()
+        return self.build_splits()
 
-    def make_splits(self) -> Experiment:
+    def build_splits(self) -> Experiment:
         """The splits of the target under the recipe's protocol and the compared ones."""
         r, t = self.recipe, self.target
         for name in protocols(r.protocol):
