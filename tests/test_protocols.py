@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from transfer import UserError
-from transfer.metrics import evaluate, subject_level
+from transfer.metrics import evaluate, unit_level, unit_outputs
 from transfer.protocols import SPEAKER_DEPENDENT, make_splits
 from transfer.recipe import ProtocolConfig
 
@@ -61,14 +61,16 @@ def test_too_few_subjects_is_a_clear_error():
         make_splits(ProtocolConfig(folds=5), groups, y, [0])
 
 
-def test_subject_level_metrics_use_mean_probability():
+def test_unit_level_metrics_use_mean_probability():
     y = np.array([1, 1, 1, 0, 0])
     groups = np.array(["a", "a", "a", "b", "b"])
     prob = np.array([[0.4, 0.6], [0.9, 0.1], [0.3, 0.7], [0.8, 0.2], [0.6, 0.4]])
-    sy, sp = subject_level(y, prob, groups)
-    assert sy.tolist() == [1, 0]
-    np.testing.assert_allclose(sp[0], [1.6 / 3, 1.4 / 3])
+    ids, uy, up = unit_level(y, prob, groups)
+    assert ids.tolist() == ["a", "b"] and uy.tolist() == [1, 0]
+    np.testing.assert_allclose(up[0], [1.6 / 3, 1.4 / 3])
     m = evaluate(y, prob, groups, positive=1)
-    assert m["segment_acc"] == pytest.approx(0.8) and m["subject_acc"] == 0.5
-    assert m["subject_sens"] == 0.0 and m["subject_spec"] == 1.0
+    assert m["segment_acc"] == pytest.approx(0.8) and m["unit_acc"] == 0.5
+    assert m["unit_sens"] == 0.0 and m["unit_spec"] == 1.0
     assert m["segment_sens"] == pytest.approx(2 / 3)
+    out = unit_outputs(y, prob, groups)
+    assert out["id"] == ["a", "b"] and out["y"] == [1, 0] and len(out["prob"][0]) == 2

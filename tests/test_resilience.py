@@ -21,8 +21,9 @@ from transfer.run import run_recipe
 from transfer.strategies import register
 from transfer.strategies.scratch import Scratch
 
-METRIC_COLS = ["subject_uar_mean", "subject_acc_mean", "segment_uar_mean", "segment_auc_mean",
-               "gap_mmd_mean", "gap_a_distance_mean"]
+METRIC_COLS = ["unit_uar_mean", "unit_acc_mean", "segment_uar_mean", "segment_auc_mean",
+               "gap_mmd_mean", "gap_a_distance_mean", "unit_uar_pooled", "unit_uar_ci_low",
+               "unit_uar_ci_high", "vs_scratch_p"]
 
 
 def _grid(tmp_path: Path, name: str = "grid") -> Path:
@@ -104,7 +105,7 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     original = run_mod.Experiment._train_and_test
 
     def tagged(self, entry, cls, specs, on_epoch):
-        cls._fold = self.splits[(specs[0].fold, specs[0].seed)].fold
+        cls._fold = self.split_of(specs[0]).fold
         return original(self, entry, cls, specs, on_epoch)
 
     monkeypatch.setattr(run_mod.Experiment, "_train_and_test", tagged)

@@ -25,7 +25,9 @@ def test_each_strategy_end_to_end(tmp_path, name):
     assert failed == 0
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["status"] == "ok" for r in records)
-    assert {"subject_uar", "segment_auc", "subject_sens"} <= set(records[0]["metrics"])
+    assert {"unit_uar", "segment_auc", "unit_sens"} <= set(records[0]["metrics"])
+    assert records[0]["unit"] == "subject" and records[0]["units"]["y"]  # per-unit outputs
+    assert len(records[0]["units"]["id"]) == len(records[0]["units"]["prob"])
     assert {"gap_mmd", "gap_a_distance"} <= set(records[0]["gap"])
     assert records[0]["best_epoch"] >= 1 and records[0]["curves"][0]["epoch"] == 1
     for f in ("recipe.json", "environment.json", "table.md", "table.csv", "summary.json"):
@@ -43,9 +45,10 @@ def test_table_columns_and_speaker_dependent_marking(tmp_path):
     assert res.returncode == 0, res.stderr
     (csv,) = (tmp_path / "res").glob("tiny/*/table.csv")
     table = pd.read_csv(csv)
-    for col in ("strategy", "protocol", "speaker_dependent", "runs", "failed", "subject_uar_mean",
-                "subject_uar_std", "segment_uar_mean", "subject_auc_mean", "gap_mmd_mean",
-                "gap_a_distance_mean", "source_acc"):
+    for col in ("strategy", "protocol", "speaker_dependent", "runs", "failed", "unit",
+                "unit_uar_mean", "unit_uar_std", "unit_uar_pooled", "unit_uar_ci_low",
+                "unit_uar_ci_high", "vs_scratch_p", "vs_scratch_diff", "segment_uar_mean",
+                "unit_auc_mean", "gap_mmd_mean", "gap_a_distance_mean", "source_acc"):
         assert col in table.columns, col
     assert list(table["strategy"]) == ["scratch", "finetune"]
     assert table["speaker_dependent"].all() and (table["protocol"] == "segment-random").all()

@@ -8,7 +8,8 @@ A card is data, never code. ``datasets/README.md`` documents every key; in short
   the label (group ``label``); ``require`` keeps only files whose groups have given values.
 - ``[labels]``: ``source`` = ``"path"`` | ``"table"`` | ``"lines"``; ``names`` (the raw label
   set), ``codes`` (raw code -> name), ``map`` (name -> name, e.g. exc -> hap), ``keep``
-  (names kept after mapping), ``positive`` (for binary tasks).
+  (names kept after mapping), ``positive`` (for binary tasks), ``unit`` (what a label
+  belongs to: ``subject``, ``recording`` or ``segment``).
 - ``[segments]``: default segmenting for this corpus (seconds, mode).
 """
 
@@ -63,6 +64,9 @@ class LabelSpec:
     map: dict[str, str] = field(default_factory=dict)
     keep: tuple[str, ...] = ()
     positive: str = ""
+    # what a label belongs to: subject | recording | segment; "" = subject for a table keyed
+    # by speaker, else recording
+    unit: str = ""
     # source = "table"
     files: tuple[str, ...] = ()
     key_column: str = ""
@@ -232,6 +236,9 @@ def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:
         raise UserError(f"card {path}: labels.source = 'table' needs files, key_column, label_column")
     if labels.source == "lines" and not (labels.line_glob and labels.line_pattern):
         raise UserError(f"card {path}: labels.source = 'lines' needs line_glob and line_pattern")
+    if labels.unit not in ("", "subject", "recording", "segment"):
+        raise UserError(f"card {path}: labels.unit must be 'subject', 'recording' or 'segment', "
+                        f"not {labels.unit!r}")
     _check_card(data, sections, path)
     return Card(
         name=str(data["name"]),

@@ -101,7 +101,7 @@ def _read_table(card: Card, root: Path) -> dict[str, str]:
                 continue
             # i + 2: the spreadsheet row (row 1 is the header)
             _add_row(rows, where, _normalise_key(key, spec.zero_pad), _normalise_code(label),
-                     f"{path} row {i + 2}", "subject")
+                     f"{path} row {i + 2}", spec.unit or "subject")
     if not found:
         raise UserError(f"corpus '{card.name}': no label table found; looked for "
                         f"{', '.join(str(root / f) for f in spec.files)}")

@@ -13,6 +13,8 @@ from transfer.cards import Card, load_card
 from transfer.cli import console
 from transfer.corpora import build_manifest
 from transfer.features import FeatureSpec, load_features
+from transfer.metrics import unit_labels
+from transfer.protocols import unit_ids
 from transfer.recipe import CorpusConfig, FeaturesConfig
 
 
@@ -21,7 +23,9 @@ class Domain:
     """Every segment of one (or several, for pooled sources) corpora.
 
     ``x``: (N, F, T) float32; ``y``: (N,) class indices into ``labels``; ``groups``: (N,) the
-    speaker/subject of each segment; ``files``: (N,) source file of each segment.
+    speaker/subject of each segment; ``files``: (N,) source file of each segment; ``unit``: what
+    a label belongs to (subject | recording | segment); ``units``: (N,) the decision unit of
+    each segment (None = the speaker).
     """
 
     name: str
@@ -32,6 +36,13 @@ class Domain:
     labels: list[str]
     keys: list[str]  # feature cache keys: identify the data for content hashes
     positive: str = ""
+    unit: str = "subject"
+    units: np.ndarray | None = None
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        """(N,) the decision unit of every segment."""
+        return self.groups if self.units is None else self.units
 
     @property
     def positive_index(self) -> int:
@@ -48,6 +59,15 @@ def segment_spec(cfg: CorpusConfig, card: Card, sample_rate: int) -> SegmentSpec
     return SegmentSpec(seconds=card.segments.seconds if seg.seconds is None else seg.seconds,
                        mode=seg.mode or card.segments.mode, overlap_s=seg.overlap_s,
                        align=seg.align, sample_rate=sample_rate)
+
+
+def decision_unit(cfg: CorpusConfig, card: Card) -> str:
+    """What a label belongs to: the recipe's ``unit``, else the card's, else ``subject`` for a
+    label table keyed by speaker and ``recording`` otherwise."""
+    if cfg.unit or card.labels.unit:
+        return cfg.unit or card.labels.unit
+    table_by_speaker = card.labels.source == "table" and card.labels.key_group == "speaker"
+    return "subject" if table_by_speaker else "recording"
 
 
 def corpus_root(cfg: CorpusConfig, card: Card) -> str | None:
@@ -68,18 +88,28 @@ def corpus_root(cfg: CorpusConfig, card: Card) -> str | None:
 def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progress: bool = True,
                 base: Path | None = None) -> Domain:
     """Load one domain from one or several corpora (several: their union, labels pooled)."""
-    parts, keys, label_sets, names, positive = [], [], [], [], ""
+    parts, keys, label_sets, names, positive, kinds = [], [], [], [], "", []
     for cfg in configs:
         card = load_card(_resolve(cfg.corpus, base))
         manifest = build_manifest(card, corpus_root(cfg, card), label_map=cfg.label_map or None,
                                   keep=cfg.keep or None, max_bad_share=cfg.max_bad_share)
+        kind = decision_unit(cfg, card)
+        seg = segment_spec(cfg, card, features.sample_rate)
+        if kind == "subject":  # every file of a subject must carry the subject's label
+            unit_labels(manifest.frame["speaker"].to_numpy(str),
+                        manifest.frame["label"].to_numpy(str), "subject",
+                        where=f"corpus '{card.name}': ")
+        elif seg.mode == "concat":
+            raise UserError(f"corpus '{card.name}': segments.mode = 'concat' joins a subject's "
+                            f"recordings, so the label must belong to the subject (unit = "
+                            f"\"subject\"), not to the {kind}; use mode 'window' or 'pad'")
+        kinds.append(kind)
         for warning in manifest.warnings:
             console.print(f"[yellow]warning ({card.name}):[/] {warning}")
         if manifest.skipped:
             console.print(f"[yellow]{card.name}: skipped {len(manifest.skipped)} unusable "
                           f"file(s)[/], e.g. {manifest.skipped[0][0]}: {manifest.skipped[0][1]}")
-        fs = load_features(manifest, segment_spec(cfg, card, features.sample_rate),
-                           feature_spec(features), progress=progress)
+        fs = load_features(manifest, seg, feature_spec(features), progress=progress)
         parts.append((card.name, fs))
         keys.append(fs.key)
         label_sets.append(manifest.labels)
@@ -99,7 +129,13 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
                              if len(parts) > 1 else fs.segments["speaker"].to_numpy(str)
                              for name, fs in parts])
     files = np.concatenate([fs.segments["file"].to_numpy(str) for _, fs in parts])
-    return Domain("+".join(names), x, y, groups, files, labels, keys, positive)
+    units = np.concatenate([
+        np.char.add(name + ":" if len(parts) > 1 else "",
+                    unit_ids(kind, fs.segments["speaker"].to_numpy(str),
+                             fs.segments["file"].to_numpy(str)))
+        for kind, (name, fs) in zip(kinds, parts)])
+    unit = kinds[0] if len(set(kinds)) == 1 else "recording"
+    return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units)
 
 
 def _resolve(corpus: str, base: Path | None) -> str:

@@ -1,12 +1,17 @@
-"""Classification metrics at segment and subject level (scikit-learn underneath).
+"""Classification metrics at segment level and at the decision unit (scikit-learn underneath).
 
-Subject level: a subject's decision is the argmax of the mean probability of its segments.
+The decision unit is what a label belongs to (:data:`UNITS`): the ``subject`` (one label per
+person, e.g. MODMA), the ``recording``/session (e.g. an emotion corpus, or a longitudinal
+corpus with a label per session) or the ``segment``. A unit's decision is the argmax of the
+mean probability of its test segments. A unit's label is the one label its segments carry;
+segments of one unit with different labels are an error, never a majority vote.
 Sensitivity/specificity use the corpus' positive class (MDD) on binary tasks.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -17,7 +22,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from transfer import UserError
+
 METRICS = ["acc", "uar", "f1", "sens", "spec", "auc"]
+UNITS = ("subject", "recording", "segment")
 
 
 def classification(y: np.ndarray, prob: np.ndarray, positive: int = -1) -> dict[str, float]:
@@ -58,25 +66,68 @@ def _auc(y: np.ndarray, prob: np.ndarray, positive: int) -> float:
         return float("nan")
 
 
-def subject_level(y: np.ndarray, prob: np.ndarray, groups: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Per subject: its label (majority) and the mean probability of its segments."""
-    subjects, inverse = np.unique(groups, return_inverse=True)
-    sums = np.zeros((len(subjects), prob.shape[1]))
+def unit_labels(units: np.ndarray, y: np.ndarray, kind: str = "unit",
+                names: Sequence[str] | None = None, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The distinct units (sorted) and the one label of each.
+
+    Raises :class:`UserError` naming the units whose segments carry several labels, with the
+    count of each label. ``y``: class indices into ``names``, or label strings.
+    """
+    ids, inverse = np.unique(np.asarray(units), return_inverse=True)
+    classes, yi = np.unique(np.asarray(y), return_inverse=True)
+    counts = np.zeros((len(ids), len(classes)), np.int64)
+    np.add.at(counts, (inverse.ravel(), yi.ravel()), 1)
+    mixed = np.flatnonzero((counts > 0).sum(1) > 1)
+    if mixed.size:
+        def name(c: int) -> str:
+            value = classes[c]
+            return str(names[int(value)]) if names is not None and not isinstance(value, str) \
+                else str(value)
+
+        shown = "; ".join(f"{ids[i]} (" + ", ".join(f"{name(c)} {counts[i, c]}"
+                                                   for c in np.flatnonzero(counts[i])) + ")"
+                          for i in mixed[:6])
+        more = f"; and {mixed.size - 6} more" if mixed.size > 6 else ""
+        hint = (' If each recording has its own label, set unit = "recording" in the recipe\'s '
+                "[target] (or in the card's [labels]); otherwise fix the labels."
+                if kind == "subject" else "")
+        raise UserError(f"{where}labels vary within {mixed.size} of {len(ids)} {kind}s, but "
+                        f"the label is declared to belong to the {kind} (unit = \"{kind}\"): "
+                        f"{shown}{more} (files or segments per label).{hint}")
+    return ids, classes[counts.argmax(1)]
+
+
+def unit_level(y: np.ndarray, prob: np.ndarray, units: np.ndarray, kind: str = "unit"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per decision unit: its id, its label and the mean probability of its segments.
+
+    ``prob``: (N, K) -> (U, K); units sorted by id.
+    """
+    ids, labels = unit_labels(units, y, kind)
+    inverse = np.searchsorted(ids, units)
+    sums = np.zeros((len(ids), prob.shape[1]))
     np.add.at(sums, inverse, prob)
-    counts = np.bincount(inverse, minlength=len(subjects))[:, None]
-    labels = np.array([np.bincount(y[inverse == i]).argmax() for i in range(len(subjects))])
-    return labels, sums / counts
+    counts = np.bincount(inverse, minlength=len(ids))[:, None]
+    return ids, labels, sums / counts
 
 
-def evaluate(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, positive: int = -1
-             ) -> dict[str, float]:
-    """``segment_<m>`` and ``subject_<m>`` for every metric in :data:`METRICS`."""
+def evaluate(y: np.ndarray, prob: np.ndarray, units: np.ndarray, positive: int = -1,
+             kind: str = "unit") -> dict[str, float]:
+    """``segment_<m>`` and ``unit_<m>`` (at the decision unit) for every metric in
+    :data:`METRICS`."""
     seg = classification(y, prob, positive)
-    sy, sp = subject_level(y, prob, groups)
-    subj = classification(sy, sp, positive)
+    _, uy, up = unit_level(y, prob, units, kind)
+    unit = classification(uy, up, positive)
     return {**{f"segment_{k}": v for k, v in seg.items()},
-            **{f"subject_{k}": v for k, v in subj.items()}}
+            **{f"unit_{k}": v for k, v in unit.items()}}
+
+
+def unit_outputs(y: np.ndarray, prob: np.ndarray, units: np.ndarray, kind: str = "unit",
+                 decimals: int = 4) -> dict[str, list]:
+    """Compact per-unit test outputs for a run record: id, label, mean class probabilities."""
+    ids, labels, mean = unit_level(y, prob, units, kind)
+    return {"id": [str(i) for i in ids], "y": [int(v) for v in labels],
+            "prob": np.round(mean, decimals).tolist()}
 
 
 def confusion(y: np.ndarray, prob: np.ndarray, n_classes: int) -> list[list[int]]:

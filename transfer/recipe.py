@@ -53,6 +53,9 @@ class CorpusConfig:
     keep: list[str] = field(default_factory=list)
     max_bad_share: float = 0.05
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    # What a label belongs to (the decision unit): subject | recording | segment; "" = the
+    # card's [labels] unit. Checked against the data; metrics are reported per unit.
+    unit: Literal["", "subject", "recording", "segment"] = ""
 
 
 @dataclass
@@ -115,6 +118,8 @@ class ProtocolConfig:
 
     ``subject-kfold``: stratified k-fold over subjects; ``loso``: leave one subject out;
     ``segment-random``: the research code's random split of segments (speaker-dependent).
+    ``compare``: further protocols run on the same strategies into the same results folder;
+    ``["segment-random"]`` writes the leak report (``leak.md``: honest vs leaky scores).
     """
 
     name: Literal["subject-kfold", "loso", "segment-random"] = "subject-kfold"
@@ -122,6 +127,7 @@ class ProtocolConfig:
     val_fraction: float = 0.2  # share of training subjects used for model selection
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
     split_seed: int = 34
+    compare: list[Literal["subject-kfold", "loso", "segment-random"]] = field(default_factory=list)
 
 
 @dataclass

@@ -5,7 +5,8 @@
 
 Writes ``<results-dir>/<recipe name>/<timestamp>/``: ``recipe.json`` (resolved),
 ``environment.json``, ``runs.jsonl`` (one line per finished run, appended atomically),
-``table.md``/``table.csv``, ``summary.json`` and ``figures/``.
+``table.md``/``table.csv``, ``summary.json`` and ``figures/``; with ``protocol.compare`` (or
+``--leak-report``) the compared protocols' runs too, and ``leak.md``/``leak.csv``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from transfer.engine import (
     to_device,
     unpack_model,
 )
-from transfer.metrics import confusion, evaluate
+from transfer.metrics import confusion, evaluate, unit_outputs
 from transfer.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
-from transfer.protocols import SPEAKER_DEPENDENT, Split, make_splits
+from transfer.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
 from transfer.recipe import Recipe, StrategyEntry, load_recipe
 from transfer.records import (
     check_resume,
@@ -56,7 +57,7 @@ from transfer.records import (
     results_folder,
     toolkit_info,
 )
-from transfer.report import latest, print_table, write_outputs
+from transfer.report import latest, print_leak, print_table, write_outputs
 from transfer.strategies import Context, get_strategy
 
 
@@ -66,6 +67,7 @@ class RunSpec:
     fold: int
     seed: int
     key: str
+    protocol: str = ""  # "" = the recipe's protocol.name; else one of protocol.compare
 
 
 class Experiment:
@@ -81,7 +83,7 @@ class Experiment:
         self.target: Domain | None = None
         self.source: Domain | None = None
         self.pretrained: Pretrained | None = None
-        self.splits: dict[tuple[int, int], Split] = {}
+        self.splits: dict[tuple[str, int, int], Split] = {}  # (protocol, fold, seed)
         self._tensors: dict[str, Any] = {}
         # Every run uses the same number of CPU threads, whichever executor runs it: reduction
         # order depends on it, and results must not depend on the executor.
@@ -95,7 +97,7 @@ class Experiment:
         """An experiment on domains already in memory (a benchmark, a notebook, a test)."""
         exp = cls(recipe, base=base, progress=progress, device=device)
         exp.target, exp.source, exp.pretrained = target, source, pretrained
-        exp.splits = {(s.fold, s.seed): s for s in splits}
+        exp.splits = {(s.protocol, s.fold, s.seed): s for s in splits}
         return exp
 
     # --- preparation ---------------------------------------------------------------------
@@ -108,14 +110,23 @@ class Experiment:
             self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
         if any(get_strategy(e.name).needs_source for e in r.strategies):
             self.pretrained = pretrain(r, self.source, self.device)
-        for split in make_splits(r.protocol, self.target.groups, self.target.y, r.seeds):
-            self.splits[(split.fold, split.seed)] = split
+        return self.build_splits()
+
+    def build_splits(self) -> Experiment:
+        """The splits of the target under the recipe's protocol and the compared ones."""
+        r, t = self.recipe, self.target
+        for name in protocols(r.protocol):
+            for split in make_splits(with_protocol(r.protocol, name), t.groups, t.y, r.seeds,
+                                     units=t.unit_ids, kind=t.unit, names=t.labels):
+                self.splits[(name, split.fold, split.seed)] = split
         return self
 
-    def run_key(self, entry: StrategyEntry, fold: int, seed: int) -> str:
+    def run_key(self, entry: StrategyEntry, fold: int, seed: int, protocol: str = "") -> str:
         data = self.recipe.to_dict()
         for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export"):
             data.pop(k, None)
+        data["protocol"].pop("compare", None)  # a run is keyed by the protocol it runs under
+        data["protocol"]["name"] = protocol or data["protocol"]["name"]
         return content_hash({"recipe": data, "strategy": entry.name,
                              "options": dataclasses.asdict(entry.options), "fold": fold,
                              "seed": seed, "data": [self.target.keys if self.target else None]})
@@ -129,8 +140,11 @@ class Experiment:
         return clone
 
     def plan(self) -> list[RunSpec]:
-        return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed))
-                for e in self.recipe.strategies for (fold, seed) in self.splits]
+        return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed, protocol), protocol)
+                for e in self.recipe.strategies for (protocol, fold, seed) in self.splits]
+
+    def split_of(self, spec: RunSpec) -> Split:
+        return self.splits[(spec.protocol or self.recipe.protocol.name, spec.fold, spec.seed)]
 
     def _device_data(self) -> dict[str, Any]:
         if not self._tensors:
@@ -166,7 +180,7 @@ class Experiment:
         size = self.pack_size()
         groups: dict[tuple[str, int], list[RunSpec]] = {}
         for spec in todo:
-            n_train = len(self.splits[(spec.fold, spec.seed)].train)
+            n_train = len(self.split_of(spec).train)
             batch = min(self.recipe.train.batch_size, n_train)
             groups.setdefault((spec.strategy, batch), []).append(spec)
         return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
@@ -196,10 +210,11 @@ class Experiment:
     def _base(self, spec: RunSpec, pack: int) -> dict[str, Any]:
         """What every record of a run says, whether it succeeded or not."""
         entry = self.entries[spec.strategy]
-        split = self.splits[(spec.fold, spec.seed)]
+        split = self.split_of(spec)
+        protocol = spec.protocol or self.recipe.protocol.name
         return {"key": spec.key, "strategy": spec.strategy, "strategy_name": entry.name,
-                "fold": spec.fold, "seed": spec.seed, "protocol": self.recipe.protocol.name,
-                "speaker_dependent": self.recipe.protocol.name in SPEAKER_DEPENDENT,
+                "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
+                "speaker_dependent": protocol in SPEAKER_DEPENDENT, "unit": self.target.unit,
                 "uses_source": get_strategy(entry.name).needs_source,
                 "labels": self.target.labels,
                 "sizes": {"train": len(split.train), "val": len(split.val),
@@ -216,7 +231,7 @@ class Experiment:
         r, d = self.recipe, self._device_data()
         dev = self.device
         torch.set_num_threads(self.threads)
-        splits = [self.splits[(s.fold, s.seed)] for s in specs]
+        splits = [self.split_of(s) for s in specs]
         seeds = [s.seed for s in specs]
         trains = [to_device(sp.train, dev) for sp in splits]
         norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
@@ -248,11 +263,12 @@ class Experiment:
                                 "error": "FloatingPointError: training diverged (non-finite "
                                          f"loss) at epoch {result.epochs_run}"})
                 continue
-            y_test = self.target.y[split.test]
-            metrics = evaluate(y_test, prob, self.target.groups[split.test],
-                               self.target.positive_index)
+            y_test, units = self.target.y[split.test], self.target.unit_ids[split.test]
+            metrics = evaluate(y_test, prob, units, self.target.positive_index, self.target.unit)
             record: dict[str, Any] = {
-                "status": "ok", "metrics": metrics, "best_epoch": result.best_epoch,
+                "status": "ok", "metrics": metrics,
+                "units": unit_outputs(y_test, prob, units, self.target.unit),  # for CIs and tests
+                "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
                 "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
                             for k2, v in row.items()} for row in result.curves],
@@ -260,7 +276,7 @@ class Experiment:
             }
             if gaps[k] is not None:
                 record["gap"] = gaps[k]
-            if r.export:
+            if r.export and spec.protocol in ("", r.protocol.name):  # not compared protocols
                 record["_model"] = self._package(unpack_model(strategy, k), norms[k], spec,
                                                  metrics)
             records.append(record)
@@ -274,10 +290,10 @@ class Experiment:
         k = len(specs)
         zs = embed_runs(strategy, source.for_runs(k), [source.val[0]] * k)
         zt = embed_runs(strategy, target, tests)
-        first = next(iter(self.splits))
+        first = next(iter(self.splits.values()))
         return [domain_gap(a.cpu().numpy(), b.cpu().numpy(), max_samples=r.diagnostics.max_samples,
                            seed=spec.seed,
-                           projection=(spec.fold, spec.seed) == first and r.diagnostics.plot)
+                           projection=self.split_of(spec) is first and r.diagnostics.plot)
                 for a, b, spec in zip(zs, zt, specs, strict=True)]
 
     def _package(self, model, norm: Standardizer, spec: RunSpec, metrics: dict) -> dict:
@@ -335,11 +351,12 @@ def environment(device: torch.device) -> dict[str, Any]:
 def _print_dry_run(recipe: Recipe) -> None:
     print(json.dumps(recipe.to_dict(), indent=2, default=str))
     p = recipe.protocol
-    folds = {"subject-kfold": str(p.folds), "segment-random": "1",
-             "loso": "one per target subject"}[p.name]
-    print(f"\nplanned runs: {len(recipe.strategies)} strategies x {folds} fold(s) x "
-          f"{len(recipe.seeds)} seed(s), protocol {p.name}"
-          + (" (speaker-dependent!)" if p.name in SPEAKER_DEPENDENT else ""))
+    for name in protocols(p):
+        folds = {"subject-kfold": str(p.folds), "segment-random": "1",
+                 "loso": "one per target subject"}[name]
+        print(f"\nplanned runs: {len(recipe.strategies)} strategies x {folds} fold(s) x "
+              f"{len(recipe.seeds)} seed(s), protocol {name}"
+              + (" (speaker-dependent!)" if name in SPEAKER_DEPENDENT else ""))
     for e in recipe.strategies:
         print(f"  {e.label:<14} {e.name:<10} {dataclasses.asdict(e.options)}")
 
@@ -385,7 +402,9 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
     summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
                         f"{exp.target.name} ({recipe.protocol.name})",
                "order": [e.label for e in recipe.strategies], "source": source,
-               "runs_planned": len(plan), "device": str(exp.device)}
+               "runs_planned": len(plan), "device": str(exp.device),
+               "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
+               "unit": exp.target.unit}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     from transfer.executors import execute_all
 
@@ -393,7 +412,8 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
         execute_all(exp, todo, records_path, out_dir=out, **how)
     finally:  # also on Ctrl-C: the table of what finished (of this plan's runs only)
         records = planned(read_records(records_path), keys)
-        table = write_outputs(out, records, summary["order"], source, summary["title"])
+        table = write_outputs(out, records, summary["order"], source, summary["title"],
+                              protocol=recipe.protocol.name)
         if recipe.export:
             for path in export_best(out, latest(records), summary["order"]):
                 console.print(f"exported {path}")
@@ -419,10 +439,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (with --executor ray)")
     parser.add_argument("--export", action="store_true", help="export the best model of each "
                         "strategy as a model package")
+    parser.add_argument("--leak-report", action="store_true", help="also run the speaker-"
+                        "leaky segment-random protocol and write leak.md (protocol.compare)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)  # a killed grid ends like Ctrl-C: records kept
     recipe = load_recipe(args.recipe, args.set)
+    if args.leak_report and "segment-random" not in recipe.protocol.compare:
+        recipe.protocol.compare.append("segment-random")
+    protocols(recipe.protocol)  # a bad compare list is an error before any work
     if args.dry_run:
         _print_dry_run(recipe)
         return 0
@@ -433,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=Path(args.resume) if args.resume else None, base=Path(args.recipe).parent,
         progress=not args.quiet, jobs=args.jobs, executor=args.executor, address=args.address)
     print_table(table, f"{recipe.name} ({recipe.protocol.name})")
+    print_leak(out)
     console.print(f"results: {out}")
     if failed:
         console.print(f"[red]{failed} run(s) failed[/]: see 'error' in {out / 'runs.jsonl'}")
