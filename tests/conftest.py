@@ -43,14 +43,14 @@ def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 
 
 @pytest.fixture(scope="session")
 def tiny_casia(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transfer.synth import make_casia
+    from transfer.data.synth import make_casia
 
     return make_casia(tmp_path_factory.mktemp("casia"), "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_modma(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transfer.synth import make_modma
+    from transfer.data.synth import make_modma
 
     return make_modma(tmp_path_factory.mktemp("modma"), "tiny", seed=0)
 

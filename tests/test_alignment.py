@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from transfer.alignment import (
+from transfer.train.alignment import (
     GradientReversal,
     MultiKernelMMD,
     grl_coefficient,

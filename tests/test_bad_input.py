@@ -17,15 +17,15 @@ import torch
 from conftest import tiny_recipe, write_tone
 
 from transfer import UserError
-from transfer.audio import load_audio
-from transfer.cards import load_card
-from transfer.corpora import build_manifest, reason_counts
-from transfer.data import segment_spec
-from transfer.engine import pick_device
-from transfer.protocols import make_splits
-from transfer.recipe import ProtocolConfig, apply_set, parse_recipe
-from transfer.records import read_records
-from transfer.synth import make
+from transfer.data.audio import load_audio
+from transfer.data.cards import load_card
+from transfer.data.corpora import build_manifest, reason_counts
+from transfer.data.domain import segment_spec
+from transfer.data.synth import make
+from transfer.evaluate.protocols import make_splits
+from transfer.grid.recipe import ProtocolConfig, apply_set, parse_recipe
+from transfer.grid.records import read_records
+from transfer.train.engine import pick_device
 
 
 @pytest.fixture(autouse=True)
@@ -341,9 +341,9 @@ def test_non_record_json_line_in_runs_jsonl_is_reported_and_ignored(tmp_path, ca
 def package_file(tmp_path_factory):
     """An untrained model package: predict's input checks need no training."""
     import backbones
-    from transfer.audio import SegmentSpec
-    from transfer.features import FeatureSpec
-    from transfer.package import make_package, save_package
+    from transfer.data.audio import SegmentSpec
+    from transfer.data.features import FeatureSpec
+    from transfer.train.package import make_package, save_package
 
     torch.manual_seed(0)
     model = backbones.create("timnet", in_features=39, num_classes=2, filters=8, blocks=2,
@@ -373,8 +373,8 @@ def test_predict_refuses_audio_below_the_models_rate_unless_allowed(package_file
 
 
 def test_predict_names_truncated_and_non_finite_files(package_file, tmp_path):
-    from transfer.package import load_package
     from transfer.predict import predict_files
+    from transfer.train.package import load_package
 
     files = [_truncate(write_tone(tmp_path / "cut.wav", seconds=2.0)),
              _float_wav(tmp_path / "nan.wav", np.nan), _float_wav(tmp_path / "inf.wav", -np.inf),

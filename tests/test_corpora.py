@@ -13,8 +13,8 @@ import pytest
 from conftest import write_tone
 
 from transfer import UserError
-from transfer.cards import available_cards, load_card
-from transfer.corpora import build_manifest
+from transfer.data.cards import available_cards, load_card
+from transfer.data.corpora import build_manifest
 
 
 def test_every_shipped_card_parses():

@@ -12,12 +12,12 @@ from sklearn.metrics import balanced_accuracy_score
 
 from transfer import UserError
 from transfer.data import Domain, load_domain
-from transfer.protocols import make_splits
-from transfer.recipe import CorpusConfig, FeaturesConfig, ProtocolConfig, load_recipe, parse_recipe
-from transfer.report import build_table, leak_table, markdown
-from transfer.report import main as report_main
+from transfer.evaluate.protocols import make_splits
+from transfer.evaluate.stats import paired_test, pooled_uar_ci
+from transfer.grid.recipe import CorpusConfig, FeaturesConfig, ProtocolConfig, load_recipe, parse_recipe
+from transfer.report.tables import build_table, leak_table, markdown
+from transfer.report.tables import main as report_main
 from transfer.run import Experiment, run_recipe
-from transfer.stats import paired_test, pooled_uar_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_leak_report_on_a_target_where_speaker_identity_predicts_the_label(tmp_p
     assert len({s.key for s in plan}) == len(plan) == 3
     records = [exp.execute(s) for s in plan]
     assert all(r["status"] == "ok" for r in records)
-    from transfer.report import write_outputs
+    from transfer.report.tables import write_outputs
 
     write_outputs(tmp_path, records, ["scratch"], None, "leak", plots=False,
                   protocol="subject-kfold")

@@ -21,17 +21,17 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-import transfer.cache
+import transfer.common.cache
 from transfer import REPO_ROOT, UserError
-from transfer.audio import SegmentSpec
-from transfer.cache import file_sha256
-from transfer.corpora import build_manifest
+from transfer.common.cache import file_sha256
 from transfer.data import load_domain
-from transfer.features import FeatureSpec, load_features
-from transfer.pretrain import pretrain
-from transfer.recipe import load_recipe
-from transfer.records import read_records, toolkit_info
+from transfer.data.audio import SegmentSpec
+from transfer.data.corpora import build_manifest
+from transfer.data.features import FeatureSpec, load_features
+from transfer.grid.recipe import load_recipe
+from transfer.grid.records import read_records, toolkit_info
 from transfer.run import run_recipe
+from transfer.train.pretrain import pretrain
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="uses /proc and POSIX signals")
@@ -173,11 +173,11 @@ def test_damaged_pretrained_cache_is_reported_and_retrained(source_domain, tmp_p
 RACER = """
 import hashlib, json, sys, time
 from pathlib import Path
-from transfer.cards import load_card
-from transfer.corpora import build_manifest
-from transfer.data import corpus_root, feature_spec, segment_spec
-from transfer.features import load_features
-from transfer.recipe import load_recipe
+from transfer.data.cards import load_card
+from transfer.data.corpora import build_manifest
+from transfer.data.domain import corpus_root, feature_spec, segment_spec
+from transfer.data.features import load_features
+from transfer.grid.recipe import load_recipe
 from transfer.run import Experiment
 recipe = load_recipe(sys.argv[1])
 card = load_card(recipe.target.corpus)
@@ -198,7 +198,7 @@ print(json.dumps({"extracted": not fs.cache_hit, "trained": not exp.pretrained.c
 
 def test_two_processes_filling_the_same_cache_entries_agree(tmp_path):
     recipe = tiny_recipe(tmp_path / "r.toml", ["freeze"])
-    shared = transfer.cache.cache_dir()
+    shared = transfer.common.cache.cache_dir()
     cache = tmp_path / "cache"  # empty, but for the synthetic corpora (shared, read-only here)
     cache.mkdir()
     (shared / "synth").mkdir(exist_ok=True)
@@ -308,7 +308,7 @@ def test_read_only_results_folder_is_a_clear_error_and_keeps_records(finished, t
 
 
 class _FullDisk:
-    """``transfer.cache``'s view of ``os`` once ``after`` records are durable: the disk under
+    """``transfer.common.cache``'s view of ``os`` once ``after`` records are durable: the disk under
     ``root`` is full, so a write stores part of its bytes, then fails with ENOSPC, and fsync
     fails with ENOSPC (as with delayed allocation)."""
 
@@ -342,7 +342,7 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_records(tmp_path, monkeypa
     path = tiny_recipe(tmp_path / "r.toml", ["scratch"])
     recipe = load_recipe(path)
     disk = _FullDisk(tmp_path / "res", after=1)
-    monkeypatch.setattr(transfer.cache, "os", disk)
+    monkeypatch.setattr(transfer.common.cache, "os", disk)
     with pytest.raises(UserError) as info:
         run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     monkeypatch.undo()
@@ -371,7 +371,7 @@ class _Evil:
 
 
 def test_code_running_pickle_is_refused_by_predict(tmp_path, tiny_modma):
-    from transfer.package import load_package
+    from transfer.train.package import load_package
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "model.pt"
@@ -393,7 +393,7 @@ def test_code_running_pickle_in_the_model_cache_is_refused_by_resume(tmp_path, c
     path = tiny_recipe(tmp_path / "r.toml", ["freeze"])
     out, _, _ = run_recipe(load_recipe(path), results_dir=tmp_path / "res", progress=False)
     key = Experiment(load_recipe(path), progress=False).load().pretrained.key
-    (entry,) = (transfer.cache.cache_dir() / "pretrained").glob(f"{key}.*.pt")
+    (entry,) = (transfer.common.cache.cache_dir() / "pretrained").glob(f"{key}.*.pt")
     entry.unlink()
     torch.save({"state": _Evil(marker), "norm": {}, "metrics": {}}, tmp_path / "evil.pt")
     planted = entry.with_name(f"{key}.{file_sha256(tmp_path / 'evil.pt')[:16]}.pt")
@@ -406,7 +406,7 @@ def test_code_running_pickle_in_the_model_cache_is_refused_by_resume(tmp_path, c
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "is damaged" in ln]
     assert planted.name in line and "cannot be loaded: UnpicklingError: Weights only load" in line
     assert not marker.exists() and not planted.exists()
-    (rebuilt,) = (transfer.cache.cache_dir() / "pretrained").glob(f"{key}.*.pt")
+    (rebuilt,) = (transfer.common.cache.cache_dir() / "pretrained").glob(f"{key}.*.pt")
     assert torch.load(rebuilt, weights_only=True)["state"]  # retrained and stored
     assert len(read_records(out / "runs.jsonl")) == 2
 
@@ -414,7 +414,7 @@ def test_code_running_pickle_in_the_model_cache_is_refused_by_resume(tmp_path, c
 # --- nothing half-written -------------------------------------------------------------------------
 
 def test_run_failing_before_its_first_record_leaves_no_folder(tmp_path, monkeypatch, capsys):
-    import transfer.executors
+    import transfer.grid.executors
     from transfer.run import main
 
     path = tiny_recipe(tmp_path / "r.toml", ["scratch"])
@@ -426,7 +426,7 @@ def test_run_failing_before_its_first_record_leaves_no_folder(tmp_path, monkeypa
     def interrupted(*args, **kw):
         raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) before any run finished
 
-    monkeypatch.setattr(transfer.executors, "execute_all", interrupted)
+    monkeypatch.setattr(transfer.grid.executors, "execute_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(load_recipe(path), results_dir=tmp_path / "res", progress=False)
     assert not (tmp_path / "res").exists()
@@ -490,8 +490,8 @@ def test_wheel_ships_the_cards_and_an_installed_copy_finds_them(tmp_path):
     elsewhere.mkdir()
     if shutil.which("git"):
         subprocess.run(["git", "init", "-q", str(elsewhere)], check=True)
-    probe = ("import json, transfer; from transfer.cards import CARDS_DIR, available_cards, "
-             "load_card; from transfer.records import toolkit_info; print(json.dumps("
+    probe = ("import json, transfer; from transfer.data.cards import CARDS_DIR, available_cards, "
+             "load_card; from transfer.grid.records import toolkit_info; print(json.dumps("
              "{'file': transfer.__file__, 'dir': str(CARDS_DIR), 'cards': available_cards(), "
              "'modma': load_card('modma').path, 'info': toolkit_info()}))")
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from transfer import UserError
-from transfer.audio import SegmentSpec, cut, load_audio
-from transfer.corpora import build_manifest
-from transfer.features import FeatureSpec, extract, load_features
-from transfer.synth import make
+from transfer.data.audio import SegmentSpec, cut, load_audio
+from transfer.data.corpora import build_manifest
+from transfer.data.features import FeatureSpec, extract, load_features
+from transfer.data.synth import make
 
 
 def test_pad_mode_pads_and_truncates():

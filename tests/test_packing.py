@@ -18,7 +18,8 @@ import backbones
 from backbones.layers import hash_uniform, pack_states, unpack_state
 from backbones.reference import ReferenceTimNet
 from backbones.timnet import upgrade_state
-from transfer.engine import (
+from transfer.grid.recipe import TrainConfig
+from transfer.train.engine import (
     DomainTensors,
     FlatParams,
     PackedOptimizer,
@@ -27,8 +28,7 @@ from transfer.engine import (
     build_pack,
     fit_runs,
 )
-from transfer.recipe import TrainConfig
-from transfer.strategies import Context, get_strategy, names
+from transfer.train.strategies import Context, get_strategy, names
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from transfer import UserError
-from transfer.recipe import apply_set, load_recipe, parse_recipe
+from transfer.grid.recipe import apply_set, load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"target": {"corpus": "modma"}, "strategies": [{"name": "scratch"}]}

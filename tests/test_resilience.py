@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from transfer.recipe import load_recipe
-from transfer.report import read_records
+from transfer.grid.recipe import load_recipe
+from transfer.report.tables import read_records
 from transfer.run import run_recipe
-from transfer.strategies import register
-from transfer.strategies.scratch import Scratch
+from transfer.train.strategies import register
+from transfer.train.strategies.scratch import Scratch
 
 METRIC_COLS = ["unit_uar_mean", "unit_acc_mean", "segment_uar_mean", "segment_auc_mean",
                "gap_mmd_mean", "gap_a_distance_mean", "unit_uar_pooled", "unit_uar_ci_low",

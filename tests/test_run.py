@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import tiny_recipe
 
-import transfer.strategies as strategies
-from transfer.recipe import load_recipe
+import transfer.train.strategies as strategies
+from transfer.grid.recipe import load_recipe
 from transfer.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import backbones
-from transfer.diagnostics import domain_gap
-from transfer.engine import DomainTensors, Standardizer, embed, fit
-from transfer.recipe import TrainConfig
-from transfer.strategies import Context, get_strategy
-from transfer.strategies.scratch import Scratch, ScratchOptions
+from transfer.evaluate.diagnostics import domain_gap
+from transfer.grid.recipe import TrainConfig
+from transfer.train.engine import DomainTensors, Standardizer, embed, fit
+from transfer.train.strategies import Context, get_strategy
+from transfer.train.strategies.scratch import Scratch, ScratchOptions
 
 
 def _domains(seed: int, n: int = 300, f: int = 8, t: int = 40, strength: float = 1.0):

@@ -13,9 +13,9 @@ import torch
 from conftest import tiny_recipe, write_tone
 
 from transfer import UserError
-from transfer.package import load_package
-from transfer.recipe import load_recipe
+from transfer.grid.recipe import load_recipe
 from transfer.run import run_recipe
+from transfer.train.package import load_package
 
 
 @pytest.fixture(scope="module")

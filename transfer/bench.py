@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfer.cli import console, main_guard
+from transfer.common.console import console, main_guard
 
 PEAKS = {  # dense peak FLOP/s assumed per device kind (stated in the output)
     "H100": (989e12, "H100 SXM dense bf16 tensor-core peak, 989 TFLOP/s"),
@@ -58,7 +58,7 @@ def cpu_peak() -> tuple[float, str]:
 
 def cpu_model() -> str:
     """The CPU's model name and whether it has native bf16 (cpuinfo)."""
-    from transfer.engine import cpu_has_native_bf16
+    from transfer.train.engine import cpu_has_native_bf16
 
     name = "cpu"
     try:
@@ -89,10 +89,10 @@ def _sync(device: torch.device) -> None:
 
 # --- feature extraction ------------------------------------------------------------------------
 def bench_features(size: str) -> dict[str, Any]:
-    from transfer import synth
-    from transfer.audio import SegmentSpec
-    from transfer.corpora import build_manifest
-    from transfer.features import FeatureSpec, load_features
+    from transfer.data import synth
+    from transfer.data.audio import SegmentSpec
+    from transfer.data.corpora import build_manifest
+    from transfer.data.features import FeatureSpec, load_features
 
     root = synth.cached("modma", size, 0)
     manifest = build_manifest("modma", root)
@@ -159,10 +159,10 @@ def engine_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epochs: 
     """This engine on ``runs`` packed runs (each its own seed, all on the same segments, batch
     64 each): features resident on the device, batches by index, no per-step sync, the step
     captured in a CUDA graph on CUDA. Returns segment-steps per second summed over runs."""
-    from transfer.engine import DomainTensors, Standardizer, build_pack, fit_runs
-    from transfer.recipe import TrainConfig
-    from transfer.strategies import Context
-    from transfer.strategies.scratch import Scratch, ScratchOptions
+    from transfer.grid.recipe import TrainConfig
+    from transfer.train.engine import DomainTensors, Standardizer, build_pack, fit_runs
+    from transfer.train.strategies import Context
+    from transfer.train.strategies.scratch import Scratch, ScratchOptions
 
     xd, yd = x.to(device), y.to(device)
     idx = torch.arange(len(y), device=device)
@@ -206,7 +206,7 @@ def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile
     ref, one, packed = max(refs), max(ones), max(packs)
     flops = flops_per_segment(device)
     peak, peak_note = device_peak(device)
-    from transfer.engine import amp_enabled
+    from transfer.train.engine import amp_enabled
 
     return {"train_segments": n, "train_epochs_timed": epochs,
             "precision": "bf16 autocast" if amp_enabled(device, amp) else "fp32",
@@ -275,11 +275,11 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice
     """Time a grid (pretraining excluded). ``epochs_slice`` > 0 trains every pack for that many
     epochs and extrapolates to the grid's epochs (a pack's epoch costs the same all along: no
     early stopping here)."""
-    from transfer.executors import execute_all
-    from transfer.pretrain import pretrain
-    from transfer.protocols import make_splits
-    from transfer.recipe import parse_recipe
+    from transfer.evaluate.protocols import make_splits
+    from transfer.grid.executors import execute_all
+    from transfer.grid.recipe import parse_recipe
     from transfer.run import Experiment
+    from transfer.train.pretrain import pretrain
 
     strategies = ["scratch", "freeze", "finetune", "joint", "dann", "mmd_ae", "ddg"]
     if quick:  # all strategies, fewer folds, seeds, epochs and segments
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--skip", nargs="*", default=[], choices=["features", "train", "grid"])
     args = parser.parse_args(argv)
-    from transfer.engine import pick_device
+    from transfer.train.engine import pick_device
 
     device = pick_device(args.device or "auto")
     result: dict[str, Any] = {"timestamp": dt.datetime.now().isoformat(timespec="seconds"),

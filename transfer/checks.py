@@ -21,15 +21,15 @@ import torch
 from sklearn.model_selection import KFold, LeaveOneGroupOut
 
 import backbones
-from transfer.audio import SegmentSpec
-from transfer.cli import console, main_guard
-from transfer.corpora import build_manifest
-from transfer.engine import DomainTensors, Standardizer, fit, pick_device, predict_proba, to_device
-from transfer.features import FeatureSpec, load_features
-from transfer.metrics import classification
-from transfer.recipe import TrainConfig
-from transfer.strategies import Context
-from transfer.strategies.scratch import Scratch, ScratchOptions
+from transfer.common.console import console, main_guard
+from transfer.data.audio import SegmentSpec
+from transfer.data.corpora import build_manifest
+from transfer.data.features import FeatureSpec, load_features
+from transfer.evaluate.metrics import classification
+from transfer.grid.recipe import TrainConfig
+from transfer.train.engine import DomainTensors, Standardizer, fit, pick_device, predict_proba, to_device
+from transfer.train.strategies import Context
+from transfer.train.strategies.scratch import Scratch, ScratchOptions
 
 OFFICIAL_SEGMENT = SegmentSpec(seconds=88000 / 22050, mode="pad", align="center",
                                sample_rate=22050)

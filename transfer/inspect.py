@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from transfer.cli import main_guard
+from transfer.common.console import main_guard
 
 
 def option_docs(cls: type) -> dict[str, str]:
@@ -57,7 +57,7 @@ def options_table(title: str, cls: type) -> Table:
 
 
 def show_strategies(console: Console) -> None:
-    from transfer.strategies import get_strategy, names
+    from transfer.train.strategies import get_strategy, names
 
     for name in names():
         cls = get_strategy(name)
@@ -79,7 +79,7 @@ def show_backbones(console: Console) -> None:
 
 
 def show_corpora(console: Console) -> None:
-    from transfer.cards import available_cards, load_card
+    from transfer.data.cards import available_cards, load_card
 
     table = Table(title=escape("corpus cards (datasets/*.toml); [source]/[target] corpus = NAME"),
                   title_justify="left")

@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 
 from transfer import UserError
-from transfer.audio import SegmentSpec, cut, load_audio, probe
-from transfer.cli import console, main_guard
-from transfer.features import FeatureSpec, extract
-from transfer.package import build_model, load_package
+from transfer.common.console import console, main_guard
+from transfer.data.audio import SegmentSpec, cut, load_audio, probe
+from transfer.data.features import FeatureSpec, extract
+from transfer.train.package import build_model, load_package
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
 

@@ -3,7 +3,7 @@
 ``python -m transfer.prepare --corpus NAME [--root DIR] [--json]``
 
 NAME is a card in ``datasets/`` or the path of a card file. Segment settings default to the
-card's ``[segments]``; feature settings to :class:`transfer.features.FeatureSpec`.
+card's ``[segments]``; feature settings to :class:`transfer.data.features.FeatureSpec`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 from transfer import UserError
-from transfer.audio import SegmentSpec
-from transfer.cards import load_card
-from transfer.cli import console, main_guard
-from transfer.corpora import build_manifest, reason_counts
-from transfer.features import FeatureSpec, load_features
+from transfer.common.console import console, main_guard
+from transfer.data.audio import SegmentSpec
+from transfer.data.cards import load_card
+from transfer.data.corpora import build_manifest, reason_counts
+from transfer.data.features import FeatureSpec, load_features
 
 
 def prepare(corpus: str, root: str | None = None, *, seconds: float | None = None,

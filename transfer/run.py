@@ -30,10 +30,23 @@ import numpy as np
 import torch
 
 from transfer import UserError
-from transfer.cache import atomic_write_text, content_hash
-from transfer.cli import console, main_guard
+from transfer.common.cache import atomic_write_text, content_hash
+from transfer.common.console import console, main_guard
 from transfer.data import Domain, load_domain
-from transfer.engine import (
+from transfer.evaluate.metrics import confusion, evaluate, unit_outputs
+from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
+from transfer.grid.recipe import Recipe, StrategyEntry, load_recipe
+from transfer.grid.records import (
+    check_resume,
+    check_writable,
+    new_results_path,
+    planned,
+    read_records,
+    results_folder,
+    toolkit_info,
+)
+from transfer.report.tables import latest, print_leak, print_table, write_outputs
+from transfer.train.engine import (
     DomainTensors,
     Standardizer,
     build_pack,
@@ -44,21 +57,8 @@ from transfer.engine import (
     to_device,
     unpack_model,
 )
-from transfer.metrics import confusion, evaluate, unit_outputs
-from transfer.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
-from transfer.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
-from transfer.recipe import Recipe, StrategyEntry, load_recipe
-from transfer.records import (
-    check_resume,
-    check_writable,
-    new_results_path,
-    planned,
-    read_records,
-    results_folder,
-    toolkit_info,
-)
-from transfer.report import latest, print_leak, print_table, write_outputs
-from transfer.strategies import Context, get_strategy
+from transfer.train.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
+from transfer.train.strategies import Context, get_strategy
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ class Experiment:
 
     def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
               tests: list, specs: list[RunSpec]) -> list[dict]:
-        from transfer.diagnostics import domain_gap
+        from transfer.evaluate.diagnostics import domain_gap
 
         r = self.recipe
         k = len(specs)
@@ -297,9 +297,9 @@ class Experiment:
                 for a, b, spec in zip(zs, zt, specs, strict=True)]
 
     def _package(self, model, norm: Standardizer, spec: RunSpec, metrics: dict) -> dict:
-        from transfer.cards import load_card
-        from transfer.data import _resolve, feature_spec, segment_spec
-        from transfer.package import make_package
+        from transfer.data.cards import load_card
+        from transfer.data.domain import _resolve, feature_spec, segment_spec
+        from transfer.train.package import make_package
 
         card = load_card(_resolve(self.recipe.target.corpus, self.base))
         seg = segment_spec(self.recipe.target, card, self.recipe.features.sample_rate)
@@ -406,7 +406,7 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
                "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
                "unit": exp.target.unit}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    from transfer.executors import execute_all
+    from transfer.grid.executors import execute_all
 
     try:
         execute_all(exp, todo, records_path, out_dir=out, **how)

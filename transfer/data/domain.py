@@ -1,0 +1,147 @@
+"""From recipe corpus sections to in-memory domains (features, labels, subjects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transfer import UserError
+from transfer.common.console import console
+from transfer.data.audio import SegmentSpec
+from transfer.data.cards import Card, load_card
+from transfer.data.corpora import build_manifest
+from transfer.data.features import FeatureSpec, load_features
+from transfer.evaluate.metrics import unit_labels
+from transfer.evaluate.protocols import unit_ids
+from transfer.grid.recipe import CorpusConfig, FeaturesConfig
+
+
+@dataclass
+class Domain:
+    """Every segment of one (or several, for pooled sources) corpora.
+
+    ``x``: (N, F, T) float32; ``y``: (N,) class indices into ``labels``; ``groups``: (N,) the
+    speaker/subject of each segment; ``files``: (N,) source file of each segment; ``unit``: what
+    a label belongs to (subject | recording | segment); ``units``: (N,) the decision unit of
+    each segment (None = the speaker).
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    files: np.ndarray
+    labels: list[str]
+    keys: list[str]  # feature cache keys: identify the data for content hashes
+    positive: str = ""
+    unit: str = "subject"
+    units: np.ndarray | None = None
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        """(N,) the decision unit of every segment."""
+        return self.groups if self.units is None else self.units
+
+    @property
+    def positive_index(self) -> int:
+        return self.labels.index(self.positive) if self.positive in self.labels else -1
+
+
+def feature_spec(cfg: FeaturesConfig) -> FeatureSpec:
+    return FeatureSpec(kind=cfg.kind, n_mfcc=cfg.n_mfcc, deltas=cfg.deltas, n_fft=cfg.n_fft,
+                       hop=cfg.hop, n_mels=cfg.n_mels)
+
+
+def segment_spec(cfg: CorpusConfig, card: Card, sample_rate: int) -> SegmentSpec:
+    seg = cfg.segments
+    return SegmentSpec(seconds=card.segments.seconds if seg.seconds is None else seg.seconds,
+                       mode=seg.mode or card.segments.mode, overlap_s=seg.overlap_s,
+                       align=seg.align, sample_rate=sample_rate)
+
+
+def decision_unit(cfg: CorpusConfig, card: Card) -> str:
+    """What a label belongs to: the recipe's ``unit``, else the card's, else ``subject`` for a
+    label table keyed by speaker and ``recording`` otherwise."""
+    if cfg.unit or card.labels.unit:
+        return cfg.unit or card.labels.unit
+    table_by_speaker = card.labels.source == "table" and card.labels.key_group == "speaker"
+    return "subject" if table_by_speaker else "recording"
+
+
+def corpus_root(cfg: CorpusConfig, card: Card) -> str | None:
+    if cfg.synthetic:
+        from transfer.data import synth
+
+        kind = card.name
+        if kind not in synth.MAKERS:
+            raise UserError(f"synthetic corpora exist for {sorted(synth.MAKERS)}, "
+                            f"not for '{card.name}'")
+        if cfg.synthetic not in synth.SIZES[kind]:
+            raise UserError(f"synthetic must be one of {sorted(synth.SIZES[kind])}, "
+                            f"not {cfg.synthetic!r}")
+        return str(synth.cached(kind, cfg.synthetic, cfg.synthetic_seed))
+    return cfg.root or None
+
+
+def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progress: bool = True,
+                base: Path | None = None) -> Domain:
+    """Load one domain from one or several corpora (several: their union, labels pooled)."""
+    parts, keys, label_sets, names, positive, kinds = [], [], [], [], "", []
+    for cfg in configs:
+        card = load_card(_resolve(cfg.corpus, base))
+        manifest = build_manifest(card, corpus_root(cfg, card), label_map=cfg.label_map or None,
+                                  keep=cfg.keep or None, max_bad_share=cfg.max_bad_share)
+        kind = decision_unit(cfg, card)
+        seg = segment_spec(cfg, card, features.sample_rate)
+        if kind == "subject":  # every file of a subject must carry the subject's label
+            unit_labels(manifest.frame["speaker"].to_numpy(str),
+                        manifest.frame["label"].to_numpy(str), "subject",
+                        where=f"corpus '{card.name}': ")
+        elif seg.mode == "concat":
+            raise UserError(f"corpus '{card.name}': segments.mode = 'concat' joins a subject's "
+                            f"recordings, so the label must belong to the subject (unit = "
+                            f"\"subject\"), not to the {kind}; use mode 'window' or 'pad'")
+        kinds.append(kind)
+        for warning in manifest.warnings:
+            console.print(f"[yellow]warning ({card.name}):[/] {warning}")
+        if manifest.skipped:
+            console.print(f"[yellow]{card.name}: skipped {len(manifest.skipped)} unusable "
+                          f"file(s)[/], e.g. {manifest.skipped[0][0]}: {manifest.skipped[0][1]}")
+        fs = load_features(manifest, seg, feature_spec(features), progress=progress)
+        parts.append((card.name, fs))
+        keys.append(fs.key)
+        label_sets.append(manifest.labels)
+        names.append(card.name)
+        positive = positive or card.labels.positive
+    labels: list[str] = []
+    for ls in label_sets:
+        labels += [lab for lab in ls if lab not in labels]
+    frames = {fs.x.shape[-1] for _, fs in parts}
+    if len(frames) > 1:
+        raise UserError(f"corpora {names} give segments of different lengths {sorted(frames)}: "
+                        "set the same segments.seconds for every source")
+    index = {lab: i for i, lab in enumerate(labels)}
+    x = np.concatenate([fs.x for _, fs in parts])
+    y = np.concatenate([fs.segments["label"].map(index).to_numpy(np.int64) for _, fs in parts])
+    groups = np.concatenate([(name + ":" + fs.segments["speaker"].astype(str)).to_numpy(str)
+                             if len(parts) > 1 else fs.segments["speaker"].to_numpy(str)
+                             for name, fs in parts])
+    files = np.concatenate([fs.segments["file"].to_numpy(str) for _, fs in parts])
+    units = np.concatenate([
+        np.char.add(name + ":" if len(parts) > 1 else "",
+                    unit_ids(kind, fs.segments["speaker"].to_numpy(str),
+                             fs.segments["file"].to_numpy(str)))
+        for kind, (name, fs) in zip(kinds, parts)])
+    unit = kinds[0] if len(set(kinds)) == 1 else "recording"
+    return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units)
+
+
+def _resolve(corpus: str, base: Path | None) -> str:
+    """A card path in a recipe is relative to the recipe's folder."""
+    if corpus.endswith(".toml") and base is not None and not Path(corpus).is_absolute():
+        candidate = base / corpus
+        if candidate.is_file():
+            return str(candidate)
+    return corpus

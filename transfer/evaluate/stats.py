@@ -1,0 +1,140 @@
+"""Uncertainty of the comparison table: bootstrap confidence intervals and paired tests (scipy).
+
+- :func:`pooled_uar_ci`: the decision-unit UAR pooled over the test folds of a seed (every
+  unit is tested once per seed), averaged over seeds, with a 95 % percentile bootstrap
+  interval. The test units are resampled with replacement, the same draw for every seed (a
+  unit's predictions under different seeds are not independent samples), 2000 resamples.
+- :func:`paired_test`: a strategy against the reference (``scratch``) on the same
+  (fold, seed) runs: a two-sided paired permutation (sign-flip) test of the mean difference of
+  the decision-unit UAR, exact (all 2^n sign patterns) up to 16 pairs. Chosen over the
+  Wilcoxon signed-rank test because per-fold UARs of small folds tie and are often equal
+  between strategies (Wilcoxon drops zero differences and loses its exact distribution under
+  ties), and because the exact test says plainly what few pairs can show: with n pairs the
+  smallest possible two-sided p is 2 / 2^n (0.125 with 4 pairs), so fewer than 6 pairs can
+  never reach p < 0.05.
+
+Both are computed from the run records alone (``python -m transfer.report.tables`` rebuilds them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+N_BOOTSTRAP = 2000
+EXACT_UP_TO = 16  # pairs: 2^16 sign patterns are enumerated; more pairs use 2^16 random ones
+
+
+@dataclass(frozen=True)
+class Interval:
+    point: float
+    low: float
+    high: float
+    units: int  # distinct test units
+    seeds: int
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    pairs: int
+    mean_diff: float  # strategy - reference
+    p: float
+    min_p: float  # the smallest p the test can give with this many pairs
+    exact: bool
+
+
+def pooled_units(records: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per seed, the test units of all its folds: (ids, labels, predicted class).
+
+    A unit id that occurs in several folds of one seed (only possible with overlapping test
+    sets) is kept apart per fold.
+    """
+    by_seed: dict[int, list[tuple[str, int, int]]] = {}
+    for r in records:
+        units = r.get("units")
+        if r.get("status") != "ok" or not units:
+            continue
+        pred = np.asarray(units["prob"], dtype=float).argmax(1)
+        rows = by_seed.setdefault(int(r["seed"]), [])
+        rows += [(str(i), int(y), int(p)) for i, y, p in zip(units["id"], units["y"], pred)]
+    out = {}
+    for seed, rows in by_seed.items():
+        ids = np.array([i for i, _, _ in rows])
+        if len(set(ids.tolist())) < len(ids):  # overlapping test sets: keep them apart
+            ids = np.array([f"{k}/{i}" for k, i in enumerate(ids)])
+        out[seed] = (ids, np.array([y for _, y, _ in rows]), np.array([p for _, _, p in rows]))
+    return out
+
+
+def _uar_matrix(y: np.ndarray, present: np.ndarray, correct: np.ndarray, idx: np.ndarray
+                ) -> np.ndarray:
+    """Mean over seeds of the UAR on the units ``idx`` (..., n) -> (...)."""
+    yy = y[idx]
+    classes = np.unique(y)
+    total = np.zeros(idx.shape[:-1])
+    for s in range(present.shape[0]):
+        pres, corr = present[s][idx], correct[s][idx]
+        recalls = []
+        for c in classes:
+            member = (yy == c) & pres
+            n = member.sum(-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recalls.append(np.where(n > 0, (member & corr).sum(-1) / n, np.nan))
+        with np.errstate(invalid="ignore"):
+            total = total + np.nanmean(np.stack(recalls), axis=0)
+    return total / present.shape[0]
+
+
+def pooled_uar_ci(records: list[dict], level: float = 0.95, n_resamples: int = N_BOOTSTRAP,
+                  seed: int = 0) -> Interval:
+    """Decision-unit UAR pooled over folds per seed, mean over seeds, with a bootstrap CI."""
+    per_seed = pooled_units(records)
+    if not per_seed:
+        return Interval(math.nan, math.nan, math.nan, 0, 0)
+    ids = sorted({i for v in per_seed.values() for i in v[0].tolist()})
+    pos = {u: k for k, u in enumerate(ids)}
+    n, n_seeds = len(ids), len(per_seed)
+    y = np.zeros(n, dtype=np.int64)
+    present = np.zeros((n_seeds, n), bool)
+    correct = np.zeros((n_seeds, n), bool)
+    for s, (uid, uy, up) in enumerate(per_seed.values()):
+        k = np.array([pos[u] for u in uid.tolist()])
+        y[k], present[s, k], correct[s, k] = uy, True, uy == up
+    point = float(_uar_matrix(y, present, correct, np.arange(n)[None])[0])
+    if n < 2:
+        return Interval(point, math.nan, math.nan, n, n_seeds)
+
+    def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _uar_matrix(y, present, correct, np.moveaxis(np.asarray(idx, np.int64), axis, -1))
+
+    res = stats.bootstrap((np.arange(n),), statistic, n_resamples=n_resamples,
+                          vectorized=True, confidence_level=level, method="percentile",
+                          batch=500, rng=np.random.default_rng(seed))
+    low, high = res.confidence_interval
+    return Interval(point, float(low), float(high), n, n_seeds)
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, seed: int = 0) -> PairedResult:
+    """Two-sided paired permutation test of mean(a - b); ``a``, ``b``: (n,) paired scores."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    n = len(a)
+    if n == 0:
+        return PairedResult(0, math.nan, math.nan, math.nan, False)
+    diff = float(np.mean(a - b))
+    exact = n <= EXACT_UP_TO
+    min_p = min(1.0, 2.0 / 2 ** n) if exact else 2.0 / (2 ** EXACT_UP_TO + 1)
+    if n < 2:
+        return PairedResult(n, diff, math.nan, min_p, exact)
+
+    def mean_diff(x: np.ndarray, z: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.mean(x - z, axis=axis)
+
+    res = stats.permutation_test((a, b), mean_diff, permutation_type="samples", vectorized=True,
+                                 n_resamples=2 ** EXACT_UP_TO, alternative="two-sided",
+                                 rng=np.random.default_rng(seed))
+    return PairedResult(n, diff, float(min(1.0, res.pvalue)), min_p, exact)

@@ -1,0 +1,61 @@
+"""Run a grid on Ray: one task per pack of runs, each with its CPU/GPU share.
+
+The prepared experiment (features, labels, subjects, splits, the source-pretrained model) is
+put in Ray's object store once by the driver; tasks never recompute it, so a cluster needs no
+shared file system. Every run seeds itself, so results match the local executor.
+``ray`` is an optional extra: ``pip install 'ser-transfer[ray]'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transfer import UserError
+from transfer.common.progress import progress_bar
+
+_EXPERIMENTS: dict[str, Any] = {}  # per worker process: the experiment of a grid, kept once
+
+
+def _run(key: str, experiment: Any, pack: list) -> list[dict[str, Any]]:
+    if key not in _EXPERIMENTS:
+        _EXPERIMENTS.clear()
+        _EXPERIMENTS[key] = experiment
+    return _EXPERIMENTS[key].execute_pack(pack)
+
+
+def execute_ray(exp, packs: list[list], records_path: Path, *, address: str | None = None,
+                progress: bool = True, cpus_per_task: int = 1) -> None:
+    """Run ``packs`` as Ray tasks (one GPU per task on a GPU: a pack fills it)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'ser-transfer[ray]'") from None
+    from transfer.grid.executors import _record
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    gpu = exp.device.type == "cuda"
+    task = ray.remote(num_cpus=cpus_per_task, num_gpus=1 if gpu else 0)(_run)
+    shared = ray.put(exp.for_worker())
+    key = records_path.as_posix()
+    pending = {task.remote(key, shared, pack): pack for pack in packs}
+    with progress_bar(progress) as bar:
+        grid = bar.add_task("grid (ray)", total=sum(len(p) for p in packs))
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    pack = pending.pop(ref)
+                    try:
+                        records = ray.get(ref)
+                    except Exception as err:  # noqa: BLE001 - a lost worker fails its pack
+                        records = exp.failed_records(pack, f"ray: {err}")
+                    for record in records:
+                        _record(records_path, record)
+                    bar.advance(grid, len(pack))
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref)
+            raise

@@ -1,0 +1,220 @@
+"""The results folder of a run: its records, what may be resumed, and nothing half-written.
+
+- :func:`read_records` reads ``runs.jsonl``, ignoring a torn last line (a crash) and reporting
+  any other line that is not a run record, instead of failing on it.
+- :func:`check_resume` refuses to resume a folder recorded with another recipe, naming the keys
+  that differ; :func:`planned` keeps only the records of runs the current plan contains.
+- :func:`results_folder` creates a new results folder and removes it again when the run fails
+  before its first record; errors of a full disk, a read-only folder or missing permissions
+  become one-line :class:`transfer.UserError` messages that say what was kept.
+- :func:`toolkit_info` says which ser-transfer wrote the results: version, install location,
+  and the commit only when the toolkit itself is a git checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from transfer import REPO_ROOT, UserError, __version__
+from transfer.common.console import ENVIRONMENT_ERRORS
+
+#: Recipe keys that do not change what a run computes: a resume may differ in them.
+NOT_RESULTS = ("name", "description", "jobs", "device", "export")
+
+#: File-system errors that are the user's environment, not a bug.
+DISK_ERRORS = ENVIRONMENT_ERRORS
+
+_reported: set[tuple[str, int]] = set()
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every run record of a records file.
+
+    A torn last line (a crash in the middle of a write) is ignored silently; any other line
+    that is not a JSON object with ``key`` and ``status`` is reported once and ignored.
+    """
+    from transfer.common.console import console
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+            if n == len(lines):  # torn last line
+                continue
+        if isinstance(record, dict) and isinstance(record.get("key"), str) and "status" in record:
+            records.append(record)
+        elif (str(path), n) not in _reported:
+            _reported.add((str(path), n))
+            console.print(f"[yellow]warning:[/] {path} line {n} is not a run record; ignored: "
+                          f"{line[:60]!r}")
+    return records
+
+
+def planned(records: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
+    """The records of the runs whose keys the current plan contains."""
+    return [r for r in records if r["key"] in keys]
+
+
+def has_records(out: Path) -> bool:
+    return bool(read_records(out / "runs.jsonl"))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for k, v in value.items():
+            flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return flat or {prefix: {}}
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        flat = {f"{prefix}.length": len(value)}
+        for i, v in enumerate(value):
+            flat.update(_flatten(v, f"{prefix}[{i}]"))
+        return flat
+    return {prefix: value}
+
+
+def recipe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key (was X, now Y)' for every result-relevant key in which two resolved recipes differ."""
+    old = {k: v for k, v in _flatten(recorded).items() if k.split(".")[0] not in NOT_RESULTS}
+    new = {k: v for k, v in _flatten(current).items() if k.split(".")[0] not in NOT_RESULTS}
+    missing = object()
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b:
+            diffs.append(f"{key} (was {'absent' if a is missing else json.dumps(a)}, "
+                         f"now {'absent' if b is missing else json.dumps(b)})")
+    return diffs
+
+
+def check_resume(out: Path, recipe_dict: dict[str, Any]) -> None:
+    """Refuse to resume ``out`` unless it was recorded with the same recipe (up to
+    :data:`NOT_RESULTS`); the error names the keys that differ."""
+    if not out.is_dir():
+        raise UserError(f"--resume: no results folder {out}")
+    saved = out / "recipe.json"
+    if not saved.is_file():
+        raise UserError(f"--resume: {out} has no recipe.json, so it is not a results folder of "
+                        "python -m transfer.run")
+    try:
+        recorded = json.loads(saved.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"--resume: {saved} is not valid JSON ({err})") from None
+    current = json.loads(json.dumps(recipe_dict, default=str))  # as recipe.json holds it
+    diffs = recipe_differences(recorded, current)
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise UserError(f"--resume: {out} was run with a different recipe, so its runs cannot be "
+                        f"mixed with this one's. Differences: {shown}. Undo the change to finish "
+                        "that run, or start a new one without --resume")
+    check_writable(out)
+
+
+def check_writable(folder: Path) -> None:
+    """A clear error now, not a traceback after hours of training, when ``folder`` (or, while it
+    does not exist yet, its nearest existing parent) cannot be written."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write results to {folder}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write results to {folder}: {probe} is not writable "
+                        f"({err.strerror or err}); choose another --results-dir") from None
+
+
+def new_results_path(results_dir: Path, name: str, stamp: str) -> Path:
+    """``<results_dir>/<name>/<stamp>``, with ``-1``, ``-2``, ... when that exists."""
+    out, n = results_dir / name / stamp, 1
+    while out.exists():
+        out, n = results_dir / name / f"{stamp}-{n}", n + 1
+    return out
+
+
+@contextlib.contextmanager
+def results_folder(out: Path, *, new: bool) -> Iterator[Path]:
+    """Create (``new``) or reuse the results folder ``out`` for the block.
+
+    If the block fails before the first run record is written, a new folder is removed again
+    (with the parents it created, when they are left empty): a failed start leaves nothing
+    behind. File-system errors (full disk, read-only folder) become a :class:`UserError` that
+    says which file and what was kept.
+    """
+    created: list[Path] = []
+    try:
+        if new:
+            for parent in reversed([out, *out.parents]):
+                if not parent.exists():
+                    parent.mkdir()
+                    created.append(parent)
+        yield out
+    except BaseException as err:
+        kept = has_records(out) if out.is_dir() else False
+        if new and not kept:
+            _remove_created(out, created)
+        if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+            raise UserError(disk_message(err, out, kept)) from None
+        raise
+
+
+def _remove_created(out: Path, created: list[Path]) -> None:
+    if out in created:
+        shutil.rmtree(out, ignore_errors=True)
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
+def disk_message(err: OSError, out: Path, kept: bool) -> str:
+    what = err.filename or out
+    if kept:
+        n = len(read_records(out / "runs.jsonl"))
+        tail = (f"the {n} finished run(s) in {out / 'runs.jsonl'} are intact; fix this, then "
+                f"finish with --resume {out}")
+    else:
+        tail = "no run had finished, so no results folder was left behind"
+    return f"cannot write {what}: {err.strerror or err}; {tail}"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+                              timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def toolkit_info() -> dict[str, Any]:
+    """Version and install location of this ser-transfer; its git commit (and whether the
+    working tree has uncommitted changes) only when the toolkit itself is a git checkout, not
+    when it is installed inside some other repository."""
+    import transfer
+
+    location = Path(transfer.__file__).resolve().parent
+    commit = dirty = None
+    top = _git("rev-parse", "--show-toplevel")
+    if top and Path(top).resolve() == REPO_ROOT.resolve():
+        commit = _git("rev-parse", "HEAD")
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = None if status is None else bool(status)
+    return {"ser_transfer": __version__, "install_location": str(location),
+            "git_commit": commit, "git_dirty": dirty}

@@ -1,0 +1,366 @@
+"""The comparison table, the leak report and figures, built from the run records alone.
+
+``python -m transfer.report RESULTS_DIR`` rebuilds them (``table.md``/``table.csv`` with the
+confidence intervals and the tests against ``scratch``, ``leak.md``/``leak.csv`` where the
+records hold several protocols, ``figures/``) for a finished or partial run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.markup import escape
+from rich.table import Table
+
+from transfer.common.cache import atomic_path, atomic_write_text
+from transfer.common.console import console, main_guard
+from transfer.evaluate.metrics import METRICS
+from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, pooled_uar_ci
+from transfer.grid.records import read_records  # noqa: F401 - the records reader lives there
+
+GAP = ["gap_mmd", "gap_a_distance"]
+
+
+def latest(records: list[dict]) -> list[dict]:
+    """One record per run key: a later success replaces an earlier failure."""
+    by_key: dict[str, dict] = {}
+    for r in records:
+        if r.get("status") == "ok" or r["key"] not in by_key:
+            by_key[r["key"]] = r
+    return list(by_key.values())
+
+
+def _metric(r: dict, key: str) -> float:
+    """A run's metric; records written before decision units have ``subject_*`` for ``unit_*``."""
+    m = r["metrics"]
+    if key in m:
+        return m[key]
+    if key.startswith("unit_"):
+        return m.get("subject_" + key[len("unit_"):], math.nan)
+    return math.nan
+
+
+def primary_protocol(records: list[dict], protocol: str | None = None) -> str:
+    """The protocol the table reports: the one given, else the first speaker-independent one."""
+    if protocol:
+        return protocol
+    names = list(dict.fromkeys(r.get("protocol", "") for r in records))
+    honest = [n for n in names
+              if not any(r.get("speaker_dependent") for r in records if r.get("protocol") == n)]
+    return (honest or names or [""])[0]
+
+
+def unit_of(records: list[dict]) -> str:
+    """The decision unit of the records (records written before units existed: subject)."""
+    return next((r["unit"] for r in records if r.get("unit")), "subject")
+
+
+def reference_label(records: list[dict], order: list[str]) -> str | None:
+    """The row every other strategy is tested against: the first ``scratch`` entry."""
+    names = {r["strategy"]: r.get("strategy_name", r["strategy"]) for r in records}
+    return next((label for label in order if names.get(label) == "scratch"), None)
+
+
+def build_table(records: list[dict], order: list[str] | None = None,
+                source: dict | None = None, protocol: str | None = None) -> pd.DataFrame:
+    """One row per strategy under one protocol (default: :func:`primary_protocol`): mean and
+    std over folds x seeds of every metric, the pooled decision-unit UAR with its bootstrap CI,
+    and the paired test against ``scratch``."""
+    records = latest(records)
+    protocol = primary_protocol(records, protocol)
+    records = [r for r in records if r.get("protocol", protocol) == protocol]
+    labels = order or list(dict.fromkeys(r["strategy"] for r in records))
+    unit = unit_of(records)
+    ref = reference_label(records, labels)
+    ref_uar = {(r["fold"], r["seed"]): _metric(r, "unit_uar") for r in records
+               if r["strategy"] == ref and r["status"] == "ok"}
+    rows = []
+    for label in labels:
+        mine = [r for r in records if r["strategy"] == label]
+        ok = [r for r in mine if r["status"] == "ok"]
+        row: dict[str, Any] = {
+            "strategy": label,
+            "protocol": mine[0]["protocol"] if mine else protocol,
+            "speaker_dependent": bool(mine and mine[0]["speaker_dependent"]),
+            "unit": unit, "runs": len(ok), "failed": len(mine) - len(ok),
+        }
+        for level in ("unit", "segment"):
+            for m in METRICS:
+                vals = np.array([_metric(r, f"{level}_{m}") for r in ok], dtype=float)
+                row[f"{level}_{m}_mean"] = _nan(np.nanmean, vals)
+                row[f"{level}_{m}_std"] = _nan(lambda v: np.nanstd(v, ddof=0), vals)
+        ci = pooled_uar_ci(ok)
+        row.update(unit_uar_pooled=ci.point, unit_uar_ci_low=ci.low, unit_uar_ci_high=ci.high,
+                   units_tested=ci.units)
+        test = None
+        if ref is not None and label != ref:
+            pairs = [(_metric(r, "unit_uar"), ref_uar[(r["fold"], r["seed"])]) for r in ok
+                     if (r["fold"], r["seed"]) in ref_uar]
+            test = paired_test(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
+        row.update(vs_scratch_diff=test.mean_diff if test else math.nan,
+                   vs_scratch_p=test.p if test else math.nan,
+                   vs_scratch_pairs=test.pairs if test else 0,
+                   vs_scratch_min_p=test.min_p if test else math.nan)
+        for g in GAP:
+            vals = np.array([r.get("gap", {}).get(g, math.nan) for r in ok], dtype=float)
+            row[f"{g}_mean"] = _nan(np.nanmean, vals)
+        uses_source = bool(mine and mine[0].get("uses_source"))
+        for k in ("source_acc", "source_uar"):
+            row[k] = (source or {}).get(k, math.nan) if uses_source else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs.update(unit=unit, reference=ref, protocol=protocol)
+    return table
+
+
+def _nan(fn, vals: np.ndarray) -> float:
+    if vals.size == 0 or np.all(np.isnan(vals)):
+        return math.nan
+    return float(fn(vals))
+
+
+def _isnan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _pm(mean: float, std: float) -> str:
+    return "-" if math.isnan(mean) else f"{mean:.3f}±{std:.2f}"
+
+
+def _f(v: float) -> str:
+    return "-" if _isnan(v) else f"{v:.3f}"
+
+
+def _ci(row: pd.Series) -> str:
+    if _isnan(row["unit_uar_pooled"]):
+        return "-"
+    if _isnan(row["unit_uar_ci_low"]):
+        return f"{row['unit_uar_pooled']:.3f}"
+    return (f"{row['unit_uar_pooled']:.3f} [{row['unit_uar_ci_low']:.2f}, "
+            f"{row['unit_uar_ci_high']:.2f}]")
+
+
+def _p(row: pd.Series, reference: str | None) -> tuple[str, str]:
+    """(difference, p) cells of the comparison with the reference row."""
+    if reference is None:
+        return "-", "-"
+    if row["strategy"] == reference:
+        return "ref", "ref"
+    if not row["vs_scratch_pairs"]:
+        return "-", "-"
+    diff = f"{row['vs_scratch_diff']:+.3f}"
+    if _isnan(row["vs_scratch_p"]):
+        return diff, f"- (n={row['vs_scratch_pairs']})"
+    weak = "†" if row["vs_scratch_min_p"] >= 0.05 else ""
+    return diff, f"{row['vs_scratch_p']:.3g}{weak} (n={row['vs_scratch_pairs']})"
+
+
+DISPLAY = [("UAR", "unit_uar"), ("acc", "unit_acc"), ("F1", "unit_f1"), ("sens", "unit_sens"),
+           ("spec", "unit_spec"), ("AUC", "unit_auc")]
+
+
+def headers(unit: str, reference: str | None) -> list[str]:
+    ref = reference or "scratch"
+    return (["strategy", "runs", f"{unit} UAR", f"{unit} UAR pooled [95% CI]",
+             f"Δ {unit} UAR vs {ref}", f"p vs {ref}"]
+            + [f"{unit} {h}" for h, _ in DISPLAY[1:]] + ["segment UAR", "gap MMD", "gap A-dist"])
+
+
+def _cells(row: pd.Series, reference: str | None) -> list[str]:
+    name = row["strategy"] + (" [speaker-dependent]" if row["speaker_dependent"] else "")
+    cells = [name, f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")]
+    cells += [_pm(row["unit_uar_mean"], row["unit_uar_std"]), _ci(row), *_p(row, reference)]
+    cells += [_pm(row[f"{k}_mean"], row[f"{k}_std"]) for _, k in DISPLAY[1:]]
+    cells += [_pm(row["segment_uar_mean"], row["segment_uar_std"])]
+    cells += [_f(row["gap_mmd_mean"]), _f(row["gap_a_distance_mean"])]
+    return cells
+
+
+def markdown(table: pd.DataFrame, title: str = "") -> str:
+    unit, ref = table.attrs.get("unit", "subject"), table.attrs.get("reference")
+    hs = headers(unit, ref)
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(hs) + " |", "|" + "---|" * len(hs)]
+    lines += ["| " + " | ".join(_cells(row, ref)) + " |" for _, row in table.iterrows()]
+    if not table.empty and table["speaker_dependent"].any():
+        lines += ["", "Rows marked [speaker-dependent] come from a random split of segments: the "
+                  "same subjects are in train and test, so they measure speaker recognition as "
+                  "much as depression."]
+    if not table.empty and not math.isnan(table["source_acc"].max()):
+        src = table.dropna(subset=["source_acc"]).iloc[0]
+        lines += ["", f"Source pretraining (held-out speakers): accuracy {src['source_acc']:.3f}, "
+                  f"UAR {src['source_uar']:.3f}."]
+    lines += ["", f"Decision unit: the {unit} (what a label belongs to). A {unit}'s decision is "
+              f"the argmax of the mean probability of its test segments. Mean ± std over folds "
+              f"x seeds. Pooled [95% CI]: the {unit} UAR over all test {unit}s of a seed (each "
+              f"in its own fold), mean over seeds, with a 95 % percentile bootstrap interval "
+              f"(the test {unit}s resampled {N_BOOTSTRAP} times, the same draw for every seed). "
+              "gap: domain gap of `general` features between held-out source and target test "
+              "data (MMD; proxy A-distance, 0 = indistinguishable, 2 = separable)."]
+    if ref is not None:
+        lines += ["", f"Δ and p vs {ref}: the mean difference of the {unit} UAR over the same "
+                  f"(fold, seed) runs (n pairs) and the two-sided paired permutation test of it "
+                  f"(scipy.stats.permutation_test, sign flips of the per-run differences, exact "
+                  f"up to 16 pairs). A permutation test rather than Wilcoxon: per-fold UARs of "
+                  f"small folds tie and often equal {ref}'s, which Wilcoxon drops, while the "
+                  f"exact test uses every pair and says what few pairs can show: with n pairs "
+                  f"the smallest possible p is 2/2^n. † marks n < 6, where p < 0.05 is "
+                  f"impossible whatever the scores. p-values are not adjusted for the "
+                  f"{max(len(table) - 1, 1)} comparisons with {ref}."]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(table: pd.DataFrame, title: str = "") -> None:
+    unit, ref = table.attrs.get("unit", "subject"), table.attrs.get("reference")
+    t = Table(title=title, show_lines=False)
+    for h in headers(unit, ref):
+        t.add_column(h, justify="left" if h == "strategy" else "right", no_wrap=True)
+    for _, row in table.iterrows():
+        t.add_row(*(escape(c) for c in _cells(row, ref)),
+                  style="yellow" if row["speaker_dependent"] else None)
+    from rich.console import Console
+
+    Console(width=max(260, console.width), stderr=False).print(t)
+    if not table.empty and table["speaker_dependent"].any():
+        console.print("[yellow]speaker-dependent rows: random segment split, subjects leak "
+                      "between train and test[/]")
+
+
+# --- leak report -----------------------------------------------------------------------------
+def leak_table(records: list[dict], order: list[str], protocol: str | None = None
+               ) -> pd.DataFrame | None:
+    """Per strategy and compared protocol: the honest and the compared scores and their
+    difference; None when the records hold one protocol only."""
+    records = latest(records)
+    honest = primary_protocol(records, protocol)
+    others = [p for p in dict.fromkeys(r.get("protocol", honest) for r in records) if p != honest]
+    if not others:
+        return None
+    base = build_table(records, order, protocol=honest).set_index("strategy")
+    unit = unit_of(records)
+    rows = []
+    for other in others:
+        comp = build_table(records, order, protocol=other).set_index("strategy")
+        leaky = bool(comp["speaker_dependent"].any())
+        for label in base.index.intersection(comp.index, sort=False):
+            h, c = base.loc[label], comp.loc[label]
+            rows.append({
+                "strategy": label, "honest_protocol": honest, "compared_protocol": other,
+                "compared_speaker_dependent": leaky, "unit": unit,
+                "honest_unit_uar": h["unit_uar_pooled"], "compared_unit_uar": c["unit_uar_pooled"],
+                "unit_uar_difference": c["unit_uar_pooled"] - h["unit_uar_pooled"],
+                "honest_unit_uar_ci_low": h["unit_uar_ci_low"],
+                "honest_unit_uar_ci_high": h["unit_uar_ci_high"],
+                "compared_unit_uar_ci_low": c["unit_uar_ci_low"],
+                "compared_unit_uar_ci_high": c["unit_uar_ci_high"],
+                "honest_segment_uar": h["segment_uar_mean"],
+                "compared_segment_uar": c["segment_uar_mean"],
+                "segment_uar_difference": c["segment_uar_mean"] - h["segment_uar_mean"],
+                "honest_runs": h["runs"], "compared_runs": c["runs"]})
+    return pd.DataFrame(rows)
+
+
+def _why(honest: str, other: str, leaky: bool, unit: str) -> str:
+    if leaky:
+        return (f"Why they differ: `{other}` splits segments at random, so the speaker of every "
+                f"test {unit} (often the very recording, in overlapping windows) is also in "
+                f"training and the model can score by recognising speakers; `{honest}` never "
+                f"tests a speaker it trained on. The difference is the part of the `{other}` "
+                f"score that would not carry over to new people.")
+    return (f"Why they differ: both protocols keep speakers apart; the difference comes from "
+            f"the number and size of the folds (training data per fold, test {unit}s per "
+            f"fold), not from a leak.")
+
+
+def leak_markdown(leak: pd.DataFrame, title: str = "") -> str:
+    lines = [f"# Leak report{': ' + title if title else ''}", ""]
+    for other, part in leak.groupby("compared_protocol", sort=False):
+        first = part.iloc[0]
+        honest, unit = first["honest_protocol"], first["unit"]
+        tag = " (speaker-dependent)" if first["compared_speaker_dependent"] else ""
+        hs = ["strategy", f"{unit} UAR {honest}", f"{unit} UAR {other}{tag}", "difference",
+              f"segment UAR {honest}", f"segment UAR {other}", "difference"]
+        lines += [f"## {honest} vs {other}", "",
+                  "| " + " | ".join(hs) + " |", "|" + "---|" * len(hs)]
+        for _, r in part.iterrows():
+            hci = (f" [{r['honest_unit_uar_ci_low']:.2f}, {r['honest_unit_uar_ci_high']:.2f}]"
+                   if not _isnan(r["honest_unit_uar_ci_low"]) else "")
+            cci = (f" [{r['compared_unit_uar_ci_low']:.2f}, {r['compared_unit_uar_ci_high']:.2f}]"
+                   if not _isnan(r["compared_unit_uar_ci_low"]) else "")
+            lines.append("| " + " | ".join([
+                r["strategy"], _f(r["honest_unit_uar"]) + hci, _f(r["compared_unit_uar"]) + cci,
+                _signed(r["unit_uar_difference"]), _f(r["honest_segment_uar"]),
+                _f(r["compared_segment_uar"]), _signed(r["segment_uar_difference"])]) + " |")
+        lines += ["", _why(honest, str(other), bool(first["compared_speaker_dependent"]), unit),
+                  "", f"{unit} UAR: pooled over the test {unit}s of each seed, mean over seeds, "
+                  f"95 % bootstrap CI in brackets (as in table.md); segment UAR: mean over runs; "
+                  f"difference = {other} - {honest}.", ""]
+    return "\n".join(lines)
+
+
+def _signed(v: float) -> str:
+    return "-" if _isnan(v) else f"{v:+.3f}"
+
+
+def print_leak(out_dir: Path) -> None:
+    """Print ``leak.md`` of a results folder, if there is one."""
+    path = Path(out_dir) / "leak.md"
+    if path.is_file():
+        print(path.read_text(encoding="utf-8"))
+
+
+def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: dict | None,
+                  title: str, plots: bool = True, protocol: str | None = None) -> pd.DataFrame:
+    """table.md/table.csv (and leak.md/leak.csv where several protocols ran) and figures."""
+    protocol = primary_protocol(latest(records), protocol)
+    table = build_table(records, order, source, protocol)
+    with atomic_path(out_dir / "table.csv") as tmp:  # no table.csv.tmp left on a full disk
+        table.to_csv(tmp, index=False)
+    text = markdown(table, title)
+    leak = leak_table(records, order, protocol)
+    if leak is not None:
+        with atomic_path(out_dir / "leak.csv") as tmp:
+            leak.to_csv(tmp, index=False)
+        atomic_write_text(out_dir / "leak.md", leak_markdown(leak, title))
+        text += ("\nThe same strategies under " + ", ".join(
+            f"`{p}`" for p in dict.fromkeys(leak["compared_protocol"]))
+            + ": see leak.md.\n")
+    atomic_write_text(out_dir / "table.md", text)
+    if plots:
+        from transfer.report.plots import write_plots
+
+        write_plots(out_dir, [r for r in latest(records) if r.get("protocol", protocol) == protocol],
+                    order)
+    return table
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer.report",
+                                     description="Rebuild the table and figures of a results dir.")
+    parser.add_argument("results_dir")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.results_dir)
+    records = read_records(out / "runs.jsonl")
+    if not records:
+        from transfer import UserError
+
+        raise UserError(f"no run records in {out / 'runs.jsonl'}")
+    meta = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    table = write_outputs(out, records, meta.get("order", []), meta.get("source"),
+                          meta.get("title", out.name), plots=not args.no_plots,
+                          protocol=meta.get("protocol"))
+    print_table(table, meta.get("title", ""))
+    print_leak(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""``dann``: domain-adversarial training (Ganin & Lempitsky 2015).
+
+Target cross-entropy plus a domain discriminator on the pooled ``general`` features behind a
+gradient reversal layer whose coefficient follows 2 / (1 + exp(-10 p)) - 1; optionally the
+source emotion loss through a source branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+from transfer.train.alignment import DomainDiscriminator, GradientReversal, adversarial_loss
+from transfer.train.strategies.base import Batch, Context, Strategy, ensure_split, register
+
+
+@dataclass
+class DannOptions:
+    """Args:
+        adv_weight: weight of the domain-adversarial loss.
+        grl_max: the reversal coefficient's final value (the schedule is scaled by it).
+        grl_gamma: steepness of the schedule (10 in the paper).
+        source_weight: weight of the source emotion loss; 0 = off.
+        disc_hidden: width of the discriminator.
+        init: ``source`` or ``scratch``.
+    """
+
+    adv_weight: float = 1.0
+    grl_max: float = 1.0
+    grl_gamma: float = 10.0
+    source_weight: float = 0.0
+    disc_hidden: int = 64
+    init: Literal["source", "scratch"] = "source"
+
+
+@register("dann")
+class Dann(Strategy):
+    Options = DannOptions
+    needs_source = True
+    uses_source_batches = True
+
+    def __init__(self, ctx: Context, opts: DannOptions) -> None:
+        super().__init__(ctx, opts)
+        self.model = self.target_model(opts.init)
+        ensure_split(self.model, "dann")
+        self.disc = DomainDiscriminator(self.model.general_dim, opts.disc_hidden, runs=ctx.runs)
+        self.grl = GradientReversal(opts.grl_max, opts.grl_gamma)
+        self.branch = self.source_branch() if opts.source_weight > 0 else None
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        assert src is not None
+        g_t = self.model.forward_general(tgt.x)
+        g_s = self.model.forward_general(src.x)
+        logits = self.model.head(self.model.forward_specific(g_t))
+        ce = self.ce(logits, tgt.y)
+        self.grl.progress = progress
+        adv, acc = adversarial_loss(self.disc, self.grl(g_s.vector), self.grl(g_t.vector))
+        total = ce + self.opts.adv_weight * adv
+        logs = {"ce": ce.detach(), "adv": adv.detach(), "disc_acc": acc}
+        if self.branch is not None:
+            ce_s = self.ce(self.branch.head(self.branch.forward_specific(g_s)), src.y)
+            total = total + self.opts.source_weight * ce_s
+            logs["ce_source"] = ce_s.detach()
+        return total, logs

@@ -1,0 +1,30 @@
+"""``finetune``: as ``freeze``, but general trains at a smaller learning rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transfer.train.strategies.base import Context, Strategy, general_params, register, rest_params
+
+
+@dataclass
+class FinetuneOptions:
+    """Args:
+        general_lr_scale: learning rate of general relative to the rest (research code 0.1-0.2).
+    """
+
+    general_lr_scale: float = 0.1
+
+
+@register("finetune")
+class Finetune(Strategy):
+    Options = FinetuneOptions
+    needs_source = True
+
+    def __init__(self, ctx: Context, opts: FinetuneOptions) -> None:
+        super().__init__(ctx, opts)
+        self.model = self.target_model("source")
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": general_params(self.model), "lr": lr * self.opts.general_lr_scale},
+                {"params": rest_params(self.model), "lr": lr}]

@@ -1,0 +1,58 @@
+"""``joint``: one shared general, two branches (source-specific + emotion head, target-specific
++ depression head) trained together on source and target batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+from transfer.train.strategies.base import (
+    Batch,
+    Context,
+    Strategy,
+    general_params,
+    register,
+    rest_params,
+)
+
+
+@dataclass
+class JointOptions:
+    """Args:
+        source_weight: weight of the source (emotion) loss.
+        general_lr_scale: learning rate of the shared general (research code 0.1).
+        source_lr_scale: learning rate of the source branch (research code 0.5).
+        init: ``source`` (start from the pretrained model) or ``scratch``.
+    """
+
+    source_weight: float = 1.0
+    general_lr_scale: float = 0.1
+    source_lr_scale: float = 0.5
+    init: Literal["source", "scratch"] = "source"
+
+
+@register("joint")
+class Joint(Strategy):
+    Options = JointOptions
+    needs_source = True
+    uses_source_batches = True
+
+    def __init__(self, ctx: Context, opts: JointOptions) -> None:
+        super().__init__(ctx, opts)
+        self.model = self.target_model(opts.init)
+        self.branch = self.source_branch()
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": general_params(self.model), "lr": lr * self.opts.general_lr_scale},
+                {"params": rest_params(self.model), "lr": lr},
+                {"params": list(self.branch.parameters()), "lr": lr * self.opts.source_lr_scale}]
+
+    def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        assert src is not None
+        ce_t = self.ce(self.model(tgt.x), tgt.y)
+        g_s = self.model.forward_general(src.x)
+        ce_s = self.ce(self.branch.head(self.branch.forward_specific(g_s)), src.y)
+        return ce_t + self.opts.source_weight * ce_s, {"ce": ce_t.detach(), "ce_source": ce_s.detach()}

@@ -1,0 +1,107 @@
+"""``mmd_ae`` (Multitrain_ae in the research code).
+
+A frozen copy of the source-pretrained model gives source ``general`` features; the target
+model's own ``general`` gives target features; ONE shared projector maps both into an
+intermediate domain where MMD + an adversarial domain loss are minimised, in an alignment
+phase of ``align_steps`` steps every ``align_every`` epochs. The projector can first be
+pretrained as an autoencoder on source features (``ae_epochs``; 0 = off). The target
+classifier trains with target cross-entropy in the ordinary steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from transfer.train.alignment import (
+    DomainDiscriminator,
+    GradientReversal,
+    MultiKernelMMD,
+    Projector,
+    alignment_loss,
+)
+from transfer.train.strategies.base import (
+    Batch,
+    Context,
+    Phase,
+    Strategy,
+    ensure_split,
+    frozen,
+    register,
+)
+
+
+@dataclass
+class MmdAeOptions:
+    """Args:
+        align_every, align_steps: the alignment phase (research defaults 6 and 20).
+        adv_weight: weight of the adversarial loss next to the MMD.
+        proj_dim: width of the intermediate domain.
+        ae_epochs: autoencoder pretraining of the projector on source features, in epochs of
+            target-sized steps; 0 = off.
+        align_lr: learning rate of the alignment optimiser (Adam).
+        mmd_kernels, mmd_ratio: the multi-kernel MMD's bandwidths.
+    """
+
+    align_every: int = 6
+    align_steps: int = 20
+    adv_weight: float = 1.0
+    proj_dim: int = 64
+    ae_epochs: int = 2
+    align_lr: float = 1e-3
+    mmd_kernels: int = 5
+    mmd_ratio: float = 2.0
+
+
+@register("mmd_ae")
+class MmdAe(Strategy):
+    Options = MmdAeOptions
+    needs_source = True
+    uses_source_batches = False  # source batches only in the phases
+
+    def __init__(self, ctx: Context, opts: MmdAeOptions) -> None:
+        super().__init__(ctx, opts)
+        self.model = self.target_model("source")
+        ensure_split(self.model, "mmd_ae")
+        self.source = frozen(self.source_model())
+        self.projector = Projector(self.model.sequence_dim, opts.proj_dim, runs=ctx.runs)
+        self.disc = DomainDiscriminator(opts.proj_dim, runs=ctx.runs)
+        self.grl = GradientReversal(1.0)
+        self.mmd = MultiKernelMMD(opts.mmd_kernels, opts.mmd_ratio)
+
+    def train(self, mode: bool = True) -> MmdAe:
+        super().train(mode)
+        self.source.eval()
+        return self
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.model.parameters()), "lr": lr}]
+
+    def _autoencoder(self, tgt: Batch, src: Batch | None, progress: Tensor
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        assert src is not None
+        seq = self.source.forward_general(src.x).sequence.detach()
+        rec = self.projector.reconstruction_loss(seq)
+        return rec, {"ae_rec": rec.detach()}
+
+    def _align(self, tgt: Batch, src: Batch | None, progress: Tensor
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+        assert src is not None
+        p_s = self.projector(self.source.forward_general(src.x).sequence.detach())
+        p_t = self.projector(self.model.forward_general(tgt.x).sequence)
+        return alignment_loss(self.mmd, self.disc, self.grl, p_s, p_t, progress, 1.0,
+                              self.opts.adv_weight)
+
+    def phases(self) -> list[Phase]:
+        o = self.opts
+        align_params = (list(self.model.general.parameters())
+                        + list(self.projector.encoder.parameters()) + list(self.disc.parameters()))
+        phases = [Phase("align", self._align, [{"params": align_params}], o.align_steps,
+                        every=o.align_every, optimizer="adam", lr=o.align_lr)]
+        if o.ae_epochs > 0:
+            phases.insert(0, Phase("autoencoder", self._autoencoder,
+                                   [{"params": list(self.projector.parameters())}], 0, every=0,
+                                   optimizer="adam", lr=o.align_lr,
+                                   extra={"epochs": o.ae_epochs}))
+        return phases

@@ -1,0 +1,21 @@
+"""``scratch``: no source at all; the target model trains from random weights. The reference row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transfer.train.strategies.base import Context, Strategy, register
+
+
+@dataclass
+class ScratchOptions:
+    """No options."""
+
+
+@register("scratch")
+class Scratch(Strategy):
+    Options = ScratchOptions
+
+    def __init__(self, ctx: Context, opts: ScratchOptions) -> None:
+        super().__init__(ctx, opts)
+        self.model = ctx.make_backbone(ctx.target_classes)
