@@ -17,104 +17,20 @@ with ``runs = 1``.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable
-from typing import Any
-
-from torch import nn
-
-_REGISTRY: dict[str, tuple[type, type]] = {}
-
-
-class OptionError(ValueError):
-    """An unknown option or a value of the wrong type."""
-
-
-def register(name: str, options: type) -> Callable[[type], type]:
-    """Class decorator: make a backbone available to :func:`create` under ``name``.
-
-    ``options`` is a dataclass whose fields (with types and defaults) are the backbone's options.
-    """
-
-    def deco(cls: type) -> type:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _REGISTRY[name] = (cls, options)
-        cls.registry_name = name
-        return cls
-
-    return deco
-
-
-def names() -> list[str]:
-    """Names of all registered backbones."""
-    return sorted(_REGISTRY)
-
-
-def options_of(name: str) -> type:
-    """The options dataclass of a backbone."""
-    _check_name(name)
-    return _REGISTRY[name][1]
-
-
-def _check_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise OptionError(f"unknown backbone {name!r}; available: {', '.join(names())}")
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is type(None):
-        return value is None
-    return isinstance(value, hint)
-
-
-def build_options(cls: type, values: dict[str, Any], what: str) -> Any:
-    """Validate ``values`` against the dataclass ``cls`` and build it."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise OptionError(f"{what}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
-    for key, value in values.items():
-        if not _type_ok(value, hints[key]):
-            raise OptionError(f"{what}: option {key!r} must be {_describe(hints[key])}, "
-                              f"got {value!r}")
-    opts = cls(**{k: (float(v) if hints[k] is float else v) for k, v in values.items()})
-    check = getattr(opts, "validate", None)
-    if check:
-        check()
-    return opts
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    return getattr(hint, "__name__", str(hint))
-
-
-def create(name: str, runs: int = 1, **options: Any) -> nn.Module:
-    """Build a registered backbone with the given options (``runs`` copies packed in one)."""
-    _check_name(name)
-    cls, opts_cls = _REGISTRY[name]
-    return cls(build_options(opts_cls, options, f"backbone {name!r}"), runs=runs)
-
-
-def packable(name: str) -> bool:
-    """Whether ``name`` can build several runs as one module (``runs > 1``)."""
-    _check_name(name)
-    return bool(getattr(_REGISTRY[name][0], "packable", False))
-
-
 # Importing the modules registers them.
-from backbones import timnet, transformer_timnet  # noqa: E402,F401
+from backbones import timnet, transformer_timnet  # noqa: F401
+from backbones.registry import (
+    OptionError,
+    _check_name,
+    _describe,
+    _type_ok,
+    build_options,
+    create,
+    names,
+    options_of,
+    packable,
+    register,
+)
+
+__all__ = ["OptionError", "_check_name", "_describe", "_type_ok", "build_options", "create",
+           "names", "options_of", "packable", "register"]

@@ -34,8 +34,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from backbones import OptionError, register
 from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv
+from backbones.registry import OptionError, register
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from backbones import OptionError, register
+from backbones.registry import OptionError, register
 from backbones.timnet import TimNet, TimNetOptions
 
 

@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from transfer.train.alignment import (
-    GradientReversal,
-    MultiKernelMMD,
-    grl_coefficient,
-    mmd_reference,
-    reverse_gradient,
-)
+from transfer.evaluate.distances import MultiKernelMMD, mmd_reference
+from transfer.train.alignment import GradientReversal, grl_coefficient, reverse_gradient
 
 
 def test_reversal_gradient_is_minus_lambda_times_plain():

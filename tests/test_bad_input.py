@@ -17,13 +17,14 @@ import torch
 from conftest import tiny_recipe, write_tone
 
 from transfer import UserError
+from transfer.common.config import ProtocolConfig
 from transfer.data.audio import load_audio
 from transfer.data.cards import load_card
 from transfer.data.corpora import build_manifest, reason_counts
 from transfer.data.domain import segment_spec
 from transfer.data.synth import make
 from transfer.evaluate.protocols import make_splits
-from transfer.grid.recipe import ProtocolConfig, apply_set, parse_recipe
+from transfer.grid.recipe import apply_set, parse_recipe
 from transfer.grid.records import read_records
 from transfer.train.engine import pick_device
 

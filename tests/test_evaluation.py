@@ -11,13 +11,15 @@ from conftest import write_tone
 from sklearn.metrics import balanced_accuracy_score
 
 from transfer import UserError
+from transfer.common.config import CorpusConfig, FeaturesConfig, ProtocolConfig
 from transfer.data import Domain, load_domain
 from transfer.evaluate.protocols import make_splits
 from transfer.evaluate.stats import paired_test, pooled_uar_ci
-from transfer.grid.recipe import CorpusConfig, FeaturesConfig, ProtocolConfig, load_recipe, parse_recipe
+from transfer.grid.experiment import Experiment
+from transfer.grid.recipe import load_recipe, parse_recipe
 from transfer.report.tables import build_table, leak_table, markdown
 from transfer.report.tables import main as report_main
-from transfer.run import Experiment, run_recipe
+from transfer.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -178,7 +178,7 @@ from transfer.data.corpora import build_manifest
 from transfer.data.domain import corpus_root, feature_spec, segment_spec
 from transfer.data.features import load_features
 from transfer.grid.recipe import load_recipe
-from transfer.run import Experiment
+from transfer.grid.experiment import Experiment
 recipe = load_recipe(sys.argv[1])
 card = load_card(recipe.target.corpus)
 manifest = build_manifest(card, corpus_root(recipe.target, card))
@@ -387,7 +387,8 @@ def test_code_running_pickle_is_refused_by_predict(tmp_path, tiny_modma):
 
 
 def test_code_running_pickle_in_the_model_cache_is_refused_by_resume(tmp_path, capsys):
-    from transfer.run import Experiment, main
+    from transfer.grid.experiment import Experiment
+    from transfer.run import main
 
     marker = tmp_path / "pwned"
     path = tiny_recipe(tmp_path / "r.toml", ["freeze"])

@@ -18,7 +18,7 @@ import backbones
 from backbones.layers import hash_uniform, pack_states, unpack_state
 from backbones.reference import ReferenceTimNet
 from backbones.timnet import upgrade_state
-from transfer.grid.recipe import TrainConfig
+from transfer.common.config import TrainConfig
 from transfer.train.engine import (
     DomainTensors,
     FlatParams,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from transfer import UserError
+from transfer.common.config import ProtocolConfig
 from transfer.evaluate.metrics import evaluate, unit_level, unit_outputs
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, make_splits
-from transfer.grid.recipe import ProtocolConfig
 
 
 def _data(n_subjects: int = 12, per: int = 5):

@@ -100,15 +100,15 @@ class _Explodes(Scratch):
 
 
 def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
-    from transfer import run as run_mod
+    from transfer.grid.experiment import Experiment
 
-    original = run_mod.Experiment._train_and_test
+    original = Experiment._train_and_test
 
     def tagged(self, entry, cls, specs, on_epoch):
         cls._fold = self.split_of(specs[0]).fold
         return original(self, entry, cls, specs, on_epoch)
 
-    monkeypatch.setattr(run_mod.Experiment, "_train_and_test", tagged)
+    monkeypatch.setattr(Experiment, "_train_and_test", tagged)
     recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_explodes", "scratch"]),
                          ["train.pack=1"])  # one run per pack: the failure hits one run
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)

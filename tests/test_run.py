@@ -60,7 +60,7 @@ def test_table_columns_and_speaker_dependent_marking(tmp_path):
 
 def test_pretrained_model_is_cached_and_reused(tmp_path):
     recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["freeze"]))
-    from transfer.run import Experiment
+    from transfer.grid.experiment import Experiment
 
     first = Experiment(recipe, progress=False).load().pretrained
     again = Experiment(recipe, progress=False).load().pretrained

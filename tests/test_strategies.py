@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import backbones
+from transfer.common.config import TrainConfig
 from transfer.evaluate.diagnostics import domain_gap
-from transfer.grid.recipe import TrainConfig
 from transfer.train.engine import DomainTensors, Standardizer, embed, fit
 from transfer.train.strategies import Context, get_strategy
 from transfer.train.strategies.scratch import Scratch, ScratchOptions

@@ -127,7 +127,7 @@ def test_custom_source_corpus_from_a_card_outside_datasets(tiny_casia, tmp_path)
 
 
 def test_several_sources_pool_with_a_common_label_set(tiny_casia, tmp_path):
-    from transfer.run import Experiment
+    from transfer.grid.experiment import Experiment
 
     root = _custom_corpus(tiny_casia, tmp_path)
     recipe = tiny_recipe(tmp_path / "r.toml", ["freeze"])

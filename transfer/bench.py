@@ -159,7 +159,7 @@ def engine_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epochs: 
     """This engine on ``runs`` packed runs (each its own seed, all on the same segments, batch
     64 each): features resident on the device, batches by index, no per-step sync, the step
     captured in a CUDA graph on CUDA. Returns segment-steps per second summed over runs."""
-    from transfer.grid.recipe import TrainConfig
+    from transfer.common.config import TrainConfig
     from transfer.train.engine import DomainTensors, Standardizer, build_pack, fit_runs
     from transfer.train.strategies import Context
     from transfer.train.strategies.scratch import Scratch, ScratchOptions
@@ -277,8 +277,8 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice
     early stopping here)."""
     from transfer.evaluate.protocols import make_splits
     from transfer.grid.executors import execute_all
+    from transfer.grid.experiment import Experiment
     from transfer.grid.recipe import parse_recipe
-    from transfer.run import Experiment
     from transfer.train.pretrain import pretrain
 
     strategies = ["scratch", "freeze", "finetune", "joint", "dann", "mmd_ae", "ddg"]

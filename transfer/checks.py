@@ -21,12 +21,12 @@ import torch
 from sklearn.model_selection import KFold, LeaveOneGroupOut
 
 import backbones
+from transfer.common.config import TrainConfig
 from transfer.common.console import console, main_guard
 from transfer.data.audio import SegmentSpec
 from transfer.data.corpora import build_manifest
 from transfer.data.features import FeatureSpec, load_features
 from transfer.evaluate.metrics import classification
-from transfer.grid.recipe import TrainConfig
 from transfer.train.engine import DomainTensors, Standardizer, fit, pick_device, predict_proba, to_device
 from transfer.train.strategies import Context
 from transfer.train.strategies.scratch import Scratch, ScratchOptions

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from transfer import UserError
+from transfer.common.config import CorpusConfig, FeaturesConfig
 from transfer.common.console import console
 from transfer.data.audio import SegmentSpec
 from transfer.data.cards import Card, load_card
 from transfer.data.corpora import build_manifest
 from transfer.data.features import FeatureSpec, load_features
-from transfer.evaluate.metrics import unit_labels
-from transfer.evaluate.protocols import unit_ids
-from transfer.grid.recipe import CorpusConfig, FeaturesConfig
+from transfer.data.units import unit_ids, unit_labels
 
 
 @dataclass

@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from transfer.train.alignment import MultiKernelMMD
+from transfer.evaluate.distances import MultiKernelMMD
 
 
 def _subsample(z: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

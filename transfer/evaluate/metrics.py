@@ -1,17 +1,17 @@
 """Classification metrics at segment level and at the decision unit (scikit-learn underneath).
 
-The decision unit is what a label belongs to (:data:`UNITS`): the ``subject`` (one label per
-person, e.g. MODMA), the ``recording``/session (e.g. an emotion corpus, or a longitudinal
-corpus with a label per session) or the ``segment``. A unit's decision is the argmax of the
-mean probability of its test segments. A unit's label is the one label its segments carry;
-segments of one unit with different labels are an error, never a majority vote.
+The decision unit is what a label belongs to (:data:`transfer.data.units.UNITS`): the
+``subject`` (one label per person, e.g. MODMA), the ``recording``/session (e.g. an emotion
+corpus, or a longitudinal corpus with a label per session) or the ``segment``. A unit's
+decision is the argmax of the mean probability of its test segments. A unit's label is the one
+label its segments carry; segments of one unit with different labels are an error, never a
+majority vote.
 Sensitivity/specificity use the corpus' positive class (MDD) on binary tasks.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -22,10 +22,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from transfer import UserError
+from transfer.data.units import unit_labels
 
 METRICS = ["acc", "uar", "f1", "sens", "spec", "auc"]
-UNITS = ("subject", "recording", "segment")
 
 
 def classification(y: np.ndarray, prob: np.ndarray, positive: int = -1) -> dict[str, float]:
@@ -64,37 +63,6 @@ def _auc(y: np.ndarray, prob: np.ndarray, positive: int) -> float:
         return float(roc_auc_score(y, prob, multi_class="ovr"))
     except ValueError:
         return float("nan")
-
-
-def unit_labels(units: np.ndarray, y: np.ndarray, kind: str = "unit",
-                names: Sequence[str] | None = None, where: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """The distinct units (sorted) and the one label of each.
-
-    Raises :class:`UserError` naming the units whose segments carry several labels, with the
-    count of each label. ``y``: class indices into ``names``, or label strings.
-    """
-    ids, inverse = np.unique(np.asarray(units), return_inverse=True)
-    classes, yi = np.unique(np.asarray(y), return_inverse=True)
-    counts = np.zeros((len(ids), len(classes)), np.int64)
-    np.add.at(counts, (inverse.ravel(), yi.ravel()), 1)
-    mixed = np.flatnonzero((counts > 0).sum(1) > 1)
-    if mixed.size:
-        def name(c: int) -> str:
-            value = classes[c]
-            return str(names[int(value)]) if names is not None and not isinstance(value, str) \
-                else str(value)
-
-        shown = "; ".join(f"{ids[i]} (" + ", ".join(f"{name(c)} {counts[i, c]}"
-                                                   for c in np.flatnonzero(counts[i])) + ")"
-                          for i in mixed[:6])
-        more = f"; and {mixed.size - 6} more" if mixed.size > 6 else ""
-        hint = (' If each recording has its own label, set unit = "recording" in the recipe\'s '
-                "[target] (or in the card's [labels]); otherwise fix the labels."
-                if kind == "subject" else "")
-        raise UserError(f"{where}labels vary within {mixed.size} of {len(ids)} {kind}s, but "
-                        f"the label is declared to belong to the {kind} (unit = \"{kind}\"): "
-                        f"{shown}{more} (files or segments per label).{hint}")
-    return ids, classes[counts.argmax(1)]
 
 
 def unit_level(y: np.ndarray, prob: np.ndarray, units: np.ndarray, kind: str = "unit"

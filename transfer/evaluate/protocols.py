@@ -2,7 +2,7 @@
 
 ``subject-kfold`` (default) and ``loso`` never put a speaker in two of train/validation/test;
 validation speakers are drawn from the training speakers. Folds are stratified over the
-decision units (:data:`transfer.evaluate.metrics.UNITS`): where every speaker carries one label, a
+decision units (:data:`transfer.data.units.UNITS`): where every speaker carries one label, a
 stratified k-fold over speakers; where a speaker carries several labels (an emotion corpus as
 target, a label per session), ``StratifiedGroupKFold`` over the units grouped by speaker.
 No label is ever replaced by a majority. ``segment-random`` reproduces the research code's
@@ -13,7 +13,6 @@ result it produces is marked speaker-dependent.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +25,8 @@ from sklearn.model_selection import (
 )
 
 from transfer import UserError
-from transfer.evaluate.metrics import UNITS, unit_labels
-from transfer.grid.recipe import ProtocolConfig
+from transfer.common.config import ProtocolConfig
+from transfer.data.units import unit_labels
 
 SPEAKER_DEPENDENT = {"segment-random"}
 
@@ -52,24 +51,6 @@ def protocols(cfg: ProtocolConfig) -> list[str]:
     if len(set(compare)) != len(compare):
         raise UserError(f"protocol.compare lists a protocol twice: {compare}")
     return [cfg.name, *compare]
-
-
-def unit_ids(kind: str, groups: np.ndarray, files: np.ndarray) -> np.ndarray:
-    """The decision unit of every segment: its speaker, its recording (file path relative to
-    the files' common folder) or the segment itself (``<recording>#<k>``)."""
-    if kind not in UNITS:
-        raise UserError(f"unit must be one of {list(UNITS)}, not {kind!r}")
-    if kind == "subject":
-        return np.asarray(groups).astype(str)
-    files = np.asarray(files).astype(str)
-    common = os.path.commonpath(list(set(files))) if len(files) else ""
-    if len(set(files)) == 1:
-        common = os.path.dirname(common)
-    rel = np.array([os.path.relpath(f, common) if common else f for f in files])
-    if kind == "recording":
-        return rel
-    k = pd.Series(rel).groupby(rel).cumcount().to_numpy()
-    return np.char.add(np.char.add(rel, "#"), k.astype(str))
 
 
 def _unit_speakers(units: np.ndarray, groups: np.ndarray, ids: np.ndarray) -> np.ndarray:

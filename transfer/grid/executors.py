@@ -18,7 +18,6 @@ This module runs units of work handed to it; it never imports the module that pl
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -28,9 +27,8 @@ from typing import Any
 import torch
 
 from transfer import UserError
-from transfer.common.cache import append_line
-from transfer.common.console import console
 from transfer.common.progress import progress_bar
+from transfer.grid.records import write_record
 
 
 def default_jobs(device: torch.device) -> int:
@@ -39,20 +37,6 @@ def default_jobs(device: torch.device) -> int:
     if device.type == "cuda":
         return 1
     return max(1, (os.cpu_count() or 1) // 4)
-
-
-def _record(path: Path, record: dict[str, Any]) -> None:
-    package = record.pop("_model", None)
-    if package is not None:  # written by the parent, whichever process trained the model
-        from transfer.train.package import save_package
-
-        rel = f"models/runs/{record['strategy']}-fold{record['fold']}-seed{record['seed']}.pt"
-        save_package(package, path.parent / rel)
-        record["model"] = rel
-    append_line(path, json.dumps(record, default=float))
-    if record["status"] != "ok":
-        console.print(f"[red]run failed[/] {record['strategy']} fold {record['fold']} "
-                      f"seed {record['seed']}: {record['error']}")
 
 
 def _pack_label(pack: list) -> str:
@@ -101,7 +85,7 @@ def _sequential(exp, packs: list[list], records_path: Path, progress: bool) -> N
             records = exp.execute_pack(pack, on_epoch)
             bar.remove_task(task)
             for record in records:
-                _record(records_path, record)
+                write_record(records_path, record)
             bar.advance(grid, len(pack))
 
 
@@ -132,7 +116,7 @@ def _processes(exp, packs: list[list], records_path: Path, progress: bool, jobs:
                 for fut in finished:
                     pack = pending.pop(fut)
                     for record in fut.result():
-                        _record(records_path, record)
+                        write_record(records_path, record)
                     bar.advance(grid, len(pack))
         except KeyboardInterrupt:
             for fut in pending:

@@ -13,6 +13,7 @@ from typing import Any
 
 from transfer import UserError
 from transfer.common.progress import progress_bar
+from transfer.grid.records import write_record
 
 _EXPERIMENTS: dict[str, Any] = {}  # per worker process: the experiment of a grid, kept once
 
@@ -31,8 +32,6 @@ def execute_ray(exp, packs: list[list], records_path: Path, *, address: str | No
         import ray
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'ser-transfer[ray]'") from None
-    from transfer.grid.executors import _record
-
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
@@ -53,7 +52,7 @@ def execute_ray(exp, packs: list[list], records_path: Path, *, address: str | No
                     except Exception as err:  # noqa: BLE001 - a lost worker fails its pack
                         records = exp.failed_records(pack, f"ray: {err}")
                     for record in records:
-                        _record(records_path, record)
+                        write_record(records_path, record)
                     bar.advance(grid, len(pack))
         except KeyboardInterrupt:
             for ref in pending:

@@ -1,8 +1,9 @@
 """Recipes: TOML files that describe one comparison (data, backbone, protocol, strategies).
 
-A recipe is data, never executed. Every section maps onto a typed dataclass below whose
-defaults are the defaults; an unknown key, a value of the wrong type or out of range (an
-``epochs`` of 0, an ``lr`` of 0) is an error that names the key and what is allowed.
+A recipe is data, never executed. Every section maps onto a typed dataclass of
+:mod:`transfer.common.config` whose defaults are the defaults; an unknown key, a value of the
+wrong type or out of range (an ``epochs`` of 0, an ``lr`` of 0) is an error that names the key
+and what is allowed.
 ``--set a.b=value`` uses the same dotted names (the value is read as a TOML value, else as a
 string); a strategy's options are ``strategies.<name>.<option>``.
 """
@@ -14,161 +15,22 @@ import math
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from backbones import OptionError, build_options
 from transfer import UserError
+from transfer.common.config import (
+    CorpusConfig,
+    Recipe,
+    StrategyEntry,
+    TrainConfig,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-@dataclass
-class SegmentsConfig:
-    """Segmenting of one corpus; unset values come from the corpus card."""
-
-    seconds: float | None = None  # absent = the card's default
-    mode: str = ""  # "" = the card's default; pad | window | concat
-    overlap_s: float = 2.5
-    align: Literal["start", "center"] = "start"
-
-
-@dataclass
-class CorpusConfig:
-    """One corpus: a card (name in datasets/ or path) and where its audio is.
-
-    ``synthetic``: instead of ``root``, generate a synthetic corpus of this size (tiny | small |
-    full) into the cache (casia and modma only). ``root`` = "" reads ``$<NAME>_ROOT``.
-    """
-
-    corpus: str = ""
-    root: str = ""
-    synthetic: str = ""
-    synthetic_seed: int = 0
-    label_map: dict[str, str] = field(default_factory=dict)
-    keep: list[str] = field(default_factory=list)
-    max_bad_share: float = 0.05
-    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
-    # What a label belongs to (the decision unit): subject | recording | segment; "" = the
-    # card's [labels] unit. Checked against the data; metrics are reported per unit.
-    unit: Literal["", "subject", "recording", "segment"] = ""
-
-
-@dataclass
-class FeaturesConfig:
-    """Frame features, shared by source and target (the backbone sees one feature size)."""
-
-    kind: Literal["mfcc", "logmel"] = "mfcc"
-    sample_rate: int = 16000
-    n_mfcc: int = 13
-    deltas: int = 2
-    n_fft: int = 800
-    hop: int = 512
-    n_mels: int = 128
-    normalize: Literal["corpus", "none"] = "corpus"  # standardise each corpus by its train stats
-
-
-@dataclass
-class BackboneConfig:
-    name: str = "timnet"
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation of a target run (and, in ``[pretrain]``, of source pretraining)."""
-
-    epochs: int = 60
-    batch_size: int = 32
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.93, 0.98])
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: Literal["none", "step", "cosine"] = "none"
-    step_size: int = 30
-    gamma: float = 0.3
-    label_smoothing: float = 0.1
-    grad_clip: float = 0.0  # 0 = off
-    patience: int = 0  # early stopping on the validation metric; 0 = off
-    select: Literal["val_uar", "val_loss", "last"] = "val_uar"
-    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX)
-    compile: bool = False  # torch.compile the model
-    pack: int = 0  # runs of one strategy trained together as one model; 0 = by device, 1 = off
-    cuda_graph: bool = True  # on CUDA, capture the training step once and replay it
-
-
-@dataclass
-class PretrainConfig(TrainConfig):
-    """Source pretraining: a speaker-independent hold-out selects the epoch."""
-
-    epochs: int = 40
-    batch_size: int = 64
-    val_fraction: float = 0.25  # share of source speakers held out
-    seed: int = 0
-
-
-@dataclass
-class ProtocolConfig:
-    """Target evaluation protocol.
-
-    ``subject-kfold``: stratified k-fold over subjects; ``loso``: leave one subject out;
-    ``segment-random``: the research code's random split of segments (speaker-dependent).
-    ``compare``: further protocols run on the same strategies into the same results folder;
-    ``["segment-random"]`` writes the leak report (``leak.md``: honest vs leaky scores).
-    """
-
-    name: Literal["subject-kfold", "loso", "segment-random"] = "subject-kfold"
-    folds: int = 5
-    val_fraction: float = 0.2  # share of training subjects used for model selection
-    split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
-    split_seed: int = 34
-    compare: list[Literal["subject-kfold", "loso", "segment-random"]] = field(default_factory=list)
-
-
-@dataclass
-class DiagnosticsConfig:
-    """Domain gap of ``general`` features after training (MMD, proxy A-distance)."""
-
-    enabled: bool = True
-    max_samples: int = 400  # per domain
-    plot: bool = True
-
-
-@dataclass
-class StrategyEntry:
-    name: str
-    label: str
-    options: Any
-
-
-@dataclass
-class Recipe:
-    name: str = ""
-    description: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    jobs: int = 1  # runs at once (processes); 0 = choose from the device
-    export: bool = False
-    source: list[CorpusConfig] = field(default_factory=list)
-    target: CorpusConfig = field(default_factory=CorpusConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    strategies: list[StrategyEntry] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["strategies"] = [{"name": s.name, "label": s.label, **dataclasses.asdict(s.options)}
-                              for s in self.strategies]
-        return data
 
 
 _SPECIAL = {"source", "strategies"}

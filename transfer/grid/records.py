@@ -1,6 +1,7 @@
 """The results folder of a run: its records, what may be resumed, and nothing half-written.
 
-- :func:`read_records` reads ``runs.jsonl``, ignoring a torn last line (a crash) and reporting
+- :func:`write_record` appends a finished run's record (and writes its model package);
+  :func:`read_records` reads ``runs.jsonl``, ignoring a torn last line (a crash) and reporting
   any other line that is not a run record, instead of failing on it.
 - :func:`check_resume` refuses to resume a folder recorded with another recipe, naming the keys
   that differ; :func:`planned` keeps only the records of runs the current plan contains.
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from transfer import REPO_ROOT, UserError, __version__
+from transfer.common.cache import append_line
 from transfer.common.console import ENVIRONMENT_ERRORS
 
 #: Recipe keys that do not change what a run computes: a resume may differ in them.
@@ -63,6 +65,25 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             console.print(f"[yellow]warning:[/] {path} line {n} is not a run record; ignored: "
                           f"{line[:60]!r}")
     return records
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one finished run's record to ``runs.jsonl`` (flushed and fsynced); its model
+    package, if any, is written first by this (the parent) process, whichever process trained
+    it, and the record names it."""
+    from transfer.common.console import console
+
+    package = record.pop("_model", None)
+    if package is not None:
+        from transfer.train.package import save_package
+
+        rel = f"models/runs/{record['strategy']}-fold{record['fold']}-seed{record['seed']}.pt"
+        save_package(package, path.parent / rel)
+        record["model"] = rel
+    append_line(path, json.dumps(record, default=float))
+    if record["status"] != "ok":
+        console.print(f"[red]run failed[/] {record['strategy']} fold {record['fold']} "
+                      f"seed {record['seed']}: {record['error']}")
 
 
 def planned(records: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:

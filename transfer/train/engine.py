@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones.layers import RunState, hash_uniform, install_run_state, pack_states
-from transfer.grid.recipe import TrainConfig
+from transfer.common.config import TrainConfig
 from transfer.train.strategies import Batch, Context, Strategy
 
 # Streams of the counter-based sampler (any distinct constants).

@@ -28,10 +28,10 @@ from transfer.common.cache import (
     find_entry,
     store_entry,
 )
+from transfer.common.config import Recipe
 from transfer.common.console import console
 from transfer.data import Domain
 from transfer.evaluate.metrics import classification
-from transfer.grid.recipe import Recipe
 from transfer.train.engine import DomainTensors, Standardizer, fit, predict_proba, to_device
 from transfer.train.strategies import Context
 from transfer.train.strategies.scratch import Scratch, ScratchOptions

@@ -1,0 +1,334 @@
+"""One experiment: a recipe's prepared data, pretrained model and splits, its plan of runs, and
+the single run (a pack of runs) that executors call.
+
+:class:`Experiment` is built from a recipe (:meth:`Experiment.load` reads the corpora) or from
+domains already in memory (:meth:`Experiment.from_domains`: a benchmark, a notebook, a test).
+:meth:`Experiment.plan` lists the runs (:class:`RunSpec`); :meth:`Experiment.execute_pack`
+trains and evaluates one pack and returns one record per run. Executors
+(:mod:`transfer.grid.executors`) call it; it never imports them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transfer import UserError
+from transfer.common.cache import content_hash
+from transfer.common.config import Recipe, StrategyEntry
+from transfer.common.console import console
+from transfer.data import Domain, load_domain
+from transfer.evaluate.metrics import confusion, evaluate, unit_outputs
+from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
+from transfer.grid.records import toolkit_info
+from transfer.train.engine import (
+    DomainTensors,
+    Standardizer,
+    build_pack,
+    embed_runs,
+    fit_runs,
+    pick_device,
+    predict_runs,
+    to_device,
+    unpack_model,
+)
+from transfer.train.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
+from transfer.train.strategies import Context, get_strategy
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    strategy: str  # the entry's label
+    fold: int
+    seed: int
+    key: str
+    protocol: str = ""  # "" = the recipe's protocol.name; else one of protocol.compare
+
+
+class Experiment:
+    """Everything shared by the runs of one recipe: data, pretrained model, splits."""
+
+    def __init__(self, recipe: Recipe, *, base: Path | None = None, progress: bool = True,
+                 device: torch.device | None = None) -> None:
+        self.recipe = recipe
+        self.base = base
+        self.progress = progress
+        self.device = device or pick_device(recipe.device)
+        self.entries = {e.label: e for e in recipe.strategies}
+        self.target: Domain | None = None
+        self.source: Domain | None = None
+        self.pretrained: Pretrained | None = None
+        self.splits: dict[tuple[str, int, int], Split] = {}  # (protocol, fold, seed)
+        self._tensors: dict[str, Any] = {}
+        # Every run uses the same number of CPU threads, whichever executor runs it: reduction
+        # order depends on it, and results must not depend on the executor.
+        self.threads = torch.get_num_threads()
+
+    @classmethod
+    def from_domains(cls, recipe: Recipe, target: Domain, source: Domain | None,
+                     pretrained: Pretrained | None, splits: list[Split], *,
+                     device: torch.device | None = None, progress: bool = False,
+                     base: Path | None = None) -> Experiment:
+        """An experiment on domains already in memory (a benchmark, a notebook, a test)."""
+        exp = cls(recipe, base=base, progress=progress, device=device)
+        exp.target, exp.source, exp.pretrained = target, source, pretrained
+        exp.splits = {(s.protocol, s.fold, s.seed): s for s in splits}
+        return exp
+
+    # --- preparation ---------------------------------------------------------------------
+    def load(self) -> Experiment:
+        r = self.recipe
+        self.target = load_domain([r.target], r.features, progress=self.progress, base=self.base)
+        if len(self.target.labels) < 2:
+            raise UserError(f"target {self.target.name} has only the label(s) {self.target.labels}")
+        if r.source:
+            self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
+        if any(get_strategy(e.name).needs_source for e in r.strategies):
+            self.pretrained = pretrain(r, self.source, self.device)
+        return self.build_splits()
+
+    def build_splits(self) -> Experiment:
+        """The splits of the target under the recipe's protocol and the compared ones."""
+        r, t = self.recipe, self.target
+        for name in protocols(r.protocol):
+            for split in make_splits(with_protocol(r.protocol, name), t.groups, t.y, r.seeds,
+                                     units=t.unit_ids, kind=t.unit, names=t.labels):
+                self.splits[(name, split.fold, split.seed)] = split
+        return self
+
+    def run_key(self, entry: StrategyEntry, fold: int, seed: int, protocol: str = "") -> str:
+        data = self.recipe.to_dict()
+        for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export"):
+            data.pop(k, None)
+        data["protocol"].pop("compare", None)  # a run is keyed by the protocol it runs under
+        data["protocol"]["name"] = protocol or data["protocol"]["name"]
+        return content_hash({"recipe": data, "strategy": entry.name,
+                             "options": dataclasses.asdict(entry.options), "fold": fold,
+                             "seed": seed, "data": [self.target.keys if self.target else None]})
+
+    def for_worker(self) -> Experiment:
+        """A copy to ship to a worker process or a Ray task: the prepared data, splits and
+        pretrained model travel with it; nothing is loaded again from the recipe's corpora."""
+        clone = copy.copy(self)
+        clone._tensors = {}
+        clone.progress = False
+        return clone
+
+    def plan(self) -> list[RunSpec]:
+        return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed, protocol), protocol)
+                for e in self.recipe.strategies for (protocol, fold, seed) in self.splits]
+
+    def split_of(self, spec: RunSpec) -> Split:
+        return self.splits[(spec.protocol or self.recipe.protocol.name, spec.fold, spec.seed)]
+
+    def _device_data(self) -> dict[str, Any]:
+        if not self._tensors:
+            t, dev = self.target, self.device
+            self._tensors["tx"] = to_device(t.x, dev)
+            self._tensors["ty"] = to_device(t.y, dev)
+            if self.source is not None:
+                s = self.source
+                train, held = (source_split(s, self.recipe.pretrain.val_fraction,
+                                            self.recipe.pretrain.seed))
+                self._tensors["sx"] = to_device(s.x, dev)
+                self._tensors["sy"] = to_device(s.y, dev)
+                self._tensors["s_train"] = to_device(train, dev)
+                self._tensors["s_held"] = to_device(held, dev)
+        return self._tensors
+
+    # --- packs of runs ---------------------------------------------------------------------
+    def pack_size(self) -> int:
+        """Runs of one strategy entry trained together as one model (``train.pack``; 0 = all
+        runs of the entry, at most 16, or 1 where the backbone cannot pack)."""
+        import backbones
+
+        if not backbones.packable(self.recipe.backbone.name):
+            if self.recipe.train.pack != 1 and self.progress:
+                console.print(f"note: backbone {self.recipe.backbone.name!r} cannot pack runs "
+                              "into one model; its runs train one at a time")
+            return 1
+        return self.recipe.train.pack or 16
+
+    def packs(self, todo: list[RunSpec]) -> list[list[RunSpec]]:
+        """Group runs into packs: same strategy entry and the same batch size (a fold with
+        fewer training segments than a batch trains with smaller batches)."""
+        size = self.pack_size()
+        groups: dict[tuple[str, int], list[RunSpec]] = {}
+        for spec in todo:
+            n_train = len(self.split_of(spec).train)
+            batch = min(self.recipe.train.batch_size, n_train)
+            groups.setdefault((spec.strategy, batch), []).append(spec)
+        return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+    def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
+        """Train and evaluate one run (a pack of one)."""
+        return self.execute_pack([spec], on_epoch)[0]
+
+    def execute_pack(self, specs: list[RunSpec], on_epoch=None) -> list[dict[str, Any]]:
+        """Train and evaluate the runs of one pack (one strategy entry, several folds and
+        seeds) as one model; one record per run. A failure is returned as failed records, not
+        raised: an error fails the whole pack, a diverging run only itself."""
+        entry = self.entries[specs[0].strategy]
+        cls = get_strategy(entry.name)
+        t0 = time.perf_counter()
+        try:
+            records = self._train_and_test(entry, cls, specs, on_epoch)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - a failing pack must not stop the grid
+            return self.failed_records(specs, f"{type(err).__name__}: {err}",
+                                       traceback.format_exc(limit=8), time.perf_counter() - t0)
+        seconds = round(time.perf_counter() - t0, 2)
+        return [{**self._base(spec, len(specs)), **r, "seconds": seconds}
+                for spec, r in zip(specs, records, strict=True)]
+
+    def _base(self, spec: RunSpec, pack: int) -> dict[str, Any]:
+        """What every record of a run says, whether it succeeded or not."""
+        entry = self.entries[spec.strategy]
+        split = self.split_of(spec)
+        protocol = spec.protocol or self.recipe.protocol.name
+        return {"key": spec.key, "strategy": spec.strategy, "strategy_name": entry.name,
+                "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
+                "speaker_dependent": protocol in SPEAKER_DEPENDENT, "unit": self.target.unit,
+                "uses_source": get_strategy(entry.name).needs_source,
+                "labels": self.target.labels,
+                "sizes": {"train": len(split.train), "val": len(split.val),
+                          "test": len(split.test)}, "pack": pack}
+
+    def failed_records(self, specs: list[RunSpec], error: str, tb: str = "",
+                       seconds: float = 0.0) -> list[dict[str, Any]]:
+        """Records of runs that failed (a raising pack, a lost worker)."""
+        return [{**self._base(s, len(specs)), "status": "failed", "error": error,
+                 "traceback": tb, "seconds": round(seconds, 2)} for s in specs]
+
+    def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
+                        ) -> list[dict[str, Any]]:
+        r, d = self.recipe, self._device_data()
+        dev = self.device
+        torch.set_num_threads(self.threads)
+        splits = [self.split_of(s) for s in specs]
+        seeds = [s.seed for s in specs]
+        trains = [to_device(sp.train, dev) for sp in splits]
+        norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
+        target = DomainTensors(d["tx"], d["ty"], norms, trains,
+                               [to_device(sp.val, dev) for sp in splits])
+        source = None
+        if self.source is not None:
+            snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
+            source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+        if cls.needs_source and source is None:
+            raise UserError(f"strategy {entry.label} needs a source corpus")
+        factory = make_backbone_factory(r, self.target.x.shape[1])
+        ctx = Context(factory, len(self.target.labels),
+                      len(self.source.labels) if self.source else 0,
+                      self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
+        strategy = build_pack(cls, ctx, entry.options, seeds)
+        results = fit_runs(strategy, target, source, r.train, seeds, dev, on_epoch)
+        tests = [to_device(sp.test, dev) for sp in splits]
+        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
+        gaps: list[dict | None] = [None] * len(specs)
+        if source is not None and r.diagnostics.enabled:
+            gaps = self._gaps(strategy, source, target, tests, specs)
+        records = []
+        for k, (spec, split, result, prob) in enumerate(zip(specs, splits, results, probs,
+                                                            strict=True)):
+            if result.diverged:
+                records.append({"status": "failed", "best_epoch": result.best_epoch,
+                                "epochs_run": result.epochs_run,
+                                "error": "FloatingPointError: training diverged (non-finite "
+                                         f"loss) at epoch {result.epochs_run}"})
+                continue
+            y_test, units = self.target.y[split.test], self.target.unit_ids[split.test]
+            metrics = evaluate(y_test, prob, units, self.target.positive_index, self.target.unit)
+            record: dict[str, Any] = {
+                "status": "ok", "metrics": metrics,
+                "units": unit_outputs(y_test, prob, units, self.target.unit),  # for CIs and tests
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+                "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
+                            for k2, v in row.items()} for row in result.curves],
+                "confusion": confusion(y_test, prob, len(self.target.labels)),
+            }
+            if gaps[k] is not None:
+                record["gap"] = gaps[k]
+            if r.export and spec.protocol in ("", r.protocol.name):  # not compared protocols
+                record["_model"] = self._package(unpack_model(strategy, k), norms[k], spec,
+                                                 metrics)
+            records.append(record)
+        return records
+
+    def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
+              tests: list, specs: list[RunSpec]) -> list[dict]:
+        from transfer.evaluate.diagnostics import domain_gap
+
+        r = self.recipe
+        k = len(specs)
+        zs = embed_runs(strategy, source.for_runs(k), [source.val[0]] * k)
+        zt = embed_runs(strategy, target, tests)
+        first = next(iter(self.splits.values()))
+        return [domain_gap(a.cpu().numpy(), b.cpu().numpy(), max_samples=r.diagnostics.max_samples,
+                           seed=spec.seed,
+                           projection=self.split_of(spec) is first and r.diagnostics.plot)
+                for a, b, spec in zip(zs, zt, specs, strict=True)]
+
+    def _package(self, model, norm: Standardizer, spec: RunSpec, metrics: dict) -> dict:
+        from transfer.data.cards import load_card
+        from transfer.data.domain import _resolve, feature_spec, segment_spec
+        from transfer.train.package import make_package
+
+        card = load_card(_resolve(self.recipe.target.corpus, self.base))
+        seg = segment_spec(self.recipe.target, card, self.recipe.features.sample_rate)
+        return make_package(
+            model, backbone=self.recipe.backbone.name, segments=seg,
+            features=feature_spec(self.recipe.features), mean=norm.mean, std=norm.std,
+            labels=self.target.labels, positive=self.target.positive,
+            recipe_hash=content_hash(self.recipe.to_dict()),
+            info={"strategy": spec.strategy, "fold": spec.fold, "seed": spec.seed,
+                  "recipe": self.recipe.name, **{k: float(v) for k, v in metrics.items()}})
+
+
+def export_best(out: Path, records: list[dict], order: list[str]) -> list[Path]:
+    """Per strategy, the run with the best validation UAR at its selected epoch becomes
+    ``models/<strategy>.pt`` (the per-run packages are in ``models/runs/``)."""
+    import shutil
+
+    written = []
+    for label in order:
+        best, best_score = None, -1.0
+        for r in records:
+            if r["strategy"] != label or r["status"] != "ok" or not r.get("model"):
+                continue
+            row = next((c for c in r["curves"] if c["epoch"] == r["best_epoch"]), {})
+            score = row.get("val_uar", 0.0)
+            if score > best_score and (out / r["model"]).is_file():
+                best, best_score = r, score
+        if best is not None:
+            target = out / "models" / f"{label}.pt"
+            shutil.copyfile(out / best["model"], target)
+            written.append(target)
+    return written
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import librosa
+    import sklearn
+
+    env = {**toolkit_info(), "python": sys.version.split()[0],
+           "platform": platform.platform(), "torch": torch.__version__,
+           "numpy": np.__version__, "librosa": librosa.__version__,
+           "scikit_learn": sklearn.__version__, "device": str(device),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
