@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from transfer import UserError
+from transfer.common.cache import content_hash
 from transfer.common.config import CorpusConfig, FeaturesConfig
 from transfer.common.console import console
 from transfer.data.audio import SegmentSpec
@@ -37,6 +39,45 @@ class Domain:
     positive: str = ""
     unit: str = "subject"
     units: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, speakers: np.ndarray, *,
+                    labels: list[str] | None = None, positive: str = "", name: str = "arrays",
+                    files: np.ndarray | None = None, unit: str = "subject") -> Domain:
+        """A domain from features already in memory (a notebook's own arrays), no files read.
+
+        ``x``: (N, F, T) frame features; ``y``: (N,) label strings, or class indices into
+        ``labels``; ``speakers``: (N,) the speaker of each segment; ``files``: (N,) the
+        recording of each segment (only needed for ``unit = "recording"``). Labels must agree
+        with ``unit`` (one label per speaker for ``"subject"``), as for a corpus.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        y, speakers = np.asarray(y), np.asarray(speakers).astype(str)
+        if x.ndim != 3:
+            raise UserError(f"x must be (segments, features, frames), got shape {x.shape}")
+        if not (len(x) == len(y) == len(speakers)) or (files is not None and len(files) != len(x)):
+            raise UserError(f"x, y, speakers (and files) need one entry per segment: {len(x)} "
+                            f"segments, {len(y)} labels, {len(speakers)} speakers")
+        if labels is None:
+            labels = [str(v) for v in np.unique(y)]
+        labels = [str(v) for v in labels]
+        if y.dtype.kind in "US":
+            unknown = sorted(set(y.astype(str)) - set(labels))
+            if unknown:
+                raise UserError(f"labels {unknown} are not in labels={labels}")
+            y = np.array([labels.index(v) for v in y.astype(str)], np.int64)
+        elif len(y) and (y.min() < 0 or y.max() >= len(labels)):
+            raise UserError(f"class indices in y must lie in 0..{len(labels) - 1} (labels={labels})")
+        y = y.astype(np.int64)
+        if positive and positive not in labels:
+            raise UserError(f"positive {positive!r} is not one of the labels {labels}")
+        files = (np.array([f"{s}/segment{i}" for i, s in enumerate(speakers)]) if files is None
+                 else np.asarray(files).astype(str))
+        units = None if unit == "subject" else unit_ids(unit, speakers, files)
+        unit_labels(speakers if units is None else units, y, unit, labels, f"{name}: ")
+        key = content_hash({"x": hashlib.sha256(x.tobytes()).hexdigest(), "shape": x.shape,
+                            "y": y.tolist(), "speakers": speakers.tolist()})
+        return cls(name, x, y, speakers, files, labels, [key], positive, unit, units)
 
     @property
     def unit_ids(self) -> np.ndarray:
