@@ -3,7 +3,8 @@
     >>> import backbones
     >>> model = backbones.create("timnet", in_features=39, num_classes=6)
 
-A backbone registers itself with :func:`register` in its own file; its options are a typed
+A backbone registers itself with :func:`register` in its own file in this folder (found with
+``pkgutil``, no list to keep); its options are a typed
 dataclass, so an unknown option or a wrong type is an error naming the allowed ones. Every
 backbone exposes ``general`` (stem + first ``split`` blocks), ``specific`` (the other blocks)
 and ``head`` (scale fusion + classifier), and the methods ``forward_general``,
@@ -17,9 +18,11 @@ with ``runs = 1``.
 
 from __future__ import annotations
 
-# Importing the modules registers them.
-from backbones import timnet, transformer_timnet  # noqa: F401
+import importlib
+import pkgutil
+
 from backbones.registry import (
+    Backbone,
     OptionError,
     _check_name,
     _describe,
@@ -32,5 +35,10 @@ from backbones.registry import (
     register,
 )
 
-__all__ = ["OptionError", "_check_name", "_describe", "_type_ok", "build_options", "create",
+# A backbone registers itself by being in this folder: importing its file registers it.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "registry":
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["Backbone", "OptionError", "_check_name", "_describe", "_type_ok", "build_options", "create",
            "names", "options_of", "packable", "register"]

@@ -92,6 +92,52 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+@typing.runtime_checkable
+class Backbone(typing.Protocol):
+    """What a backbone offers the strategies (the contract :func:`create`'s modules meet).
+
+    Shapes with K packed runs; a module built with ``runs = 1`` also takes unpacked inputs
+    (B, F, T) and returns unpacked outputs. ``general`` (stem + first ``split`` blocks),
+    ``specific`` (the other blocks) and ``head`` are the parameter groups strategies freeze,
+    fine-tune or give their own learning rates; ``general_dim`` is the width of the pooled
+    general features that alignment losses compare, ``sequence_dim`` the channel width of
+    their per-frame form, ``embed_dim`` the width of :meth:`forward_features`.
+    """
+
+    runs: int
+    packable: bool
+    general: nn.Module
+    specific: nn.Module
+    head: nn.Module
+
+    @property
+    def general_dim(self) -> int: ...
+
+    @property
+    def sequence_dim(self) -> int: ...
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    def forward_general(self, x: Any) -> Any:
+        """(K, B, F, T) -> the general features (what ``forward_specific`` continues from)."""
+
+    def forward_specific(self, g: Any) -> Any:
+        """General features -> (K, B, D) the features the head classifies."""
+
+    def forward_features(self, x: Any) -> Any:
+        """(K, B, F, T) -> (K, B, D): general then specific."""
+
+    def forward_head(self, z: Any) -> Any:
+        """(K, B, D) -> (K, B, classes)."""
+
+    def forward(self, x: Any) -> Any:
+        """(K, B, F, T) -> (K, B, classes)."""
+
+    def reset_head(self, num_classes: int) -> None:
+        """A fresh classifier for ``num_classes`` (transfer to another label set)."""
+
+
 def create(name: str, runs: int = 1, **options: Any) -> nn.Module:
     """Build a registered backbone with the given options (``runs`` copies packed in one)."""
     _check_name(name)

@@ -95,3 +95,12 @@ def test_reset_head_keeps_general_weights():
     assert m(torch.randn(2, 39, 50)).shape == (2, 5)
     for k, v in m.general.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+@pytest.mark.parametrize("name", backbones.names())
+def test_every_backbone_meets_the_protocol_strategies_use(name):
+    model = backbones.create(name, in_features=13, num_classes=2, filters=8, blocks=3, split=1)
+    assert isinstance(model, backbones.Backbone), [
+        m for m in ("general", "specific", "head", "general_dim", "forward_general", "reset_head")
+        if not hasattr(model, m)]
+    assert model.general_dim > 0 and model.embed_dim > 0

@@ -75,13 +75,15 @@ class Phase:
 _REGISTRY: dict[str, type[Strategy]] = {}
 
 
-def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    """Class decorator: make a strategy available by ``name``."""
+def register(name: str, order: int = 1000) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: make a strategy available by ``name``. ``order`` places it in tables and
+    listings (ties keep the order of registration)."""
 
     def deco(cls: type[Strategy]) -> type[Strategy]:
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} registered twice")
         cls.name = name
+        cls.order = order
         _REGISTRY[name] = cls
         return cls
 
@@ -89,7 +91,7 @@ def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
 
 
 def names() -> list[str]:
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=lambda n: _REGISTRY[n].order)  # stable: ties by registration
 
 
 def get_strategy(name: str) -> type[Strategy]:
@@ -111,6 +113,7 @@ class Strategy(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    order: ClassVar[int] = 1000  # place in tables and listings (set by :func:`register`)
     Options: ClassVar[type]
     needs_source: ClassVar[bool] = False
     uses_source_batches: ClassVar[bool] = False

@@ -35,7 +35,7 @@ class DannOptions:
     init: Literal["source", "scratch"] = "source"
 
 
-@register("dann")
+@register("dann", order=40)
 class Dann(Strategy):
     Options = DannOptions
     needs_source = True

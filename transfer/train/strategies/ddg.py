@@ -51,7 +51,7 @@ class DdgOptions:
     mmd_ratio: float = 2.0
 
 
-@register("ddg")
+@register("ddg", order=60)
 class Ddg(Strategy):
     Options = DdgOptions
     needs_source = True

@@ -16,7 +16,7 @@ class FinetuneOptions:
     general_lr_scale: float = 0.1
 
 
-@register("finetune")
+@register("finetune", order=20)
 class Finetune(Strategy):
     Options = FinetuneOptions
     needs_source = True

@@ -13,7 +13,7 @@ class FreezeOptions:
     """No options."""
 
 
-@register("freeze")
+@register("freeze", order=10)
 class Freeze(Strategy):
     Options = FreezeOptions
     needs_source = True

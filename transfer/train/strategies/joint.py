@@ -33,7 +33,7 @@ class JointOptions:
     init: Literal["source", "scratch"] = "source"
 
 
-@register("joint")
+@register("joint", order=30)
 class Joint(Strategy):
     Options = JointOptions
     needs_source = True

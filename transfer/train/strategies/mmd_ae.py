@@ -54,7 +54,7 @@ class MmdAeOptions:
     mmd_ratio: float = 2.0
 
 
-@register("mmd_ae")
+@register("mmd_ae", order=50)
 class MmdAe(Strategy):
     Options = MmdAeOptions
     needs_source = True

@@ -12,7 +12,7 @@ class ScratchOptions:
     """No options."""
 
 
-@register("scratch")
+@register("scratch", order=0)
 class Scratch(Strategy):
     Options = ScratchOptions
 
