@@ -31,7 +31,7 @@ from transfer.common.console import console
 from transfer.data import Domain, load_domain
 from transfer.evaluate.metrics import confusion, evaluate, unit_outputs
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
-from transfer.grid.records import toolkit_info
+from transfer.grid.records import RunRecord, toolkit_info
 from transfer.train.engine import (
     DomainTensors,
     Standardizer,
@@ -189,9 +189,13 @@ class Experiment:
         except Exception as err:  # noqa: BLE001 - a failing pack must not stop the grid
             return self.failed_records(specs, f"{type(err).__name__}: {err}",
                                        traceback.format_exc(limit=8), time.perf_counter() - t0)
-        seconds = round(time.perf_counter() - t0, 2)
-        return [{**self._base(spec, len(specs)), **r, "seconds": seconds}
-                for spec, r in zip(specs, records, strict=True)]
+        seconds = time.perf_counter() - t0
+        out = []
+        for spec, (error, result) in zip(specs, records, strict=True):
+            head = self._base(spec, len(specs))
+            out.append(RunRecord.failed(head, error, seconds=seconds, result=result) if error
+                       else RunRecord.ok(head, result, seconds))
+        return [rec.to_dict() for rec in out]
 
     def _base(self, spec: RunSpec, pack: int) -> dict[str, Any]:
         """What every record of a run says, whether it succeeded or not."""
@@ -209,11 +213,12 @@ class Experiment:
     def failed_records(self, specs: list[RunSpec], error: str, tb: str = "",
                        seconds: float = 0.0) -> list[dict[str, Any]]:
         """Records of runs that failed (a raising pack, a lost worker)."""
-        return [{**self._base(s, len(specs)), "status": "failed", "error": error,
-                 "traceback": tb, "seconds": round(seconds, 2)} for s in specs]
+        return [RunRecord.failed(self._base(s, len(specs)), error, tb, seconds).to_dict()
+                for s in specs]
 
     def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
-                        ) -> list[dict[str, Any]]:
+                        ) -> list[tuple[str, dict[str, Any]]]:
+        """Per run: (error or "", what it measured)."""
         r, d = self.recipe, self._device_data()
         dev = self.device
         torch.set_num_threads(self.threads)
@@ -244,15 +249,14 @@ class Experiment:
         for k, (spec, split, result, prob) in enumerate(zip(specs, splits, results, probs,
                                                             strict=True)):
             if result.diverged:
-                records.append({"status": "failed", "best_epoch": result.best_epoch,
-                                "epochs_run": result.epochs_run,
-                                "error": "FloatingPointError: training diverged (non-finite "
-                                         f"loss) at epoch {result.epochs_run}"})
+                records.append((f"FloatingPointError: training diverged (non-finite loss) at "
+                                f"epoch {result.epochs_run}",
+                                {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}))
                 continue
             y_test, units = self.target.y[split.test], self.target.unit_ids[split.test]
             metrics = evaluate(y_test, prob, units, self.target.positive_index, self.target.unit)
             record: dict[str, Any] = {
-                "status": "ok", "metrics": metrics,
+                "metrics": metrics,
                 "units": unit_outputs(y_test, prob, units, self.target.unit),  # for CIs and tests
                 "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
@@ -265,7 +269,7 @@ class Experiment:
             if r.export and spec.protocol in ("", r.protocol.name):  # not compared protocols
                 record["_model"] = self._package(unpack_model(strategy, k), norms[k], spec,
                                                  metrics)
-            records.append(record)
+            records.append(("", record))
         return records
 
     def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,

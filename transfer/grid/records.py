@@ -1,5 +1,7 @@
 """The results folder of a run: its records, what may be resumed, and nothing half-written.
 
+- :class:`RunRecord` is what a run's record says: one constructor for finished and failed
+  runs (:meth:`RunRecord.ok`, :meth:`RunRecord.failed`), one ``to_dict`` for ``runs.jsonl``.
 - :func:`write_record` appends a finished run's record (and writes its model package);
   :func:`read_records` reads ``runs.jsonl``, ignoring a torn last line (a crash) and reporting
   any other line that is not a run record, instead of failing on it.
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -34,6 +37,53 @@ NOT_RESULTS = ("name", "description", "jobs", "device", "export")
 DISK_ERRORS = ENVIRONMENT_ERRORS
 
 _reported: set[tuple[str, int]] = set()
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One run of a grid, finished or failed: who it is, then what it gave.
+
+    The head (``key`` .. ``pack``) is the same for every status, so a failed run (a raising
+    pack, a lost Ray worker, a diverged run) keeps its protocol and ``speaker_dependent`` mark
+    in the table. ``result`` holds what a finished run measured (``metrics``, ``units``,
+    ``curves``, ``confusion``, ``gap``, ...) and a failed run's ``best_epoch``/``epochs_run``.
+    """
+
+    key: str
+    strategy: str  # the strategy entry's label
+    strategy_name: str
+    fold: int
+    seed: int
+    protocol: str
+    speaker_dependent: bool
+    unit: str
+    uses_source: bool
+    labels: list[str]
+    sizes: dict[str, int]
+    pack: int  # runs trained together as one model
+    status: str = "ok"  # "ok" | "failed"
+    error: str = ""
+    traceback: str = ""
+    seconds: float = 0.0
+    result: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, head: dict[str, Any], result: dict[str, Any], seconds: float) -> RunRecord:
+        return cls(**head, status="ok", seconds=round(seconds, 2), result=result)
+
+    @classmethod
+    def failed(cls, head: dict[str, Any], error: str, traceback: str = "", seconds: float = 0.0,
+               result: dict[str, Any] | None = None) -> RunRecord:
+        return cls(**head, status="failed", error=error, traceback=traceback,
+                   seconds=round(seconds, 2), result=dict(result or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written to ``runs.jsonl`` (the result's keys at the top level)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("result", "error", "traceback")}
+        if self.status != "ok":
+            out["error"], out["traceback"] = self.error, self.traceback
+        return {**out, **self.result}
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
