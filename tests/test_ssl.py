@@ -203,6 +203,10 @@ def test_cache_hit_and_a_changed_checkpoint_is_a_miss(tiny_casia, tmp_path):
     again = load_features(manifest, seg, spec, progress=False, root=tmp_path / "c")
     assert again.cache_hit and again.key == first.key
     np.testing.assert_array_equal(again.x, first.x)
+    pooled = load_features(manifest, seg, spec, progress=False, root=tmp_path / "c2", workers=2)
+    assert not pooled.cache_hit  # audio read in 2 worker processes, the model here: same result
+    np.testing.assert_allclose(pooled.x, first.x, rtol=1e-5, atol=1e-6)
+    assert pooled.segments.equals(first.segments)
     moved = tmp_path / "elsewhere"
     model.rename(moved)  # the key is the checkpoint's content, not its path
     spec = FeatureSpec(kind="ssl", model=str(moved), pool_frames=2)

@@ -247,6 +247,15 @@ def load_model(model: str, dev: torch.device | None = None) -> Any:
     return _MODELS[key]
 
 
+def release() -> None:
+    """Drop the loaded model (and its GPU memory)."""
+    import torch
+
+    _MODELS.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def extract(segments: np.ndarray, sample_rate: int, spec: FeatureSpec, *,
             dev: torch.device | None = None, batch: int | None = None) -> np.ndarray:
     """Features of a batch of equal-length segments.
@@ -301,34 +310,37 @@ def run_jobs(jobs: list, workers: int, progress: bool, title: str) -> list:
     spec = jobs[0][2]
     dev = device()
     t0 = time.perf_counter()
-    load_model(spec.model, dev)  # a bad checkpoint fails before any audio is read
     results: list = []
     seconds = 0.0
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"{title} on {dev.type}", total=len(jobs))
+    try:
+        load_model(spec.model, dev)  # a bad checkpoint fails before any audio is read
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"{title} on {dev.type}", total=len(jobs))
 
-        def consume(waves: np.ndarray, meta: list) -> None:
-            nonlocal seconds
-            results.append((extract(waves, jobs[0][1].sample_rate, spec, dev=dev), meta))
-            seconds += waves.size / jobs[0][1].sample_rate
-            bar.advance(task)
+            def consume(waves: np.ndarray, meta: list) -> None:
+                nonlocal seconds
+                results.append((extract(waves, jobs[0][1].sample_rate, spec, dev=dev), meta))
+                seconds += waves.size / jobs[0][1].sample_rate
+                bar.advance(task)
 
-        if workers <= 1:
-            for job in jobs:
-                consume(*_waves(job))
-        else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                ahead = 2 * workers  # bounded read-ahead: audio never piles up in memory
-                pending = [pool.submit(_waves, job) for job in jobs[:ahead]]
-                for i in range(len(jobs)):
-                    waves, meta = pending[i].result()
-                    if i + ahead < len(jobs):
-                        pending.append(pool.submit(_waves, jobs[i + ahead]))
-                    pending[i] = None  # free the audio once used
-                    consume(waves, meta)
+            if workers <= 1:
+                for job in jobs:
+                    consume(*_waves(job))
+            else:
+                with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                    ahead = 2 * workers  # bounded read-ahead: audio never piles up in memory
+                    pending = [pool.submit(_waves, job) for job in jobs[:ahead]]
+                    for i in range(len(jobs)):
+                        waves, meta = pending[i].result()
+                        if i + ahead < len(jobs):
+                            pending.append(pool.submit(_waves, jobs[i + ahead]))
+                        pending[i] = None  # free the audio once used
+                        consume(waves, meta)
+    finally:
+        release()  # the GPU memory goes back to training
     elapsed = time.perf_counter() - t0
     if progress:
-        console.print(f"{title}: {seconds:.0f} s of audio in {elapsed:.1f} s on {dev.type} "
+        console.print(f"{title}: {seconds:.0f} s of segments in {elapsed:.1f} s on {dev.type} "
                       f"({seconds / max(elapsed, 1e-9):.1f} s of audio per second)")
     return results
 
