@@ -31,14 +31,8 @@ def save_tiny(path: Path, model_type: str = "wavlm", seed: int = 0,
               do_normalize: bool | None = None) -> Path:
     """A randomly initialised 2-layer, hidden-32 model whose convolutional front strides by
     320 samples (50 frames per second at 16 kHz, as the real ones), saved with save_pretrained."""
-    transformers = pytest.importorskip("transformers")
-    cls = {"wavlm": transformers.WavLMConfig, "hubert": transformers.HubertConfig,
-           "wav2vec2": transformers.Wav2Vec2Config}[model_type]
-    cfg = cls(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
-              intermediate_size=64, conv_dim=(16, 16), conv_kernel=(20, 16), conv_stride=(20, 16),
-              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    torch.manual_seed(seed)
-    transformers.AutoModel.from_config(cfg).save_pretrained(str(path))
+    pytest.importorskip("transformers")
+    ssl.random_checkpoint(path, "tiny", model_type, seed)
     if do_normalize is not None:
         (path / "preprocessor_config.json").write_text(json.dumps(
             {"do_normalize": do_normalize, "sampling_rate": 16000}))
@@ -184,6 +178,13 @@ def test_input_normalisation_follows_the_preprocessor_config(tmp_path):
         spec = FeatureSpec(kind="ssl", model=str(path), layers=-1)
         same = np.allclose(extract(x, 16000, spec), extract(10 * x, 16000, spec), atol=1e-4)
         assert same == flag  # normalised input: the scale of the audio does not matter
+
+
+def test_speed_command_runs(capsys):
+    pytest.importorskip("transformers")
+    assert ssl.main(["--random", "tiny", "--segments", "2", "--seconds", "1", "--repeats", "1",
+                     "--device", "cpu"]) == 0
+    assert "s of audio per second" in capsys.readouterr().out
 
 
 def test_unloadable_checkpoint_is_a_user_error(tmp_path):

@@ -22,9 +22,11 @@ frames (50 Hz -> 50 / p Hz; a partial last window is averaged over what it holds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transfer import UserError
+from transfer.cli import main_guard
 
 if TYPE_CHECKING:
     import torch
@@ -219,6 +222,42 @@ def cache_fields(spec: FeatureSpec) -> dict[str, Any]:
             input_normalization(checkpoint_dir(spec.model))}
 
 
+@contextlib.contextmanager
+def _no_hf_bars(transformers: Any) -> Iterator[None]:
+    """transformers' own progress bars off (ours only), restored afterwards."""
+    hf_logging = transformers.utils.logging
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def random_checkpoint(path: str | Path, size: str = "tiny", model_type: str = "wavlm",
+                      seed: int = 0) -> Path:
+    """Save a randomly initialised model with ``save_pretrained`` (tests and speed checks).
+
+    ``tiny``: 2 layers, hidden 32, a two-layer convolutional front that strides 320 samples as
+    the published models do (50 frames per second at 16 kHz); ``base``: the published base
+    configuration (12 layers, hidden 768, 7 convolutions).
+    """
+    import torch
+
+    transformers = require_transformers()
+    cls = {"wavlm": transformers.WavLMConfig, "hubert": transformers.HubertConfig,
+           "wav2vec2": transformers.Wav2Vec2Config}[model_type]
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                conv_dim=(16, 16), conv_kernel=(20, 16), conv_stride=(20, 16),
+                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    cfg = cls(**tiny) if size == "tiny" else cls()
+    torch.manual_seed(seed)
+    with _no_hf_bars(transformers):
+        transformers.AutoModel.from_config(cfg).save_pretrained(str(path))
+    return Path(path)
+
+
 # --- the model ---------------------------------------------------------------------------------
 _MODELS: dict[tuple, Any] = {}
 
@@ -238,7 +277,8 @@ def load_model(model: str, dev: torch.device | None = None) -> Any:
     if key not in _MODELS:
         transformers = require_transformers()
         try:
-            net = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+            with _no_hf_bars(transformers):
+                net = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
         except Exception as err:  # noqa: BLE001 - any loading failure is a bad checkpoint
             raise UserError(f"features.model: cannot load the checkpoint in {path} "
                             f"({type(err).__name__}: {err}); {HOW_TO_SAVE}") from None
@@ -363,3 +403,64 @@ def backbone_options(options: dict[str, Any], fields: set[str], layers: int) -> 
                         f"{layers} layers: leave it out (set automatically) or set 0 (no "
                         "weighted sum)")
     return options
+
+
+def speed(spec: FeatureSpec, *, segments: int = 64, seconds: float = 10.0, repeats: int = 3,
+          batch: int | None = None, dev: torch.device | None = None) -> list[float]:
+    """Extraction speed in seconds of audio per second, once per repeat (after a warm-up)."""
+    x = (0.1 * np.random.default_rng(0).standard_normal((segments, int(seconds * 16000)))
+         ).astype(np.float32)
+    batch = batch or (16 if (dev or device()).type == "cuda" else 8)
+    extract(x[:batch], 16000, spec, dev=dev, batch=batch)  # load + warm-up
+    rates = []
+    for _ in range(repeats):
+        if (dev or device()).type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        extract(x, 16000, spec, dev=dev, batch=batch)  # returns on the host: synchronised
+        rates.append(segments * seconds / (time.perf_counter() - t))
+    return rates
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.ssl (--model DIR | --random tiny|base) [...]``: extraction speed."""
+    import argparse
+    import tempfile
+
+    import torch
+
+    from transfer.features import FeatureSpec
+
+    parser = argparse.ArgumentParser(prog="python -m transfer.ssl", description="Extraction "
+                                     "speed of an ssl checkpoint (seconds of audio per second).")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a checkpoint folder")
+    which.add_argument("--random", choices=["tiny", "base"],
+                       help="a randomly initialised model of this size")
+    parser.add_argument("--type", choices=sorted(SUPPORTED), default="wavlm")
+    parser.add_argument("--layers", default="all", help='"all" or one index')
+    parser.add_argument("--segments", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(random_checkpoint(Path(tmp) / "m", args.random, args.type))
+        layers = args.layers if args.layers == "all" else int(args.layers)
+        spec = FeatureSpec(kind="ssl", model=model, layers=layers)
+        dev = device() if args.device == "auto" else torch.device(args.device)
+        rates = speed(spec, segments=args.segments, seconds=args.seconds, repeats=args.repeats,
+                      batch=args.batch, dev=dev)
+    name = args.model or f"random {args.random} {args.type}"
+    print(f"{name}, layers={args.layers}, {args.segments} x {args.seconds:g} s, on {dev} "
+          f"({torch.get_num_threads()} threads): " + ", ".join(f"{r:.0f}" for r in rates)
+          + " s of audio per second")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
