@@ -74,7 +74,8 @@ class LayerWeightedSum(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         k, b, c, t = x.shape  # (K, B, L*D, T)
         h = x.reshape(k, b, self.layers, c // self.layers, t)  # (K, B, L, D, T)
-        w = torch.softmax(self.weight.float(), 1).to(h.dtype)  # (K, L), a softmax per run
+        wide = torch.promote_types(self.weight.dtype, torch.float32)  # at least fp32
+        w = torch.softmax(self.weight.to(wide), 1).to(h.dtype)  # (K, L), a softmax per run
         return _WeightedSum.apply(h, w)  # (K, B, D, T)
 
     def extra_repr(self) -> str:

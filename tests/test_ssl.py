@@ -96,15 +96,20 @@ def test_inspect_lists_the_ssl_options(capsys):
 # --- the layer-weighted sum ----------------------------------------------------------------
 def test_layer_weighted_sum_matches_softmax_formula_and_its_gradient():
     torch.manual_seed(0)
-    front = LayerWeightedSum(3).double()
+    front = LayerWeightedSum(2, 3).double()  # 2 runs, 3 layers: a softmax per run
     with torch.no_grad():
-        front.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
-    x = torch.randn(2, 3 * 4, 5, dtype=torch.double)  # (B, L*D, T)
-    w = torch.softmax(front.weight.detach(), 0)
-    expected = sum(w[i] * x[:, 4 * i:4 * (i + 1)] for i in range(3))
-    torch.testing.assert_close(front(x), expected)
-    assert torch.autograd.gradcheck(lambda wt: torch.einsum(
-        "bldt,l->bdt", x.view(2, 3, 4, 5), torch.softmax(wt, 0)), (front.weight,))
+        front.weight.copy_(torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, -3.0]]))
+    x = torch.randn(2, 3, 3 * 2, 4, dtype=torch.double)  # (K, B, L*D, T)
+    out = front(x)
+    assert out.shape == (2, 3, 2, 4)
+    for k in range(2):
+        w = torch.softmax(front.weight[k].detach(), 0)
+        expected = sum(w[i] * x[k, :, 2 * i:2 * (i + 1)] for i in range(3))
+        torch.testing.assert_close(out[k], expected)
+    x.requires_grad_(True)  # the hand-written backward, for the input and the weights
+    assert torch.autograd.gradcheck(lambda inp, wt: torch.func.functional_call(
+        front, {"weight": wt}, (inp,)), (x, front.weight.detach().clone().requires_grad_()),
+        fast_mode=True)
     front(x).pow(2).sum().backward()
     assert front.weight.grad.abs().min() > 0
 
@@ -117,6 +122,7 @@ def test_timnet_with_layer_weights_keeps_the_split_and_trains_the_weights():
     assert count == sum(p.numel() for p in plain.parameters()) + 3  # only the 3 weights
     general = {id(p) for p in m.general.parameters()}
     assert id(m.general["stem"][0].weight) in general
+    assert m.general["stem"][0].weight.shape == (1, 3)  # (K, L), packed like every parameter
     m(torch.randn(4, 96, 20)).sum().backward()
     assert m.general["stem"][0].weight.grad.abs().sum() > 0
     official = backbones.create("timnet", in_features=39, filters=39, blocks=8, num_classes=6)
@@ -231,7 +237,8 @@ def test_mfcc_cache_key_ignores_the_ssl_fields(tiny_casia):
 
 
 def test_tiny_recipe_end_to_end(tmp_path, tiny_modma):
-    from transfer.package import load_package
+    from backbones.timnet import upgrade_state
+    from transfer.package import build_model, load_package
     from transfer.predict import predict_files
     from transfer.run import run_recipe
 
@@ -247,7 +254,12 @@ def test_tiny_recipe_end_to_end(tmp_path, tiny_modma):
     package = load_package(out / "models" / "freeze.pt")
     assert package["options"]["layer_weights"] == LAYERS + 1
     assert package["options"]["in_features"] == (LAYERS + 1) * HIDDEN
-    assert package["state"]["general.stem.0.weight"].shape == (LAYERS + 1,)
+    layer_weights = package["state"]["general.stem.0.weight"]
+    assert layer_weights.shape == (1, LAYERS + 1)  # one run
+    assert layer_weights.abs().sum() > 0  # trained in source pretraining (they start at 0)
+    built = build_model(package)  # the layout of this version: upgrade_state leaves it alone
+    assert upgrade_state(package["state"], built.options) is package["state"]
+    assert torch.equal(built.general["stem"][0].weight, package["state"]["general.stem.0.weight"])
     assert package["features"]["kind"] == "ssl" and package["features"]["model"] == str(model)
     subject = sorted(p for p in tiny_modma.iterdir() if p.is_dir())[0]
     preds, problems = predict_files(package, sorted(subject.glob("*.wav")))
