@@ -188,9 +188,14 @@ def test_input_normalisation_follows_the_preprocessor_config(tmp_path):
 
 def test_speed_command_runs(capsys):
     pytest.importorskip("transformers")
-    assert ssl.main(["--random", "tiny", "--segments", "2", "--seconds", "1", "--repeats", "1",
-                     "--device", "cpu"]) == 0
-    assert "s of audio per second" in capsys.readouterr().out
+    before = torch.get_num_threads()
+    try:
+        assert ssl.main(["--random", "tiny", "--segments", "2", "--seconds", "1", "--repeats",
+                         "1", "--device", "cpu", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "(1 threads)" in out and "s of audio per second" in out
 
 
 def test_unloadable_checkpoint_is_a_user_error(tmp_path):
