@@ -59,6 +59,10 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return value in typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is list:
+        (inner,) = typing.get_args(hint) or (typing.Any,)
+        return isinstance(value, list) and (inner is typing.Any
+                                            or all(_type_ok(v, inner) for v in value))
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -89,6 +93,10 @@ def build_options(cls: type, values: dict[str, Any], what: str) -> Any:
 def _describe(hint: Any) -> str:
     if typing.get_origin(hint) is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return "a list of " + " or ".join(_describe(h) for h in typing.get_args(hint))
     return getattr(hint, "__name__", str(hint))
 
 

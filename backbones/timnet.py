@@ -16,7 +16,9 @@ convolutions per block and K separate models.
 
 Variants (options): ``residual`` mul|add, ``stem`` none|bn|bn_relu (a 1x1 conv + BatchNorm
 [+ ReLU] in front), ``fusion`` weight|diff (DeltaTIM: differences of successive scales plus the
-last one), ``attention`` none|mha (AT-TIM: causal multi-head attention after every block).
+last one), ``attention`` none|mha (AT-TIM: causal multi-head attention after every block),
+``layer_weights`` (stacked self-supervised layers fused by learned softmax weights in front of
+the stem, :mod:`backbones.ssl_front`).
 
 Split: ``general`` = stem + the input convolutions + the first ``split`` blocks;
 ``specific`` = the remaining blocks; ``head`` = scale fusion + classifier.
@@ -34,6 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from backbones import ssl_front
 from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv
 from backbones.registry import OptionError, register
 
@@ -56,6 +59,9 @@ class TimNetOptions:
         attention: ``none`` or ``mha`` (AT-TIM: causal multi-head attention after every block).
         d_model, heads: attention width and heads (``attention = "mha"``).
         bn_momentum: BatchNorm momentum (PyTorch convention; Keras' 0.99 is 0.01 here).
+        layer_weights: L > 0: the input stacks L self-supervised layers (in_features = L x dim)
+            and a learned softmax-weighted sum over them (SUPERB) precedes the stem, in
+            ``general``; set automatically with features.kind = "ssl", layers = "all". 0 = off.
     """
 
     in_features: int = 39
@@ -72,8 +78,10 @@ class TimNetOptions:
     d_model: int = 128
     heads: int = 4
     bn_momentum: float = 0.1
+    layer_weights: int = 0
 
     def validate(self) -> None:
+        ssl_front.validate(self)
         if not 0 <= self.split <= self.blocks:
             raise OptionError(f"split must be between 0 and blocks={self.blocks}, got {self.split}")
         if self.blocks < 1 or self.filters < 1 or self.in_features < 1 or self.num_classes < 1:
@@ -235,8 +243,8 @@ class TimNet(nn.Module):
         c, k = opts.filters, opts.split
         blocks = [TemporalAwareBlock(runs, c, 2 ** i, opts) for i in range(opts.blocks)]
         self.general = nn.ModuleDict({
-            "stem": self._make_stem(opts),
-            "inputs": InputConv(runs, self._stem_features(opts), c),
+            "stem": ssl_front.make_stem(self._make_stem, opts, runs),  # = _make_stem by default
+            "inputs": InputConv(runs, self._stem_features(ssl_front.per_layer(opts)), c),
             "blocks": nn.ModuleList(blocks[:k]),
         })
         self.specific = nn.ModuleDict({"blocks": nn.ModuleList(blocks[k:])})

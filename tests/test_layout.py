@@ -22,7 +22,7 @@ PACKAGES = {"transfer.common": "common", "backbones": "backbones", "transfer.dat
             "transfer.report": "report"}
 #: The command-line tools (``python -m transfer.X``): thin, at the top, may import anything.
 CLIS = {"transfer.run", "transfer.prepare", "transfer.predict", "transfer.inspect",
-        "transfer.bench", "transfer.checks"}
+        "transfer.bench", "transfer.checks", "transfer.ssl"}
 FACADE = ("transfer", "__getattr__")  # (module, function) whose lazy imports are the public API
 
 
@@ -45,13 +45,17 @@ def stage_of(module: str) -> str | None:
 
 
 def _imports(tree: ast.Module, module: str, is_package: bool) -> list[tuple[str, int]]:
-    """(imported name, line) of every import in a module, the facade's lazy ones left out;
-    ``from M import n`` gives ``M:n``."""
+    """(imported name, line) of every import in a module, the facade's lazy ones and the
+    type-only ones (``if TYPE_CHECKING:``, no runtime dependency) left out; ``from M import n``
+    gives ``M:n``."""
     found: list[tuple[str, int]] = []
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.FunctionDef) and (module, child.name) == FACADE:
+                continue
+            if (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
+                    and child.test.id == "TYPE_CHECKING"):
                 continue
             if isinstance(child, ast.Import):
                 found.extend((a.name, child.lineno) for a in child.names)

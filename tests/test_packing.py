@@ -88,6 +88,35 @@ def test_packed_backbone_equals_separate_models(opts):
                 assert torch.equal(p.grad, dict(packed.named_parameters())[name].grad.chunk(3)[k])
 
 
+@pytest.mark.parametrize("stem", ["none", "bn"])
+def test_packed_layer_weights_equal_separate_models(stem):
+    """The ssl front (softmax weights over stacked layers, (K, L)) packs like every layer."""
+    with one_thread():
+        torch.manual_seed(0)
+        kw = dict(in_features=3 * 4, layer_weights=3, filters=4, blocks=2, split=1,
+                  num_classes=2, dropout=0.0, stem=stem)
+        singles = [backbones.create("timnet", **kw) for _ in range(3)]
+        for m in singles:  # different layer weights per run: a mixed-up run would show
+            nn.init.normal_(m.general["stem"][0].weight)
+        packed = backbones.create("timnet", runs=3, **kw)
+        assert packed.general["stem"][0].weight.shape == (3, 3)
+        packed.load_state_dict(pack_states([m.state_dict() for m in singles]))
+        x = torch.randn(3, 5, 12, 20)  # (K, B, L*D, T)
+        out = packed(x)
+        out.square().sum().backward()
+        grads = dict(packed.named_parameters())
+        for k, m in enumerate(singles):
+            o = m(x[k])
+            o.square().sum().backward()
+            assert torch.equal(o, out[k])
+            back = unpack_state(packed.state_dict(), 3, k)
+            for name, t in m.state_dict().items():
+                assert torch.equal(t, back[name]), name
+            for name, p in m.named_parameters():
+                assert torch.equal(p.grad, grads[name].grad.chunk(3)[k]), name
+            assert m.general["stem"][0].weight.grad.abs().min() > 0
+
+
 def test_transformer_timnet_is_not_packable():
     assert backbones.packable("timnet") and not backbones.packable("transformer_timnet")
     with pytest.raises(backbones.OptionError, match="not packable"):
@@ -171,11 +200,33 @@ def _factory(k: int, runs: int = 1):
                             num_classes=k, stem="bn", dropout=0.1)
 
 
+def _ssl_factory(k: int, runs: int = 1):
+    """The 6 features as 3 stacked layers of 2 dims, behind learned layer weights."""
+    return backbones.create("timnet", runs=runs, in_features=6, layer_weights=3, filters=4,
+                            blocks=3, split=2, num_classes=k, stem="bn", dropout=0.1)
+
+
 @pytest.mark.parametrize("name", [n for n in names() if not n.startswith("_")])
 def test_pack_of_three_equals_three_runs_one_by_one(name):
+    _check_pack_equals_one_by_one(name, _factory)
+
+
+@pytest.mark.parametrize("name", ["finetune", "dann"])
+def test_pack_with_layer_weights_equals_runs_one_by_one(name):
+    pretrained = _ssl_factory(3).state_dict()
+    pretrained["general.stem.0.weight"] = torch.tensor([[0.5, -1.0, 2.0]])  # (K=1, L=3)
+    state = _check_pack_equals_one_by_one(name, _ssl_factory, pretrained)
+    weights = state["model.general.stem.0.weight"]  # (3 runs, 3 layers): trained, per run
+    assert weights.shape == (3, 3) and not torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], pretrained["general.stem.0.weight"][0])
+
+
+def _check_pack_equals_one_by_one(name, factory, pretrained=None):
+    """Train three runs one by one and as one pack; return the pack's state."""
     xt, y, source, folds = _data()
     cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=False, grad_clip=1.0, patience=1)
-    ctx = Context(_factory, 2, 3, _factory(3).state_dict(), 0.1)
+    ctx = Context(factory, 2, 3, factory(3).state_dict() if pretrained is None else pretrained,
+                  0.1)
     cls = get_strategy(name)
     opts = cls.Options()
     for key in ("align_every", "align_steps", "ae_epochs"):
@@ -205,6 +256,7 @@ def test_pack_of_three_equals_three_runs_one_by_one(name):
                 assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
         for key, value in single.items():  # the weights: bit for bit
             assert torch.equal(value, state[key].chunk(3)[k]), key
+    return state
 
 
 # --- the captured step: its control flow, with a stand-in for the CUDA graph API ----------------

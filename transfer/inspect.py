@@ -1,6 +1,6 @@
 """List what is available, with options and defaults, to write a recipe without reading code.
 
-``python -m transfer.inspect [corpora|backbones|strategies]`` (default: all three)
+``python -m transfer.inspect [corpora|features|backbones|strategies]`` (default: all four)
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import inspect as pyinspect
 import re
+import types
 import typing
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -44,16 +46,32 @@ def options_table(title: str, cls: type) -> Table:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
-        hint = hints[f.name]
-        if typing.get_origin(hint) is typing.Literal:
-            type_name = " | ".join(repr(a) for a in typing.get_args(hint))
-        else:
-            type_name = getattr(hint, "__name__", str(hint))
+        type_name = _type_name(hints[f.name])
         table.add_row(f.name, escape(type_name), escape(repr(default)),
                       escape(docs.get(f.name, "").replace("``", "")))
     if not dataclasses.fields(cls):
         table.add_row("(none)", "", "", "")
     return table
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def show_features(console: Console) -> None:
+    from transfer.common.config import FeaturesConfig
+
+    console.print("\n[bold]features[/]  frame features of every corpus (mfcc, logmel, or ssl: "
+                  "WavLM / HuBERT / wav2vec 2.0 states from a local checkpoint, "
+                  + escape('pip install -e ".[ssl]"') + ")")
+    console.print(options_table(escape("[features]"), FeaturesConfig))
 
 
 def show_strategies(console: Console) -> None:
@@ -100,11 +118,13 @@ def show_corpora(console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", choices=["corpora", "backbones", "strategies", "all"],
+    parser.add_argument("what", nargs="?",
+                        choices=["corpora", "features", "backbones", "strategies", "all"],
                         default="all")
     args = parser.parse_args(argv)
     console = Console(width=140)
-    shows = {"corpora": show_corpora, "backbones": show_backbones, "strategies": show_strategies}
+    shows = {"corpora": show_corpora, "features": show_features, "backbones": show_backbones,
+             "strategies": show_strategies}
     for key, show in shows.items():
         if args.what in (key, "all"):
             show(console)

@@ -45,9 +45,25 @@ class CorpusConfig:
 
 @dataclass
 class FeaturesConfig:
-    """Frame features, shared by source and target (the backbone sees one feature size)."""
+    """Frame features, shared by source and target (the backbone sees one feature size).
 
-    kind: Literal["mfcc", "logmel"] = "mfcc"
+    Args:
+        kind: ``mfcc`` (n_mfcc coefficients + deltas), ``logmel`` (n_mels log-mel bands) or
+            ``ssl`` (hidden states of a WavLM / HuBERT / wav2vec 2.0 checkpoint; needs
+            ``pip install -e ".[ssl]"``).
+        sample_rate: every recording is resampled to this rate (16000 for ssl checkpoints).
+        n_mfcc, deltas: MFCC coefficients and delta orders (0-2): 13 x 3 = 39 dims.
+        n_fft, hop, n_mels: STFT window, hop (samples) and mel bands (mfcc and logmel).
+        normalize: ``corpus`` standardises each corpus by its training statistics; ``none``.
+        model: ssl: a local folder holding the checkpoint saved with save_pretrained
+            (config.json + model.safetensors); nothing is downloaded.
+        layers: ssl: a hidden-state index (0 = convolutional features, -1 = last layer), a list
+            of indices (averaged), or "all" (every layer stacked: (segments, layers * dim,
+            frames); the TIM-Net backbones learn softmax layer weights, as SUPERB).
+        pool_frames: ssl: average every n frames (50 Hz -> 50 / n Hz); 1 = no pooling.
+    """
+
+    kind: Literal["mfcc", "logmel", "ssl"] = "mfcc"
     sample_rate: int = 16000
     n_mfcc: int = 13
     deltas: int = 2
@@ -55,6 +71,9 @@ class FeaturesConfig:
     hop: int = 512
     n_mels: int = 128
     normalize: Literal["corpus", "none"] = "corpus"  # standardise each corpus by its train stats
+    model: str = ""
+    layers: int | list[int] | Literal["all"] = "all"
+    pool_frames: int = 1
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class Domain:
     positive: str = ""
     unit: str = "subject"
     units: np.ndarray | None = None
+    stacked_layers: int = 0  # ssl with layers = "all": x is (N, L * dim, T), L layers stacked
 
     @classmethod
     def from_arrays(cls, x: np.ndarray, y: np.ndarray, speakers: np.ndarray, *,
@@ -90,8 +92,12 @@ class Domain:
 
 
 def feature_spec(cfg: FeaturesConfig) -> FeatureSpec:
+    # an ssl checkpoint path is made absolute, so that an exported model finds it again
+    model = str(Path(os.path.expandvars(cfg.model)).expanduser().resolve()) if cfg.model else ""
+    layers = tuple(cfg.layers) if isinstance(cfg.layers, list) else cfg.layers
     return FeatureSpec(kind=cfg.kind, n_mfcc=cfg.n_mfcc, deltas=cfg.deltas, n_fft=cfg.n_fft,
-                       hop=cfg.hop, n_mels=cfg.n_mels)
+                       hop=cfg.hop, n_mels=cfg.n_mels, model=model, layers=layers,
+                       pool_frames=cfg.pool_frames)
 
 
 def segment_spec(cfg: CorpusConfig, card: Card, sample_rate: int) -> SegmentSpec:
@@ -129,6 +135,11 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
                 base: Path | None = None) -> Domain:
     """Load one domain from one or several corpora (several: their union, labels pooled)."""
     parts, keys, label_sets, names, positive, kinds = [], [], [], [], "", []
+    spec = feature_spec(features)
+    if spec.kind == "ssl":  # a missing checkpoint fails before any audio is touched
+        from transfer.data.ssl import checkpoint_dir
+
+        checkpoint_dir(spec.model)
     for cfg in configs:
         card = load_card(_resolve(cfg.corpus, base))
         manifest = build_manifest(card, corpus_root(cfg, card), label_map=cfg.label_map or None,
@@ -149,7 +160,7 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
         if manifest.skipped:
             console.print(f"[yellow]{card.name}: skipped {len(manifest.skipped)} unusable "
                           f"file(s)[/], e.g. {manifest.skipped[0][0]}: {manifest.skipped[0][1]}")
-        fs = load_features(manifest, seg, feature_spec(features), progress=progress)
+        fs = load_features(manifest, seg, spec, progress=progress)
         parts.append((card.name, fs))
         keys.append(fs.key)
         label_sets.append(manifest.labels)
@@ -175,7 +186,13 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
                              fs.segments["file"].to_numpy(str)))
         for kind, (name, fs) in zip(kinds, parts)])
     unit = kinds[0] if len(set(kinds)) == 1 else "recording"
-    return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units)
+    stacked = 0
+    if spec.kind == "ssl":
+        from transfer.data.ssl import stacked_layers
+
+        stacked = stacked_layers(spec)
+    return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units,
+                  stacked)
 
 
 def _resolve(corpus: str, base: Path | None) -> str:

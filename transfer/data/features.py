@@ -1,9 +1,11 @@
-"""Segment features (MFCC-39 or log-mel) with a content-addressed cache.
+"""Segment features (MFCC-39, log-mel, or self-supervised model states) with a content-addressed
+cache.
 
 The cache key covers the manifest's files (path, size, mtime), the segment and feature
 settings and :data:`FEATURE_VERSION`; bump the version whenever extraction code changes
 what it produces. Cache files carry their checksum (:mod:`transfer.common.cache`): a damaged one is
 reported and rebuilt, and two processes that need the same features extract them once.
+Self-supervised features (``kind = "ssl"``) live in :mod:`transfer.data.ssl`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from transfer.data.audio import SegmentSpec, cut, load_audio, read_turns
 from transfer.data.corpora import Manifest
 
 FEATURE_VERSION = 1
-KINDS = ("mfcc", "logmel")
+KINDS = ("mfcc", "logmel", "ssl")
+_SSL_FIELDS = ("model", "layers", "pool_frames")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class FeatureSpec:
         n_fft, hop: STFT window and hop in samples (800 = 50 ms and 512 at 16 kHz: 10 s -> 313
             frames).
         n_mels: mel bands (the MFCC filterbank, or the log-mel features).
+        model, layers, pool_frames: ``ssl``: the checkpoint folder, the hidden states (an index,
+            indices to average, or ``"all"``) and temporal average pooling (see
+            :mod:`transfer.data.ssl`); the STFT settings do not apply there.
     """
 
     kind: str = "mfcc"
@@ -52,18 +58,35 @@ class FeatureSpec:
     n_fft: int = 800
     hop: int = 512
     n_mels: int = 128
+    model: str = ""
+    layers: int | tuple[int, ...] | str = "all"
+    pool_frames: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"features.kind must be one of {list(KINDS)}, not {self.kind!r}")
         if self.deltas not in (0, 1, 2):
             raise UserError(f"features.deltas must be 0, 1 or 2, not {self.deltas}")
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.kind == "ssl":
+            from transfer.data.ssl import check_spec
+
+            check_spec(self)
 
     @property
     def dim(self) -> int:
+        if self.kind == "ssl":
+            from transfer.data.ssl import feature_dim
+
+            return feature_dim(self)
         return self.n_mfcc * (1 + self.deltas) if self.kind == "mfcc" else self.n_mels
 
     def frames(self, samples: int) -> int:
+        if self.kind == "ssl":
+            from transfer.data.ssl import frames
+
+            return frames(self, samples)
         return 1 + samples // self.hop
 
 
@@ -72,6 +95,10 @@ def extract(segments: np.ndarray, sample_rate: int, spec: FeatureSpec) -> np.nda
 
     Shape: (N, samples) -> (N, spec.dim, frames), float32.
     """
+    if spec.kind == "ssl":
+        from transfer.data.ssl import extract as ssl_extract
+
+        return ssl_extract(segments, sample_rate, spec)
     import librosa  # heavy import kept out of module import time
 
     if spec.kind == "logmel":
@@ -108,7 +135,13 @@ class FeatureSet:
 
 def _job(args: tuple) -> tuple[np.ndarray, list[tuple[str, str, str, float]]]:
     """Worker: a group of recordings -> their segments' features and metadata."""
-    items, seg, feat, transcripts = args
+    waves, meta = _waves(args)
+    return extract(waves, args[1].sample_rate, args[2]), meta
+
+
+def _waves(args: tuple) -> tuple[np.ndarray, list[tuple[str, str, str, float]]]:
+    """Worker: a group of recordings -> their segments (N, samples) and metadata."""
+    items, seg, _feat, transcripts = args
     waves, meta = [], []
     for group in items:  # a group = one file, or a subject's files in concat mode
         audio = []
@@ -123,8 +156,7 @@ def _job(args: tuple) -> tuple[np.ndarray, list[tuple[str, str, str, float]]]:
         path, speaker, label = group[0]
         waves.extend(pieces)
         meta.extend((path, speaker, label, s) for s in starts)
-    x = extract(np.stack(waves), seg.sample_rate, feat)
-    return x, meta
+    return np.stack(waves), meta
 
 
 def _groups(frame: pd.DataFrame, mode: str) -> list[list[tuple[str, str, str]]]:
@@ -144,7 +176,15 @@ def cache_key(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec) -> str:
         st = os.stat(path)
         files.append((path, st.st_size, st.st_mtime_ns, label, speaker))
     turns = manifest.card.audio.transcript
-    return content_hash({"files": files, "segments": asdict(seg), "features": asdict(feat),
+    features = asdict(feat)
+    if feat.kind == "ssl":  # the checkpoint's content hash, the layers and the pooling
+        from transfer.data.ssl import cache_fields
+
+        features = cache_fields(feat)
+    else:  # keys of MFCC/log-mel features stay what they were before ssl existed
+        for name in _SSL_FIELDS:
+            features.pop(name)
+    return content_hash({"files": files, "segments": asdict(seg), "features": features,
                          "transcript": turns, "version": FEATURE_VERSION}, 24)
 
 
@@ -154,7 +194,8 @@ def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
     """Features of every segment of ``manifest``, from the cache or freshly extracted.
 
     Extraction runs in ``workers`` processes (default: one per core; in-process for small
-    corpora) and shows a progress bar.
+    corpora) and shows a progress bar. With ``kind = "ssl"`` the workers only read and cut the
+    audio and the model runs in this process (:func:`transfer.data.ssl.run_jobs`).
     """
     t0 = time.perf_counter()
     key = cache_key(manifest, seg, feat)
@@ -212,7 +253,12 @@ def _extract_all(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, worker
     jobs = [(groups[i:i + chunk], seg, feat, transcripts) for i in range(0, len(groups), chunk)]
     if workers is None:
         workers = min(os.cpu_count() or 1, len(jobs)) if len(groups) >= 64 else 1
-    results = _run_jobs(jobs, workers, progress, f"features {manifest.name}")
+    if feat.kind == "ssl":  # the model runs here, batched, on the GPU when there is one
+        from transfer.data.ssl import run_jobs
+
+        results = run_jobs(jobs, workers, progress, f"ssl features {manifest.name}", _waves)
+    else:
+        results = _run_jobs(jobs, workers, progress, f"features {manifest.name}")
     x = np.concatenate([r[0] for r in results])
     meta = [m for r in results for m in r[1]]
     segments = pd.DataFrame.from_records(meta, columns=["file", "speaker", "label", "start_s"])

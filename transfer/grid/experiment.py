@@ -234,7 +234,7 @@ class Experiment:
             source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
         if cls.needs_source and source is None:
             raise UserError(f"strategy {entry.label} needs a source corpus")
-        factory = make_backbone_factory(r, self.target.x.shape[1])
+        factory = make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)
         ctx = Context(factory, len(self.target.labels),
                       len(self.source.labels) if self.source else 0,
                       self.pretrained.state if self.pretrained else None, r.train.label_smoothing)

@@ -116,6 +116,10 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
         raise UserError("recipe needs [target] with corpus = \"<card name or path>\"")
     if not recipe.seeds:
         raise UserError("recipe key 'seeds' must list at least one seed")
+    if recipe.features.kind == "ssl":
+        from transfer.data.domain import feature_spec
+
+        feature_spec(recipe.features)  # the ssl checks of FeatureSpec, before any file access
     from transfer.train.strategies import get_strategy
 
     if any(get_strategy(s.name).needs_source for s in recipe.strategies) and not recipe.source:

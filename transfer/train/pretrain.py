@@ -69,12 +69,20 @@ def pretrain_key(recipe: Recipe, domain: Domain) -> str:
     })
 
 
-def make_backbone_factory(recipe: Recipe, in_features: int):
-    """(num_classes, runs) -> a fresh backbone of the recipe."""
+def make_backbone_factory(recipe: Recipe, in_features: int, stacked_layers: int = 0):
+    """(num_classes, runs) -> a fresh backbone of the recipe.
+
+    ``stacked_layers``: L when the features stack L ssl layers (the backbone then gets
+    ``layer_weights = L`` if it has that option)."""
     import backbones
 
     def make(num_classes: int, runs: int = 1) -> torch.nn.Module:
         opts = {**recipe.backbone.options, "in_features": in_features, "num_classes": num_classes}
+        if stacked_layers or "layer_weights" in opts:
+            from transfer.data.ssl import backbone_options
+
+            fields = {f.name for f in dataclasses.fields(backbones.options_of(recipe.backbone.name))}
+            opts = backbone_options(opts, fields, stacked_layers)
         try:
             return backbones.create(recipe.backbone.name, runs=runs, **opts)
         except backbones.OptionError as err:
@@ -130,7 +138,7 @@ def _train(recipe: Recipe, domain: Domain, device: torch.device, train_idx: np.n
     tr, va = to_device(train_idx, device), to_device(val_idx, device)
     norm = Standardizer.fit(x, tr, recipe.features.normalize == "corpus")
     dom = DomainTensors(x, to_device(domain.y, device), norm, tr, va)
-    make = make_backbone_factory(recipe, domain.x.shape[1])
+    make = make_backbone_factory(recipe, domain.x.shape[1], domain.stacked_layers)
     ctx = Context(make, len(domain.labels), label_smoothing=cfg.label_smoothing)
     strategy = Scratch(ctx, ScratchOptions())
     result = fit(strategy, dom, None, cfg, cfg.seed, device)
