@@ -56,3 +56,23 @@ def test_domain_from_arrays_checks_its_input():
         Domain.from_arrays(x, np.array([0, 1, 1, 1, 0, 0]), spk)
     with pytest.raises(UserError, match="positive"):
         Domain.from_arrays(x, d.y, spk, labels=["hc", "mdd"], positive="MDD")
+
+
+def test_library_messages_are_logged_and_can_be_silenced(capsys):
+    import logging
+
+    from transfer.common import console  # noqa: F401 - attaches the console handler
+
+    log = logging.getLogger("transfer.train.pretrain")
+    log.info("pretraining note [not markup]")
+    assert "pretraining note [not markup]" in capsys.readouterr().err
+    top = logging.getLogger("transfer")
+    before = top.level
+    top.setLevel(logging.WARNING)
+    try:
+        log.info("hidden note")
+        log.warning("shown warning")
+        err = capsys.readouterr().err
+        assert "hidden note" not in err and "shown warning" in err
+    finally:
+        top.setLevel(before)

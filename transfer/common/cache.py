@@ -19,11 +19,14 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -116,9 +119,7 @@ def append_line(target: str | Path, line: str) -> None:
 # --- checksummed cache entries ---------------------------------------------------------------
 
 def _report(message: str) -> None:
-    from transfer.common.console import console
-
-    console.print(f"[yellow]cache:[/] {message}")
+    log.warning("cache: %s", message)
 
 
 def file_sha256(path: str | Path) -> str:

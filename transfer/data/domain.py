@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,13 @@ import numpy as np
 from transfer import UserError
 from transfer.common.cache import content_hash
 from transfer.common.config import CorpusConfig, FeaturesConfig
-from transfer.common.console import console
 from transfer.data.audio import SegmentSpec
 from transfer.data.cards import Card, load_card
 from transfer.data.corpora import build_manifest
 from transfer.data.features import FeatureSpec, load_features
 from transfer.data.units import unit_ids, unit_labels
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -156,10 +158,10 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
                             f"\"subject\"), not to the {kind}; use mode 'window' or 'pad'")
         kinds.append(kind)
         for warning in manifest.warnings:
-            console.print(f"[yellow]warning ({card.name}):[/] {warning}")
+            log.warning(f"warning ({card.name}): {warning}")
         if manifest.skipped:
-            console.print(f"[yellow]{card.name}: skipped {len(manifest.skipped)} unusable "
-                          f"file(s)[/], e.g. {manifest.skipped[0][0]}: {manifest.skipped[0][1]}")
+            log.warning(f"{card.name}: skipped {len(manifest.skipped)} unusable file(s), e.g. "
+                        f"{manifest.skipped[0][0]}: {manifest.skipped[0][1]}")
         fs = load_features(manifest, seg, spec, progress=progress)
         parts.append((card.name, fs))
         keys.append(fs.key)

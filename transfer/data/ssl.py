@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transfer import UserError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -332,7 +335,6 @@ def run_jobs(jobs: list, workers: int, progress: bool, title: str, reader: Any) 
     """The ssl counterpart of the feature workers: audio is read and cut in ``workers``
     processes (a few jobs ahead), the model runs in this process, batched, on the GPU when
     there is one. Returns one (features, metadata) pair per job, in order."""
-    from transfer.common.console import console
     from transfer.common.progress import progress_bar
 
     if not jobs:
@@ -370,8 +372,8 @@ def run_jobs(jobs: list, workers: int, progress: bool, title: str, reader: Any) 
         release()  # the GPU memory goes back to training
     elapsed = time.perf_counter() - t0
     if progress:
-        console.print(f"{title}: {seconds:.0f} s of segments in {elapsed:.1f} s on {dev.type} "
-                      f"({seconds / max(elapsed, 1e-9):.1f} s of audio per second)")
+        log.info(f"{title}: {seconds:.0f} s of segments in {elapsed:.1f} s on {dev.type} "
+                 f"({seconds / max(elapsed, 1e-9):.1f} s of audio per second)")
     return results
 
 

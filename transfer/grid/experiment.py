@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import platform
 import sys
@@ -27,7 +28,6 @@ import torch
 from transfer import UserError
 from transfer.common.cache import content_hash
 from transfer.common.config import Recipe, StrategyEntry
-from transfer.common.console import console
 from transfer.data import Domain, load_domain
 from transfer.evaluate.metrics import confusion, evaluate, unit_outputs
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
@@ -45,6 +45,8 @@ from transfer.train.engine import (
 )
 from transfer.train.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
 from transfer.train.strategies import Context, get_strategy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,8 @@ class Experiment:
 
         if not backbones.packable(self.recipe.backbone.name):
             if self.recipe.train.pack != 1 and self.progress:
-                console.print(f"note: backbone {self.recipe.backbone.name!r} cannot pack runs "
-                              "into one model; its runs train one at a time")
+                log.info(f"note: backbone {self.recipe.backbone.name!r} cannot pack runs into "
+                         "one model; its runs train one at a time")
             return 1
         return self.recipe.train.pack or 16
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,8 @@ from typing import Any
 from transfer import REPO_ROOT, UserError, __version__
 from transfer.common.cache import append_line
 from transfer.common.console import ENVIRONMENT_ERRORS
+
+log = logging.getLogger(__name__)
 
 #: Recipe keys that do not change what a run computes: a resume may differ in them.
 NOT_RESULTS = ("name", "description", "jobs", "device", "export")
@@ -92,8 +95,6 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     A torn last line (a crash in the middle of a write) is ignored silently; any other line
     that is not a JSON object with ``key`` and ``status`` is reported once and ignored.
     """
-    from transfer.common.console import console
-
     path = Path(path)
     if not path.is_file():
         return []
@@ -112,8 +113,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             records.append(record)
         elif (str(path), n) not in _reported:
             _reported.add((str(path), n))
-            console.print(f"[yellow]warning:[/] {path} line {n} is not a run record; ignored: "
-                          f"{line[:60]!r}")
+            log.warning(f"warning: {path} line {n} is not a run record; ignored: {line[:60]!r}")
     return records
 
 
@@ -121,7 +121,6 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     """Append one finished run's record to ``runs.jsonl`` (flushed and fsynced); its model
     package, if any, is written first by this (the parent) process, whichever process trained
     it, and the record names it."""
-    from transfer.common.console import console
 
     package = record.pop("_model", None)
     if package is not None:
@@ -132,8 +131,8 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
         record["model"] = rel
     append_line(path, json.dumps(record, default=float))
     if record["status"] != "ok":
-        console.print(f"[red]run failed[/] {record['strategy']} fold {record['fold']} "
-                      f"seed {record['seed']}: {record['error']}")
+        log.error(f"run failed {record['strategy']} fold {record['fold']} seed {record['seed']}: "
+                  f"{record['error']}")
 
 
 def planned(records: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:

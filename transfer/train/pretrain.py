@@ -11,6 +11,7 @@ would run code included) is reported in one line and retrained, never used.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ from transfer.common.cache import (
     store_entry,
 )
 from transfer.common.config import Recipe
-from transfer.common.console import console
 from transfer.data import Domain
 from transfer.evaluate.metrics import classification
 from transfer.train.engine import DomainTensors, Standardizer, fit, predict_proba, to_device
 from transfer.train.strategies import Context
 from transfer.train.strategies.scratch import Scratch, ScratchOptions
+
+log = logging.getLogger(__name__)
 
 PRETRAIN_VERSION = 2  # 2: fused TIM-Net layout
 
@@ -42,9 +44,6 @@ PRETRAIN_VERSION = 2  # 2: fused TIM-Net layout
 @dataclass
 class Pretrained:
     state: dict[str, torch.Tensor]
-    norm: Standardizer
-    train_idx: np.ndarray  # source segments used for training (transfer strategies use these)
-    heldout_idx: np.ndarray  # held-out speakers (diagnostics use these)
     metrics: dict[str, float]
     key: str
     cache_hit: bool
@@ -104,8 +103,7 @@ def pretrain(recipe: Recipe, domain: Domain, device: torch.device, *, root: Path
             blob = _load_cached(folder, key)
             if blob is None:
                 return _train(recipe, domain, device, train_idx, val_idx, folder, key)
-    norm = Standardizer(blob["norm"]["mean"], blob["norm"]["std"])
-    return Pretrained(blob["state"], norm, train_idx, val_idx, blob["metrics"], key, True)
+    return Pretrained(blob["state"], blob["metrics"], key, True)
 
 
 def _load_cached(folder: Path, key: str) -> dict[str, Any] | None:
@@ -130,9 +128,8 @@ def _load_cached(folder: Path, key: str) -> dict[str, Any] | None:
 def _train(recipe: Recipe, domain: Domain, device: torch.device, train_idx: np.ndarray,
            val_idx: np.ndarray, folder: Path, key: str) -> Pretrained:
     cfg = recipe.pretrain
-    console.print(f"pretraining {recipe.backbone.name} on {domain.name} "
-                  f"({len(train_idx)} train / {len(val_idx)} held-out segments, "
-                  f"{cfg.epochs} epochs)")
+    log.info(f"pretraining {recipe.backbone.name} on {domain.name} "
+             f"({len(train_idx)} train / {len(val_idx)} held-out segments, {cfg.epochs} epochs)")
     torch.manual_seed(cfg.seed)
     x = to_device(domain.x, device)
     tr, va = to_device(train_idx, device), to_device(val_idx, device)
@@ -149,10 +146,9 @@ def _train(recipe: Recipe, domain: Domain, device: torch.device, train_idx: np.n
     state = {k: v.detach().cpu() for k, v in strategy.model.state_dict().items()}
     blob = {"state": state, "norm": norm.to_dict(), "metrics": metrics, "labels": domain.labels}
     store_entry(folder, key, ".pt", lambda tmp: _save(blob, tmp))
-    console.print(f"source held-out accuracy {metrics['source_acc']:.3f}, "
-                  f"UAR {metrics['source_uar']:.3f}")
-    return Pretrained(state, Standardizer(norm.mean.cpu(), norm.std.cpu()), train_idx, val_idx,
-                      metrics, key, False)
+    log.info(f"source held-out accuracy {metrics['source_acc']:.3f}, "
+             f"UAR {metrics['source_uar']:.3f}")
+    return Pretrained(state, metrics, key, False)
 
 
 def _save(blob: dict[str, Any], path: Path) -> None:
@@ -160,7 +156,3 @@ def _save(blob: dict[str, Any], path: Path) -> None:
     # file's name: the same model gives the same bytes, hence the same checksum.
     with open(path, "wb") as fh:
         torch.save(blob, fh)
-
-
-def summary(p: Pretrained) -> dict[str, Any]:
-    return {"key": p.key, "cache_hit": p.cache_hit, **p.metrics}
