@@ -8,8 +8,17 @@ import torch
 import backbones
 from transfer.common.config import TrainConfig
 from transfer.evaluate.diagnostics import domain_gap
-from transfer.train.engine import DomainTensors, Standardizer, embed, fit
+from transfer.train.engine import (
+    DomainTensors,
+    Standardizer,
+    build_pack,
+    embed,
+    fit,
+    fit_runs,
+    predict_runs,
+)
 from transfer.train.strategies import Context, get_strategy
+from transfer.train.strategies import names as strategy_names
 from transfer.train.strategies.scratch import Scratch, ScratchOptions
 
 
@@ -90,3 +99,33 @@ def test_finetune_and_joint_learning_rates():
     joint = get_strategy("joint")(Context(_make, 2, 2, state, 0.0), get_strategy("joint").Options())
     assert [g["lr"] for g in joint.param_groups(1.0)] == [0.1, 1.0, 0.5]
     assert not hasattr(joint.branch, "general")  # the source branch runs on the shared general
+
+
+SMOKE_OPTIONS = {"transformer_timnet": {"tf_dim": 16, "tf_heads": 2, "tf_ff": 32}}
+
+
+@pytest.mark.parametrize("backbone", backbones.names())
+@pytest.mark.parametrize("name", [n for n in strategy_names() if not n.startswith("_")])
+def test_every_strategy_trains_on_every_backbone(name, backbone):
+    """The contract strategies rely on (:class:`backbones.Backbone`) holds for every backbone:
+    each strategy builds, takes its steps and phases, and predicts, on each registered one."""
+    src, tgt = _domains(0, n=240, t=24)  # 200 train, 40 validation segments
+    runs = 2 if backbones.packable(backbone) else 1
+
+    def make(k: int, r: int = 1):
+        return backbones.create(backbone, runs=r, in_features=8, filters=8, blocks=3, split=2,
+                                num_classes=k, **SMOKE_OPTIONS.get(backbone, {}))
+
+    assert isinstance(make(2), backbones.Backbone)
+    pre = make(2).state_dict()
+    cls = get_strategy(name)
+    opts = {"align_every": 1, "align_steps": 2} if name == "ddg" else {}
+    strategy = build_pack(cls, Context(make, 2, 2, pre, 0.0), cls.Options(**opts),
+                          list(range(runs)))
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, amp=False)
+    results = fit_runs(strategy, tgt.for_runs(runs), src, cfg, list(range(runs)),
+                       torch.device("cpu"))
+    assert len(results) == runs and not any(r.diverged for r in results)
+    probs = predict_runs(strategy, tgt.for_runs(runs), [tgt.val[0]] * runs)
+    assert len(probs) == runs
+    assert all(p.shape == (len(tgt.val[0]), 2) and torch.isfinite(p).all() for p in probs)
