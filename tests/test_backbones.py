@@ -104,3 +104,19 @@ def test_every_backbone_meets_the_protocol_strategies_use(name):
         m for m in ("general", "specific", "head", "general_dim", "forward_general", "reset_head")
         if not hasattr(model, m)]
     assert model.general_dim > 0 and model.embed_dim > 0
+
+
+@pytest.mark.parametrize("opts", [{}, {"stem": "bn"}])
+def test_backward_direction_is_stored_in_forward_time(opts):
+    """``.sequence`` (what alignment.Projector convolves) holds the backward direction in
+    forward time order: its frame t depends on frames >= t only. Stored reversed (the bug the
+    Projector had), changing the past would change its last frames instead."""
+    m = small("timnet", **opts).eval()
+    x = torch.randn(2, 39, 60)
+    y = x.clone()
+    y[:, :, :20] = torch.randn(2, 39, 20)  # change only the past
+    with torch.no_grad():
+        a = m.forward_general(x).sequence[0, 8:].transpose(1, 2)  # backward direction (C, B, T)
+        b = m.forward_general(y).sequence[0, 8:].transpose(1, 2)
+    torch.testing.assert_close(a[..., 20:], b[..., 20:])
+    assert not torch.allclose(a[..., :20], b[..., :20])

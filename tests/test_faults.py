@@ -67,8 +67,10 @@ def _copy(out: Path, results: Path) -> Path:
 @linux_only
 def test_kill_9_mid_grid_then_resume_loses_no_finished_run(finished, tmp_path):
     path, reference = finished
+    # one run per pack, so that records arrive one at a time and the kill can fall between
+    # them (a packed grid records its runs together); the table is the packed one's
     cmd = [sys.executable, "-m", "transfer.run", str(path), "--results-dir",
-           str(tmp_path / "res"), "--quiet"]
+           str(tmp_path / "res"), "--quiet", "--set", "train.pack=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     records, deadline = None, time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -88,7 +90,8 @@ def test_kill_9_mid_grid_then_resume_loses_no_finished_run(finished, tmp_path):
     complete = text[:text.rfind("\n") + 1]  # the finished records (a torn line may follow)
     out = records.parent
     assert (out / "recipe.json").is_file() and not list(out.rglob("*.tmp"))
-    out2, _, failed = run_recipe(load_recipe(path), results_dir=tmp_path / "res", resume=out,
+    out2, _, failed = run_recipe(load_recipe(path, ["train.pack=1"]),
+                                 results_dir=tmp_path / "res", resume=out,
                                  progress=False)  # what --resume does, in this process
     assert out2 == out and failed == 0
     after = read_records(records)
