@@ -129,3 +129,26 @@ def test_every_strategy_trains_on_every_backbone(name, backbone):
     probs = predict_runs(strategy, tgt.for_runs(runs), [tgt.val[0]] * runs)
     assert len(probs) == runs
     assert all(p.shape == (len(tgt.val[0]), 2) and torch.isfinite(p).all() for p in probs)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_alignment_phase_steps_are_clipped(clip):
+    """The alignment phase's steps get the gradient clipping ordinary steps get: with plain
+    SGD (phase lr 1, no momentum) each clipped step moves the projectors (which only the phase
+    trains) by at most ``grad_clip``."""
+    src, tgt = _domains(0, n=240, t=24)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1.0, optimizer="sgd", momentum=0.0,
+                      grad_clip=clip, amp=False, select="last")
+    torch.manual_seed(0)
+    cls = get_strategy("ddg")
+    strategy = cls(Context(_make, 2, 2, _make(2).state_dict(), 0.0),
+                   cls.Options(align_every=1, align_steps=3, align_lr=1.0, proj_lr_scale=1.0,
+                               align_momentum=0.0))
+    before = [p.detach().clone() for p in strategy.proj_target.parameters()]
+    fit(strategy, tgt, src, cfg, 0, torch.device("cpu"))
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum()
+                           for p, b in zip(strategy.proj_target.parameters(), before, strict=True)))
+    if clip:
+        assert 0 < moved <= 3 * clip * 1.001  # 3 clipped steps of at most clip each
+    else:
+        assert moved > 10 * 3e-3  # unclipped, the same steps move far more
