@@ -58,6 +58,7 @@ def tiny_modma(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TINY_RECIPE = """
 name = "{name}"
 seeds = [0]
+jobs = 1
 [source]
 corpus = "casia"
 synthetic = "tiny"

@@ -31,12 +31,13 @@ from transfer.common.progress import progress_bar
 from transfer.grid.records import write_record
 
 
-def default_jobs(device: torch.device) -> int:
-    """Worker processes when the recipe says 0: one per GPU (packs fill it), one on a small
-    CPU."""
+def default_jobs(device: torch.device, threads: int = 1) -> int:
+    """Worker processes when the recipe says 0: one per GPU (packs fill it); on a CPU, one per
+    core for runs of ``threads`` threads each (the recipe's ``threads``, 1 by default)."""
     if device.type == "cuda":
         return 1
-    return max(1, (os.cpu_count() or 1) // 4)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, threads))
 
 
 def _pack_label(pack: list) -> str:
@@ -60,7 +61,7 @@ def execute_all(exp, todo: list, records_path: Path, *, progress: bool = True,
         return
     jobs = exp.recipe.jobs if jobs is None else jobs
     if jobs == 0:
-        jobs = default_jobs(exp.device)
+        jobs = default_jobs(exp.device, exp.threads)
     if jobs < 0:
         raise UserError(f"--jobs must be 0 (auto) or positive, got {jobs}")
     if jobs == 1 or len(packs) == 1:

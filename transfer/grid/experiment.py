@@ -75,7 +75,7 @@ class Experiment:
         self._tensors: dict[str, Any] = {}
         # Every run uses the same number of CPU threads, whichever executor runs it: reduction
         # order depends on it, and results must not depend on the executor.
-        self.threads = torch.get_num_threads()
+        self.threads = recipe.threads or torch.get_num_threads()
 
     @classmethod
     def from_domains(cls, recipe: Recipe, target: Domain, source: Domain | None,

@@ -177,6 +177,7 @@ def check_ranges(recipe: Recipe) -> None:
     _require(len(set(recipe.seeds)) == len(recipe.seeds), "seeds", "distinct seeds",
              recipe.seeds)
     _at_least(recipe.jobs, 0, "jobs", "0 chooses from the device")
+    _at_least(recipe.threads, 0, "threads", "0 uses torch's default")
     corpora = [("target", recipe.target)] + [
         (f"source[{i}]" if len(recipe.source) > 1 else "source", c)
         for i, c in enumerate(recipe.source)]
