@@ -183,6 +183,28 @@ def engine_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epochs: 
     return runs * steps * 64 * epochs / (time.perf_counter() - t0)
 
 
+def _engine_worker(args: tuple) -> float:
+    """A worker process of :func:`engine_workers`: one single-threaded packed engine."""
+    x, y, runs, amp, epochs = args
+    torch.set_num_threads(1)
+    return engine_loop(x, y, torch.device("cpu"), epochs, runs, False, amp)
+
+
+def engine_workers(x: torch.Tensor, y: torch.Tensor, epochs: int, runs: int, workers: int,
+                   amp: bool) -> float:
+    """How the grid trains on a CPU (``jobs`` = cores, ``threads`` = 1): ``workers`` processes,
+    each a single-threaded engine on its share of ``runs`` packed runs, at the same time.
+    Each worker times its own epochs after its warm-up (the workers are alike, so the timed
+    windows overlap); returns the summed segment-steps per second."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    shares = [runs // workers + (i < runs % workers) for i in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        rates = list(pool.map(_engine_worker, [(x, y, k, amp, epochs) for k in shares if k]))
+    return sum(rates)
+
+
 def flops_per_segment(device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -194,15 +216,17 @@ def flops_per_segment(device: torch.device) -> float:
 
 
 def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile_model: bool,
-                   amp: bool = True, repeats: int = 2) -> dict[str, Any]:
+                   amp: bool = True, repeats: int = 2, workers: int = 1) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 39, 313, generator=g)
     y = torch.randint(0, 2, (n,), generator=g)
-    refs, ones, packs = [], [], []
+    refs, ones, packs, spread = [], [], [], []
     for _ in range(repeats):  # alternate, keep each one's best: robust to a busy machine
         refs.append(reference_loop(x, y, device, epochs))
         ones.append(engine_loop(x, y, device, epochs, 1, compile_model, amp))
         packs.append(engine_loop(x, y, device, epochs, pack, compile_model, amp))
+        if workers > 1 and device.type == "cpu":
+            spread.append(engine_workers(x, y, epochs, pack, workers, amp))
     ref, one, packed = max(refs), max(ones), max(packs)
     flops = flops_per_segment(device)
     peak, peak_note = device_peak(device)
@@ -218,7 +242,10 @@ def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile
             "peak_flops": peak, "peak_assumption": peak_note,
             "achieved_fraction_of_peak_one_run": round(flops * one / peak, 4),
             "achieved_fraction_of_peak_packed": round(flops * packed / peak, 4),
-            "compile": compile_model}
+            "compile": compile_model,
+            **({"workers": workers, "packed_workers_segments_per_s": round(max(spread), 1),
+                "packed_workers_speedup_vs_reference": round(max(spread) / ref, 2)}
+               if spread else {})}
 
 
 def profile_step(device: torch.device, top: int = 8) -> list[dict[str, Any]]:
@@ -343,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-epochs", type=int, default=0, metavar="E",
                         help="time every pack of the grid for E epochs and extrapolate")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (train.amp=false)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="CPU: also time the packed runs spread over this many single-"
+                             "threaded worker processes, as the grid runs them (0 = one per "
+                             "core; 1 = off)")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--skip", nargs="*", default=[], choices=["features", "train", "grid"])
     args = parser.parse_args(argv)
@@ -360,8 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     if "train" not in args.skip:
         console.print("training throughput ...")
         n = 256 if args.quick and device.type == "cpu" else 2048
+        from transfer.grid.executors import default_jobs
+
+        workers = args.workers or default_jobs(device)
         result.update(bench_training(device, n, 1 if args.quick else 3, args.pack, args.compile,
-                                     amp=not args.fp32))
+                                     amp=not args.fp32, workers=workers))
         result["profile"] = profile_step(device)
     if "grid" not in args.skip:
         console.print("grid ...")
