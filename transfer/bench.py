@@ -217,6 +217,9 @@ def flops_per_segment(device: torch.device) -> float:
 
 def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile_model: bool,
                    amp: bool = True, repeats: int = 2, workers: int = 1) -> dict[str, Any]:
+    from transfer.common.allocator import retain_freed_memory
+
+    retained = retain_freed_memory()  # as the engine does on a CPU; for both loops alike
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 39, 313, generator=g)
     y = torch.randint(0, 2, (n,), generator=g)
@@ -242,7 +245,7 @@ def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile
             "peak_flops": peak, "peak_assumption": peak_note,
             "achieved_fraction_of_peak_one_run": round(flops * one / peak, 4),
             "achieved_fraction_of_peak_packed": round(flops * packed / peak, 4),
-            "compile": compile_model,
+            "compile": compile_model, "glibc_retains_freed_memory": retained,
             **({"workers": workers, "packed_workers_segments_per_s": round(max(spread), 1),
                 "packed_workers_speedup_vs_reference": round(max(spread) / ref, 2)}
                if spread else {})}

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones.layers import RunState, hash_uniform, install_run_state, pack_states
+from transfer.common.allocator import retain_freed_memory
 from transfer.common.config import TrainConfig
 from transfer.train.strategies import Batch, Context, Strategy
 
@@ -608,6 +609,8 @@ def fit_runs(strategy: Strategy, target: DomainTensors, source: DomainTensors | 
     selecting each on its own validation indices. Loads every run's best state into
     ``strategy`` and returns one result per run."""
     t0 = time.perf_counter()
+    if device.type == "cpu":
+        retain_freed_memory()  # large CPU activations: no mmap/munmap per step
     k_runs = len(seeds)
     strategy.to(device)
     target = target.for_runs(k_runs)
