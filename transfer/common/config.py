@@ -27,7 +27,8 @@ class CorpusConfig:
     """One corpus: a card (name in datasets/ or path) and where its audio is.
 
     ``synthetic``: instead of ``root``, generate a synthetic corpus of this size (tiny | small |
-    full) into the cache (casia and modma only). ``root`` = "" reads ``$<NAME>_ROOT``.
+    demo | full; ``transfer.data.synth.SIZES``) into the cache (casia and modma only).
+    ``root`` = "" reads ``$<NAME>_ROOT``.
     """
 
     corpus: str = ""

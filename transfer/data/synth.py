@@ -1,46 +1,67 @@
-"""Synthetic corpora in the real layouts, for the demo, the tests and benchmarks.
+"""Synthetic corpora with a designed transfer effect, in the real layouts.
 
-``python -m transfer.data.synth --kind casia|modma --out DIR [--size tiny|small|full] [--seed N]``
+``python -m transfer.data.synth --kind casia|modma --out DIR [--size tiny|small|demo|...] [--seed N]``
 
 The audio is a source-filter voice, not noise: glottal pulses on an F0 contour (declination,
 pitch accents, jitter), a vowel-dependent formant filter scaled per speaker (vocal tract
 length), syllable-rate amplitude envelopes with fricative onsets, pauses between phrases and
-breath noise. Emotion and depression act on prosody only (F0 level and range, speaking rate,
-energy, spectral tilt, pauses) with overlapping effect sizes and per-speaker variation, so the
-tasks are learnable but not trivial and speakers matter. The two corpora differ in channel
-(CASIA-like: clean, 16 kHz; MODMA-like: band-limited to ~5 kHz, mains hum and more noise,
-stored at 44.1 kHz) and in speakers, so there is a real domain shift.
+breath noise. What the two corpora share and where they differ is designed, like DomainBed's
+ColoredMNIST, so that the answer of a transfer experiment is known by construction. The
+factors and their sizes are the fields of :class:`Factors`; every generated corpus has a
+``README.md`` that states them.
 
-Same kind, size and seed give the same bytes.
+1. **Prosodic factor (low arousal).** One scalar ``a`` per utterance moves F0 level and
+   range, speaking rate, energy, spectral tilt and pause length together (``a = 1``: the
+   sizes in :class:`Factors`). In the CASIA-like source every emotion has its own arousal
+   (sad +2 ... angry -1.5), so the emotion labels teach this factor clearly. In the
+   MODMA-like target, depressed subjects sit ``depression_shift`` higher on the same factor
+   than healthy ones, but the subjects of each group spread around their mean and every
+   recording adds its own noise, so the target alone shows it only weakly and noisily.
+2. **Identity factor.** Every speaker has a voice (F0 level, vocal tract length, formant
+   idiosyncrasies, speaking-rate, range, level, tilt and pause habits); ``identity`` scales
+   how far speakers differ. Identity is strong, consistent within a speaker and unrelated to
+   the labels: a model that learns the target from a few subjects can memorise it.
+3. **Channel shift.** The source is clean wideband 16-kHz speech; the target is band-limited,
+   noisy, has mains hum, a different level and a level that varies per recording, and is
+   stored at 44.1 kHz. A model's source-trained features therefore see two domains.
+
+Same kind, size, seed and factors give the same bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import re
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 from scipy.signal import butter, lfilter, sosfilt
+from scipy.stats import qmc
 
 from transfer.common.console import console, main_guard
 
 SR = 16000  # synthesis rate; MODMA-like audio is resampled to 44.1 kHz afterwards
+CACHE_VERSION = 3  # bump whenever the generator changes what it writes
 
 SIZES: dict[str, dict[str, dict]] = {
     "casia": {
-        "tiny": {"speakers": 2, "texts": 3},
-        "small": {"speakers": 4, "texts": 12},
-        "full": {"speakers": 4, "texts": 50},
+        "tiny": {"speakers": 2, "texts": 3, "seconds": None},
+        "small": {"speakers": 4, "texts": 12, "seconds": None},
+        "demo": {"speakers": 4, "texts": 12, "seconds": (3.0, 4.0)},
+        "full": {"speakers": 4, "texts": 50, "seconds": None},
     },
     "modma": {
         "tiny": {"subjects": 8, "mdd": 4, "recordings": 3, "seconds": (3.0, 6.0)},
         "small": {"subjects": 16, "mdd": 7, "recordings": 4, "seconds": (4.0, 10.0)},
+        "demo": {"subjects": 32, "mdd": 14, "recordings": 3, "seconds": (4.0, 8.0)},
         "medium": {"subjects": 16, "mdd": 7, "recordings": 12, "seconds": (6.0, 28.0)},
         "full": {"subjects": 52, "mdd": 23, "recordings": 29, "seconds": (6.0, 28.0)},
     },
@@ -52,6 +73,71 @@ EMOTIONS = ["angry", "fear", "happy", "neutral", "sad", "surprise"]
 # (F1, F2, F3) Hz of an average adult vocal tract, scaled per speaker.
 VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240],
                    [530, 1840, 2480], [570, 840, 2410], [440, 1020, 2240]], dtype=float)
+
+
+@dataclass(frozen=True)
+class Factors:
+    """The designed factors of the synthetic pair and their sizes (see the module docstring).
+
+    Prosodic factor, per unit of low arousal ``a``:
+        f0_st: F0 shift in semitones.
+        range_log, rate_log, pause_log: log-factors of F0 range, speaking rate, pause length.
+        energy_db: level change in dB.
+        tilt: spectral tilt change (0..1 scale; larger = darker voice).
+    Source (emotion corpus):
+        emotion_arousal: ``a`` of each emotion (sad highest, angry lowest).
+        source_arousal_sd: per-utterance noise on ``a``.
+    Target (depression corpus):
+        depression_shift: mean ``a`` of depressed minus healthy subjects.
+        subject_sd: spread of ``a`` between the subjects of one group.
+        recording_sd: spread of ``a`` between the recordings of one subject.
+    Identity factor:
+        identity: scales how far speakers' timbre differs (F0 level, vocal tract length,
+            formant idiosyncrasies, jitter); 1 = the spread of adult speakers.
+        habits: scales how far speakers' prosodic habits differ (rate, F0 range, level,
+            tilt, pauses: the cues of the prosodic factor); 1 = +-16 % rate, +-3 dB level.
+        level_sd_db: recording level variation in both corpora (microphone distance), in dB.
+    Channel shift (target relative to the clean 16-kHz source):
+        target_band_hz: low-pass edge of the target channel.
+        target_snr_db: noise floor below the speech of an average speaker at ``a`` = 0, in dB.
+        target_hum_db: 50-Hz mains hum (+ its 3rd harmonic at half of it), in dB below the
+            speech of an average speaker.
+        target_level_db: constant level change of the target.
+    """
+
+    f0_st: float = -1.0
+    range_log: float = -0.45
+    rate_log: float = -0.25
+    pause_log: float = 0.6
+    energy_db: float = -3.0
+    tilt: float = 0.0
+    emotion_arousal: tuple[tuple[str, float], ...] = (
+        ("angry", -1.5), ("fear", -0.4), ("happy", -1.0), ("neutral", 0.0), ("sad", 2.0),
+        ("surprise", -0.8))
+    source_arousal_sd: float = 0.2
+    emotion_extras: float = 1.0
+    depression_shift: float = 1.5
+    subject_sd: float = 0.3
+    recording_sd: float = 0.8
+    identity: float = 1.0
+    habits: float = 0.5
+    level_sd_db: float = 3.0
+    target_band_hz: float = 4000.0
+    target_snr_db: float = 40.0
+    target_hum_db: float = 20.0
+    target_level_db: float = -6.0
+
+
+# Emotion-specific effects next to arousal, so that the six emotions are distinguishable:
+# (F0 shift st, range x, energy dB, tilt shift, jitter x)
+EMOTION_EXTRAS = {
+    "neutral": (0.0, 1.0, 0.0, 0.0, 1.0),
+    "angry": (0.0, 1.0, 2.0, -0.1, 1.2),
+    "happy": (2.0, 1.2, 0.0, 0.0, 1.0),
+    "fear": (4.0, 0.7, -2.0, 0.05, 2.5),
+    "sad": (0.0, 1.0, 0.0, 0.0, 1.3),
+    "surprise": (3.5, 1.5, 0.0, 0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -67,29 +153,53 @@ class Prosody:
     jitter: float  # relative F0 perturbation
 
 
-# Emotion effects: (F0 shift st, range x, rate x, energy dB, tilt shift, pause x, jitter x)
-EMOTION_EFFECTS = {
-    "neutral": (0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0),
-    "angry": (3.0, 1.5, 1.12, 6.0, -0.25, 0.8, 1.2),
-    "happy": (3.5, 1.6, 1.08, 3.0, -0.12, 0.9, 1.0),
-    "fear": (5.0, 0.8, 1.2, -1.0, 0.0, 1.1, 2.5),
-    "sad": (-2.0, 0.55, 0.8, -5.0, 0.25, 1.5, 1.3),
-    "surprise": (5.0, 2.0, 1.0, 3.0, -0.1, 1.0, 1.0),
-}
+VOICE_PARAMS = 12  # uniforms that define a speaker: gender, 6 of timbre, 5 habits
 
 
-def _speaker(rng: np.random.Generator, female: bool) -> dict:
+def _speaker(u: np.ndarray, female: bool, f: Factors) -> dict:
+    """A speaker's voice from ``VOICE_PARAMS`` uniforms in [0, 1) (``u[0]``, the gender, is
+    used by the caller): timbre spread by ``identity``, prosodic habits by ``habits``."""
+    ident, habit = f.identity, f.habits
+
+    def spread(i: int, centre: float, half_width: float, scale: float) -> float:
+        return centre + scale * half_width * (2 * u[i] - 1)
+
     return {
-        "f0": rng.uniform(180, 250) if female else rng.uniform(90, 140),
-        "tract": rng.uniform(1.08, 1.2) if female else rng.uniform(0.88, 1.0),
-        "rate": rng.uniform(4.0, 5.5),
-        "range": rng.uniform(3.0, 6.0),
-        "gain": rng.uniform(-3, 3),
-        "tilt": rng.uniform(0.35, 0.65),
-        "pause": rng.uniform(0.25, 0.45),
-        "jitter": rng.uniform(0.005, 0.015),
-        "sensitivity": rng.uniform(0.6, 1.4),  # how strongly this speaker shows emotion
+        "f0": spread(1, 215, 35, ident) if female else spread(1, 115, 25, ident),
+        "tract": spread(2, 1.14, 0.06, ident) if female else spread(2, 0.94, 0.06, ident),
+        "formants": np.exp(ident * 0.1 * (2 * u[3:6] - 1)),  # idiosyncratic F1-F3 offsets
+        "jitter": spread(6, 0.01, 0.005, ident),
+        "rate": spread(7, 4.75, 0.75, habit),
+        "range": spread(8, 4.5, 1.5, habit),
+        "gain": spread(9, 0.0, 3.0, habit),
+        "tilt": spread(10, 0.5, 0.15, habit),
+        "pause": spread(11, 0.35, 0.1, habit),
     }
+
+
+def _voices(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` speakers' voice uniforms, (n, VOICE_PARAMS), by Latin hypercube sampling: each
+    parameter's n values fall one into each of n equal strata of [0, 1)."""
+    return qmc.LatinHypercube(d=VOICE_PARAMS, seed=rng).random(n)
+
+
+def _prosody(spk: dict, a: float, f: Factors, rng: np.random.Generator,
+             extras: tuple = (0.0, 1.0, 0.0, 0.0, 1.0), rate_x: float = 1.0,
+             pause_x: float = 1.0) -> Prosody:
+    """A speaker's prosody at low arousal ``a`` (plus emotion extras and utterance noise)."""
+    e = f.emotion_extras
+    f0_x, range_x, db_x, tilt_x, jitter_x = extras
+    f0_x, range_x, db_x, tilt_x, jitter_x = (f0_x * e, range_x ** e, db_x * e, tilt_x * e,
+                                             jitter_x ** e)
+    return Prosody(
+        f0=spk["f0"] * 2 ** ((f.f0_st * a + f0_x + rng.normal(0, 0.7)) / 12),
+        range_st=spk["range"] * np.exp(f.range_log * a) * range_x * rng.lognormal(0, 0.15),
+        rate=spk["rate"] * np.exp(f.rate_log * a) * rate_x * rng.lognormal(0, 0.06),
+        gain_db=spk["gain"] + f.energy_db * a + db_x + rng.normal(0, f.level_sd_db),
+        tilt=float(np.clip(spk["tilt"] + f.tilt * a + tilt_x + rng.normal(0, 0.03), 0.05, 0.95)),
+        pause_s=spk["pause"] * np.exp(f.pause_log * a) * pause_x,
+        jitter=spk["jitter"] * jitter_x,
+    )
 
 
 def _resonator(freq: float, bw: float) -> tuple[np.ndarray, np.ndarray]:
@@ -106,13 +216,14 @@ def _formant_filter(formants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return b * 30.0, a
 
 
-def voice(rng: np.random.Generator, p: Prosody, tract: float, seconds: float | None = None,
-          plan: np.random.Generator | None = None) -> np.ndarray:
+def voice(rng: np.random.Generator, p: Prosody, tract: float | np.ndarray,
+          seconds: float | None = None, plan: np.random.Generator | None = None) -> np.ndarray:
     """Synthesise one utterance at 16 kHz.
 
-    ``plan``: the generator that draws the syllables and vowels (the "text"); the same plan
-    gives the same sentence structure, spoken with any prosody. ``seconds``: target length
-    (phrases are added until it is reached); ``None`` = one sentence of 1-3 phrases.
+    ``tract``: formant scale (one factor, or one per formant). ``plan``: the generator that
+    draws the syllables and vowels (the "text"); the same plan gives the same sentence
+    structure, spoken with any prosody. ``seconds``: target length (phrases are added until it
+    is reached); ``None`` = one sentence of 1-3 phrases.
     """
     plan = plan or rng
     n_phrases = plan.integers(1, 4) if seconds is None else 10_000
@@ -140,8 +251,8 @@ def _breath(rng: np.random.Generator) -> np.ndarray:
     return (noise * np.hanning(n)).astype(np.float32)
 
 
-def _phrase(rng: np.random.Generator, plan: np.random.Generator, p: Prosody, tract: float
-            ) -> np.ndarray:
+def _phrase(rng: np.random.Generator, plan: np.random.Generator, p: Prosody,
+            tract: float | np.ndarray) -> np.ndarray:
     n_syl = int(plan.integers(3, 9))
     durs = rng.lognormal(0, 0.25, n_syl) / p.rate
     lengths = np.maximum((durs * SR).astype(int), 400)
@@ -187,86 +298,180 @@ def _write(path: Path, audio: np.ndarray, rate: int) -> None:
     sf.write(str(path), np.clip(audio, -0.99, 0.99), rate, subtype="PCM_16", format="WAV")
 
 
-def _channel_casia(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+SPEECH_RMS = 0.03  # rms of the synthesised voice of an average speaker at a = 0
+SOURCE_SNR_DB = 50.0
+
+
+def _channel_source(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """Clean studio channel: 70-Hz high-pass, a faint white noise floor, 16 kHz."""
     sos = butter(2, 70, "highpass", fs=SR, output="sos")
     y = sosfilt(sos, x)
-    return (y + 10 ** (-40 / 20) * 0.05 * rng.standard_normal(y.size)).astype(np.float32)
+    noise = SPEECH_RMS * 10 ** (-SOURCE_SNR_DB / 20) * rng.standard_normal(y.size)
+    return (y + noise).astype(np.float32)
 
 
-def _channel_modma(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
-    sos = butter(4, 5000, "lowpass", fs=SR, output="sos")
-    y = sosfilt(sos, x)
+
+def _channel_target(rng: np.random.Generator, x: np.ndarray, f: Factors) -> np.ndarray:
+    """Clinical-room channel: band limit, level (constant + per recording), noise, hum; 44.1 kHz."""
+    sos = butter(4, f.target_band_hz, "lowpass", fs=SR, output="sos")
+    level = 10 ** (f.target_level_db / 20)
+    y = level * sosfilt(sos, x)
     t = np.arange(y.size) / SR
-    hum = 0.002 * np.sin(2 * np.pi * 50 * t) + 0.001 * np.sin(2 * np.pi * 150 * t)
-    y = 0.7 * y + hum + 0.0015 * rng.standard_normal(y.size)
+    phase = rng.uniform(0, 2 * np.pi)
+    hum_amp = level * SPEECH_RMS * np.sqrt(2) * 10 ** (-f.target_hum_db / 20)
+    hum = hum_amp * (np.sin(2 * np.pi * 50 * t + phase)
+                          + 0.5 * np.sin(2 * np.pi * 150 * t + 3 * phase))
+    noise = level * SPEECH_RMS * 10 ** (-f.target_snr_db / 20) * rng.standard_normal(y.size)
+    y = y + hum + lfilter([1.0], [1.0, -0.5], noise)  # slightly pink noise floor
     return soxr.resample(y.astype(np.float32), SR, 44100).astype(np.float32)
 
 
-def make_casia(out: str | Path, size: str = "small", seed: int = 0) -> Path:
-    """A CASIA-like emotion corpus: ``<speaker>/<emotion>/<id>.wav``, 16 kHz."""
-    cfg = SIZES["casia"][size]
+Size = str | Mapping[str, Any]
+
+
+def _size(kind: str, size: Size) -> dict[str, Any]:
+    """A size by name (``SIZES[kind]``) or given directly as a mapping with the same keys."""
+    if isinstance(size, str):
+        return SIZES[kind][size]
+    missing = set(SIZES[kind]["tiny"]) - set(size)
+    if missing:
+        raise ValueError(f"a {kind} size needs the keys {sorted(SIZES[kind]['tiny'])}")
+    return dict(size)
+
+
+def make_casia(out: str | Path, size: Size = "small", seed: int = 0,
+               factors: Factors | None = None) -> Path:
+    """A CASIA-like emotion corpus: ``<speaker>/<emotion>/<id>.wav``, 16 kHz, and a README.md."""
+    f = factors or Factors()
+    cfg = _size("casia", size)
     out = Path(out)
-    for s_idx, name in enumerate(CASIA_SPEAKERS[:cfg["speakers"]]):
+    arousal = dict(f.emotion_arousal)
+    latents = []
+    for s_idx in range(cfg["speakers"]):
+        # CASIA's four speakers (two female), then more speakers for larger synthetic sources
+        name = CASIA_SPEAKERS[s_idx] if s_idx < 4 else f"speaker{s_idx + 1:02d}"
+        female = name in ("liuchanhg", "zhaoquanyin") or (s_idx >= 4 and s_idx % 2 == 0)
         srng = np.random.default_rng([seed, 1, s_idx])
-        spk = _speaker(srng, female=name in ("liuchanhg", "zhaoquanyin"))
+        spk = _speaker(srng.random(VOICE_PARAMS), female, f)
+        tract = spk["tract"] * spk["formants"]
         for e_idx, emotion in enumerate(EMOTIONS):
-            eff = EMOTION_EFFECTS[emotion]
-            k = spk["sensitivity"]
             for text in range(cfg["texts"]):
                 rng = np.random.default_rng([seed, 2, s_idx, e_idx, text])
                 plan = np.random.default_rng([seed, 3, text])  # same text for every speaker
-                p = Prosody(
-                    f0=spk["f0"] * 2 ** ((k * eff[0] + rng.normal(0, 1.2)) / 12),
-                    range_st=spk["range"] * eff[1] ** k * rng.lognormal(0, 0.2),
-                    rate=spk["rate"] * eff[2] ** k * rng.lognormal(0, 0.08),
-                    gain_db=spk["gain"] + k * eff[3] + rng.normal(0, 2.0),
-                    tilt=float(np.clip(spk["tilt"] + k * eff[4] + rng.normal(0, 0.05), 0.05, 0.95)),
-                    pause_s=spk["pause"] * eff[5],
-                    jitter=spk["jitter"] * eff[6],
-                )
-                audio = voice(rng, p, spk["tract"], plan=plan) * 1.5
-                _write(out / name / emotion / f"{201 + text}.wav", _channel_casia(rng, audio), SR)
+                a = arousal[emotion] + rng.normal(0, f.source_arousal_sd)
+                p = _prosody(spk, a, f, rng, EMOTION_EXTRAS[emotion])
+                seconds = None if cfg["seconds"] is None else float(plan.uniform(*cfg["seconds"]))
+                audio = voice(rng, p, tract, seconds, plan=plan) * 1.5
+                rel = f"{name}/{emotion}/{201 + text}.wav"
+                _write(out / rel, _channel_source(rng, audio), SR)
+                latents.append({"file": rel, "speaker": name, "label": emotion, "arousal": a})
+    _write_latents(out, latents)
+    _write_readme(out, "casia", size, seed, f)
     return out
 
 
-def make_modma(out: str | Path, size: str = "small", seed: int = 0) -> Path:
-    """A MODMA-like depression corpus: ``<8-digit id>/<nn>.wav`` at 44.1 kHz plus
-    ``subjects_information_audio_lanzhou_2015.xlsx`` (numeric ``subject id``, ``type``)."""
-    cfg = SIZES["modma"][size]
+def make_modma(out: str | Path, size: Size = "small", seed: int = 0,
+               factors: Factors | None = None) -> Path:
+    """A MODMA-like depression corpus: ``<8-digit id>/<nn>.wav`` at 44.1 kHz,
+    ``subjects_information_audio_lanzhou_2015.xlsx`` (numeric ``subject id``, ``type``) and a
+    README.md."""
+    f = factors or Factors()
+    cfg = _size("modma", size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, latents = [], []
     lo, hi = cfg["seconds"]
     n_mdd = cfg["mdd"]
+    # Voices per group by Latin hypercube sampling: every voice parameter (gender included)
+    # spreads evenly over its range in both groups, so no voice is confounded with the label
+    # by chance (independent draws of 12 + 12 voices easily give one group more women).
+    voices = [_voices(n, np.random.default_rng([seed, 13, g]))
+              for g, n in enumerate((n_mdd, cfg["subjects"] - n_mdd))]
     for i in range(cfg["subjects"]):
         mdd = i < n_mdd
         sid = f"0201{i + 1:04d}" if mdd else f"0203{i - n_mdd + 1:04d}"
         srng = np.random.default_rng([seed, 11, i])
-        female = bool(srng.random() < 0.55)
-        spk = _speaker(srng, female)
-        z = srng.normal(1.0 if mdd else 0.0, 0.6)  # latent severity; the groups overlap
+        voice_u = voices[0][i] if mdd else voices[1][i - n_mdd]
+        female = bool(voice_u[0] < 0.55)
+        spk = _speaker(voice_u, female, f)
+        tract = spk["tract"] * spk["formants"]
+        a_subject = (f.depression_shift if mdd else 0.0) + srng.normal(0, f.subject_sd)
+        z = a_subject / max(f.depression_shift, 1e-6)  # severity in units of the group shift
         phq = int(np.clip(round(5 + 8 * z + srng.normal(0, 3)), 0, 27))
         rows.append({"subject id": int(sid), "type": "MDD" if mdd else "HC",
                      "age": int(srng.integers(18, 56)), "gender": "F" if female else "M",
                      "PHQ-9": phq, "GAD-7": int(np.clip(phq * 0.7 + srng.normal(0, 3), 0, 21))})
         for r in range(cfg["recordings"]):
             rng = np.random.default_rng([seed, 12, i, r])
-            reading = r % 3 == 1  # reading tasks: faster, fewer pauses than interview answers
-            p = Prosody(
-                f0=spk["f0"] * 2 ** ((-0.8 * z + rng.normal(0, 1.0)) / 12),
-                range_st=spk["range"] * np.exp(-0.35 * z) * rng.lognormal(0, 0.2),
-                rate=spk["rate"] * np.exp(-0.12 * z) * (1.1 if reading else 1.0)
-                * rng.lognormal(0, 0.08),
-                gain_db=spk["gain"] - 2.5 * z + rng.normal(0, 2.0),
-                tilt=float(np.clip(spk["tilt"] + 0.1 * z + rng.normal(0, 0.05), 0.05, 0.95)),
-                pause_s=spk["pause"] * np.exp(0.4 * z) * (0.7 if reading else 1.0),
-                jitter=spk["jitter"],
-            )
+            a = a_subject + rng.normal(0, f.recording_sd)
+            p = _prosody(spk, a, f, rng)
             seconds = float(rng.uniform(lo, hi))
-            audio = voice(rng, p, spk["tract"], seconds=seconds) * 1.5
-            _write(out / sid / f"{r + 1:02d}.wav", _channel_modma(rng, audio), 44100)
+            audio = voice(rng, p, tract, seconds=seconds) * 1.5
+            rel = f"{sid}/{r + 1:02d}.wav"
+            _write(out / rel, _channel_target(rng, audio, f), 44100)
+            latents.append({"file": rel, "speaker": sid, "label": "MDD" if mdd else "HC",
+                            "arousal": a})
     _write_xlsx(out / "subjects_information_audio_lanzhou_2015.xlsx", rows)
+    _write_latents(out, latents)
+    _write_readme(out, "modma", size, seed, f)
     return out
+
+
+def describe(kind: str, size: Size, seed: int, factors: Factors | None = None) -> str:
+    """The README.md of a generated corpus: layout, size and every designed factor."""
+    f = factors or Factors()
+    cfg = _size(kind, size)
+    name = size if isinstance(size, str) else "custom"
+    if kind == "casia":
+        what = (f"Synthetic CASIA-like emotion corpus (`transfer.data.synth`, size `{name}`, seed "
+                f"{seed}): {cfg['speakers']} speakers x {len(EMOTIONS)} emotions x "
+                f"{cfg['texts']} texts, `<speaker>/<emotion>/<id>.wav`, 16 kHz, clean channel "
+                f"(70-Hz high-pass, white noise floor {SOURCE_SNR_DB:g} dB below speech).")
+    else:
+        lo, hi = cfg["seconds"]
+        what = (f"Synthetic MODMA-like depression corpus (`transfer.data.synth`, size `{name}`, seed "
+                f"{seed}): {cfg['subjects']} subjects ({cfg['mdd']} MDD, "
+                f"{cfg['subjects'] - cfg['mdd']} HC) x {cfg['recordings']} recordings of "
+                f"{lo:g}-{hi:g} s, `<8-digit id>/<nn>.wav` at 44.1 kHz, labels in "
+                "`subjects_information_audio_lanzhou_2015.xlsx`.")
+    arousal = ", ".join(f"{e} {a:+g}" for e, a in f.emotion_arousal)
+    lines = [
+        f"# Synthetic {kind} corpus", "", what, "",
+        "Generated; not speech of real people. The factors below are designed so that the "
+        "answer of a transfer experiment is known (see `transfer/data/synth.py`).", "",
+        "## Factors and their sizes", "",
+        "1. **Prosodic factor (low arousal `a`).** Per unit of `a`: F0 "
+        f"{f.f0_st:+g} semitones, F0 range x{np.exp(f.range_log):.2f}, speaking rate "
+        f"x{np.exp(f.rate_log):.2f}, energy {f.energy_db:+g} dB, spectral tilt {f.tilt:+g}, "
+        f"pauses x{np.exp(f.pause_log):.2f}.",
+        f"   - Source (emotion labels teach it): `a` per emotion {arousal}; per-utterance "
+        f"noise sd {f.source_arousal_sd:g}. Emotions also differ in F0, range, energy and "
+        "jitter beyond arousal.",
+        f"   - Target (weak and noisy): depressed subjects +{f.depression_shift:g} above "
+        f"healthy ones; between-subject sd {f.subject_sd:g} within a group; per-recording sd "
+        f"{f.recording_sd:g}.",
+        f"2. **Identity factor** (scale {f.identity:g}): every speaker has an F0 level, vocal "
+        "tract length, idiosyncratic formant offsets (sd 6 %), and habits of rate, F0 range, "
+        "level (+-3 dB), tilt and pauses; consistent within a speaker, unrelated to the labels.",
+        "3. **Channel shift** (target vs source): source clean wideband 16 kHz; target "
+        f"low-passed at {f.target_band_hz:g} Hz, noise floor {f.target_snr_db:g} dB below "
+        f"speech, 50/150-Hz hum {f.target_hum_db:g} dB below speech, level {f.target_level_db:+g} dB "
+        "stored at 44.1 kHz.",
+        "", "## All factor values", "", "```",
+        *(f"{k} = {v!r}" for k, v in dataclasses.asdict(f).items()), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_latents(out: Path, latents: list[dict]) -> None:
+    """``latents.csv``: the designed low arousal ``a`` of every file (the known answer)."""
+    lines = ["file,speaker,label,arousal"]
+    lines += [f"{r['file']},{r['speaker']},{r['label']},{r['arousal']:.4f}" for r in latents]
+    (out / "latents.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_readme(out: Path, kind: str, size: Size, seed: int, f: Factors) -> None:
+    (out / "README.md").write_text(describe(kind, size, seed, f), encoding="utf-8")
 
 
 def _write_xlsx(path: Path, rows: list[dict]) -> None:
@@ -291,26 +496,30 @@ def _write_xlsx(path: Path, rows: list[dict]) -> None:
 MAKERS = {"casia": make_casia, "modma": make_modma}
 
 
-def make(kind: str, out: str | Path, size: str = "small", seed: int = 0) -> Path:
-    """Write a synthetic corpus of ``kind`` (``casia`` | ``modma``) into ``out``."""
+def make(kind: str, out: str | Path, size: Size = "small", seed: int = 0,
+         factors: Factors | None = None) -> Path:
+    """Write a synthetic corpus of ``kind`` (``casia`` | ``modma``) into ``out``.
+
+    ``size``: a name from :data:`SIZES` or a mapping with the same keys; ``factors``: the
+    designed factors (default :class:`Factors`)."""
     from transfer import UserError
 
     if kind not in MAKERS:
         raise UserError(f"--kind must be one of {sorted(MAKERS)}, not {kind!r}")
-    if size not in SIZES[kind]:
+    if isinstance(size, str) and size not in SIZES[kind]:
         raise UserError(f"--size must be one of {sorted(SIZES[kind])}, not {size!r}")
-    return MAKERS[kind](out, size, seed)
+    return MAKERS[kind](out, size, seed, factors)
 
 
 def cached(kind: str, size: str = "small", seed: int = 0) -> Path:
-    """A synthetic corpus in the cache, generated on first use (atomically)."""
+    """A synthetic corpus (default factors) in the cache, generated on first use (atomically)."""
     import os
     import shutil
     import tempfile
 
     from transfer.common.cache import cache_dir
 
-    target = cache_dir() / "synth" / f"{kind}-{size}-seed{seed}-v1"
+    target = cache_dir() / "synth" / f"{kind}-{size}-seed{seed}-v{CACHE_VERSION}"
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -335,12 +544,14 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, choices=sorted(MAKERS))
     parser.add_argument("--out", required=True, help="folder to write the corpus into")
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium", "full"])
+    sizes = sorted({s for table in SIZES.values() for s in table})
+    parser.add_argument("--size", default="small", choices=sizes)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = make(args.kind, args.out, args.size, args.seed)
     n = sum(1 for _ in path.rglob("*.wav"))
-    console.print(f"wrote {n} wav files ({args.kind}, {args.size}, seed {args.seed}) to {path}")
+    console.print(f"wrote {n} wav files ({args.kind}, {args.size}, seed {args.seed}) to {path}; "
+                  f"the factors are in {path / 'README.md'}")
     return 0
 
 
