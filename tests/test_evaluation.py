@@ -14,7 +14,7 @@ from transfer import UserError
 from transfer.common.config import CorpusConfig, FeaturesConfig, ProtocolConfig
 from transfer.data import Domain, load_domain
 from transfer.evaluate.protocols import make_splits
-from transfer.evaluate.stats import paired_test, pooled_uar_ci
+from transfer.evaluate.stats import paired_test, paired_uar_diff_ci, pooled_uar_ci
 from transfer.grid.experiment import Experiment
 from transfer.grid.recipe import load_recipe, parse_recipe
 from transfer.report.tables import build_table, leak_table, markdown
@@ -264,6 +264,33 @@ def test_bootstrap_ci_known_answers():
         p = np.concatenate([np.argmax(r["units"]["prob"], 1) for r in recs if r["seed"] == s])
         per_seed.append(balanced_accuracy_score(y, p))
     assert pooled_uar_ci(recs).point == pytest.approx(np.mean(per_seed))
+
+
+def test_paired_difference_interval_cancels_what_the_units_share():
+    """Two strategies wrong on the same hard units, one also right on 6 more of 160: the
+    separate intervals overlap, the paired interval of the difference is above 0; a strategy
+    equal to the reference differs by exactly 0."""
+    ref = _records("scratch", 1.0, 4, [0], units=40)
+    better = _records("better", 1.0, 4, [0], units=40)
+    rng = np.random.default_rng(0)
+    hard = rng.permutation(160)[:50]  # wrong for both
+    extra = hard[:6]  # ... except these, which "better" gets right
+    for recs, wrong in ((ref, hard), (better, np.setdiff1d(hard, extra))):
+        for r in recs:
+            prob = np.array(r["units"]["prob"])
+            mine = [i - 40 * r["fold"] for i in wrong if i // 40 == r["fold"]]
+            prob[mine] = prob[mine, ::-1]
+            r["units"]["prob"] = prob.tolist()
+    a, b = pooled_uar_ci(better), pooled_uar_ci(ref)
+    assert a.low < b.high  # side by side: overlapping error bars
+    d = paired_uar_diff_ci(better, ref)
+    assert d.point == pytest.approx(a.point - b.point) and d.units == 160
+    assert 0 < d.low < d.point < d.high
+    same = paired_uar_diff_ci(ref, ref)
+    assert (same.point, same.low, same.high) == (0.0, 0.0, 0.0)
+    table = build_table(ref + better, ["scratch", "better"]).set_index("strategy")
+    assert table.loc["better"]["vs_scratch_diff_ci_low"] == pytest.approx(d.low)
+    assert "[+0.0" in markdown(table.reset_index(), "t")
 
 
 def test_constructed_better_strategy_is_significant_and_few_pairs_are_flagged(tmp_path):

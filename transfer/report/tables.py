@@ -21,7 +21,7 @@ from rich.table import Table
 from transfer.common.cache import atomic_path, atomic_write_text
 from transfer.common.console import console, main_guard
 from transfer.evaluate.metrics import METRICS
-from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, pooled_uar_ci
+from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, paired_uar_diff_ci, pooled_uar_ci
 from transfer.grid.records import read_records  # noqa: F401 - the records reader lives there
 
 GAP = ["gap_mmd", "gap_a_distance"]
@@ -78,8 +78,8 @@ def build_table(records: list[dict], order: list[str] | None = None,
     labels = order or list(dict.fromkeys(r["strategy"] for r in records))
     unit = unit_of(records)
     ref = reference_label(records, labels)
-    ref_uar = {(r["fold"], r["seed"]): _metric(r, "unit_uar") for r in records
-               if r["strategy"] == ref and r["status"] == "ok"}
+    ref_ok = [r for r in records if r["strategy"] == ref and r["status"] == "ok"]
+    ref_uar = {(r["fold"], r["seed"]): _metric(r, "unit_uar") for r in ref_ok}
     rows = []
     for label in labels:
         mine = [r for r in records if r["strategy"] == label]
@@ -98,15 +98,19 @@ def build_table(records: list[dict], order: list[str] | None = None,
         ci = pooled_uar_ci(ok)
         row.update(unit_uar_pooled=ci.point, unit_uar_ci_low=ci.low, unit_uar_ci_high=ci.high,
                    units_tested=ci.units)
-        test = None
+        test, delta = None, None
         if ref is not None and label != ref:
+            delta = paired_uar_diff_ci(ok, ref_ok)
             pairs = [(_metric(r, "unit_uar"), ref_uar[(r["fold"], r["seed"])]) for r in ok
                      if (r["fold"], r["seed"]) in ref_uar]
             test = paired_test(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
         row.update(vs_scratch_diff=test.mean_diff if test else math.nan,
                    vs_scratch_p=test.p if test else math.nan,
                    vs_scratch_pairs=test.pairs if test else 0,
-                   vs_scratch_min_p=test.min_p if test else math.nan)
+                   vs_scratch_min_p=test.min_p if test else math.nan,
+                   vs_scratch_pooled_diff=delta.point if delta else math.nan,
+                   vs_scratch_diff_ci_low=delta.low if delta else math.nan,
+                   vs_scratch_diff_ci_high=delta.high if delta else math.nan)
         for g in GAP:
             vals = np.array([r.get("gap", {}).get(g, math.nan) for r in ok], dtype=float)
             row[f"{g}_mean"] = _nan(np.nanmean, vals)
@@ -154,7 +158,9 @@ def _p(row: pd.Series, reference: str | None) -> tuple[str, str]:
         return "ref", "ref"
     if not row["vs_scratch_pairs"]:
         return "-", "-"
-    diff = f"{row['vs_scratch_diff']:+.3f}"
+    diff = f"{row['vs_scratch_pooled_diff']:+.3f}"
+    if not _isnan(row["vs_scratch_diff_ci_low"]):
+        diff += f" [{row['vs_scratch_diff_ci_low']:+.2f}, {row['vs_scratch_diff_ci_high']:+.2f}]"
     if _isnan(row["vs_scratch_p"]):
         return diff, f"- (n={row['vs_scratch_pairs']})"
     weak = "†" if row["vs_scratch_min_p"] >= 0.05 else ""
@@ -168,7 +174,7 @@ DISPLAY = [("UAR", "unit_uar"), ("acc", "unit_acc"), ("F1", "unit_f1"), ("sens",
 def headers(unit: str, reference: str | None) -> list[str]:
     ref = reference or "scratch"
     return (["strategy", "runs", f"{unit} UAR", f"{unit} UAR pooled [95% CI]",
-             f"Δ {unit} UAR vs {ref}", f"p vs {ref}"]
+             f"Δ pooled {unit} UAR vs {ref} [95% CI]", f"p vs {ref}"]
             + [f"{unit} {h}" for h, _ in DISPLAY[1:]] + ["segment UAR", "gap MMD", "gap A-dist"])
 
 
@@ -204,7 +210,11 @@ def markdown(table: pd.DataFrame, title: str = "") -> str:
               "gap: domain gap of `general` features between held-out source and target test "
               "data (MMD; proxy A-distance, 0 = indistinguishable, 2 = separable)."]
     if ref is not None:
-        lines += ["", f"Δ and p vs {ref}: the mean difference of the {unit} UAR over the same "
+        lines += ["", f"Δ vs {ref}: the pooled {unit} UAR minus {ref}'s on the same test "
+                  f"{unit}s, with a paired 95 % bootstrap interval (every resample draws the "
+                  f"same {unit}s for both rows, so how hard a {unit} is cancels out; an "
+                  f"interval above 0 is an effect beyond the error bars). "
+                  f"p vs {ref}: the mean difference of the {unit} UAR over the same "
                   f"(fold, seed) runs (n pairs) and the two-sided paired permutation test of it "
                   f"(scipy.stats.permutation_test, sign flips of the per-run differences, exact "
                   f"up to 16 pairs). A permutation test rather than Wilcoxon: per-fold UARs of "
