@@ -49,13 +49,13 @@ from scipy.stats import qmc
 from transfer.common.console import console, main_guard
 
 SR = 16000  # synthesis rate; MODMA-like audio is resampled to 44.1 kHz afterwards
-CACHE_VERSION = 3  # bump whenever the generator changes what it writes
+CACHE_VERSION = 4  # bump whenever the generator changes what it writes
 
 SIZES: dict[str, dict[str, dict]] = {
     "casia": {
         "tiny": {"speakers": 2, "texts": 3, "seconds": None},
         "small": {"speakers": 4, "texts": 12, "seconds": None},
-        "demo": {"speakers": 4, "texts": 12, "seconds": (3.0, 4.0)},
+        "demo": {"speakers": 8, "texts": 12, "seconds": (3.0, 4.0)},
         "full": {"speakers": 4, "texts": 50, "seconds": None},
     },
     "modma": {
