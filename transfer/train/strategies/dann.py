@@ -3,6 +3,14 @@
 Target cross-entropy plus a domain discriminator on the pooled ``general`` features behind a
 gradient reversal layer whose coefficient follows 2 / (1 + exp(-10 p)) - 1; optionally the
 source emotion loss through a source branch.
+
+BatchNorm: source and target go through the shared ``general`` in two forward passes, so in
+training each domain is normalised by its own batch statistics (the discriminator sees
+per-domain-normalised features) while the running statistics, used in evaluation, average
+both domains. Evaluation-mode target features therefore differ from those the target head was
+trained on. One pass over the concatenated batch would need source and target segments of
+the same length (the shipped recipes use 6 s and 10 s); left as is, and open (``joint`` and
+``ddg``'s alignment phase do the same).
 """
 
 from __future__ import annotations
