@@ -184,8 +184,7 @@ def _voices(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _prosody(spk: dict, a: float, f: Factors, rng: np.random.Generator,
-             extras: tuple = (0.0, 1.0, 0.0, 0.0, 1.0), rate_x: float = 1.0,
-             pause_x: float = 1.0) -> Prosody:
+             extras: tuple = (0.0, 1.0, 0.0, 0.0, 1.0)) -> Prosody:
     """A speaker's prosody at low arousal ``a`` (plus emotion extras and utterance noise)."""
     e = f.emotion_extras
     f0_x, range_x, db_x, tilt_x, jitter_x = extras
@@ -194,10 +193,10 @@ def _prosody(spk: dict, a: float, f: Factors, rng: np.random.Generator,
     return Prosody(
         f0=spk["f0"] * 2 ** ((f.f0_st * a + f0_x + rng.normal(0, 0.7)) / 12),
         range_st=spk["range"] * np.exp(f.range_log * a) * range_x * rng.lognormal(0, 0.15),
-        rate=spk["rate"] * np.exp(f.rate_log * a) * rate_x * rng.lognormal(0, 0.06),
+        rate=spk["rate"] * np.exp(f.rate_log * a) * rng.lognormal(0, 0.06),
         gain_db=spk["gain"] + f.energy_db * a + db_x + rng.normal(0, f.level_sd_db),
         tilt=float(np.clip(spk["tilt"] + f.tilt * a + tilt_x + rng.normal(0, 0.03), 0.05, 0.95)),
-        pause_s=spk["pause"] * np.exp(f.pause_log * a) * pause_x,
+        pause_s=spk["pause"] * np.exp(f.pause_log * a),
         jitter=spk["jitter"] * jitter_x,
     )
 

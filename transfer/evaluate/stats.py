@@ -142,17 +142,13 @@ def paired_uar_diff_ci(records: list[dict], reference: list[dict], level: float 
     seeds = [s for s in mine if s in ref]
     if not seeds:
         return Interval(math.nan, math.nan, math.nan, 0, 0)
-    both = []
-    for s in seeds:  # a unit counts where both tested it
-        common = np.intersect1d(mine[s][0], ref[s][0])
-        pick = [dict(zip(arr[0].tolist(), zip(arr[1], arr[2], strict=True))) for arr in
-                (mine[s], ref[s])]
-        both.append([(common, np.array([p[u][0] for u in common]),
-                      np.array([p[u][1] for u in common])) for p in pick])
-    ids = sorted({u for pair in both for u in pair[0][0].tolist()})
-    y, present, correct_a = _unit_arrays([pair[0] for pair in both], ids)
-    _, _, correct_b = _unit_arrays([pair[1] for pair in both], ids)
-    n = len(ids)
+    ids = sorted({u for s in seeds for v in (mine[s], ref[s]) for u in v[0].tolist()})
+    y, present_a, correct_a = _unit_arrays([mine[s] for s in seeds], ids)
+    _, present_b, correct_b = _unit_arrays([ref[s] for s in seeds], ids)
+    present = present_a & present_b  # a unit counts where both tested it
+    keep = present.any(0)
+    y, present, correct_a, correct_b = y[keep], present[:, keep], correct_a[:, keep], correct_b[:, keep]
+    n = int(keep.sum())
 
     def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         idx = np.moveaxis(np.asarray(idx, np.int64), axis, -1)
