@@ -49,6 +49,8 @@ def test_bad_synthetic_kind_and_size(tmp_path):
         make("iemocap", tmp_path)
     with pytest.raises(UserError, match="--size"):
         make("casia", tmp_path, size="huge")
+    with pytest.raises(ValueError, match="a modma size needs the keys"):
+        make("modma", tmp_path, size={"subjects": 4, "mdd": 2})
 
 
 def test_segment_random_split_must_sum_to_one():

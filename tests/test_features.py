@@ -123,3 +123,24 @@ def test_synth_prosody_differs_by_class(tiny_casia):
         return float(np.mean(vals))
 
     assert rms("angry") > 1.5 * rms("sad")
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_synth_target_voices_are_balanced_across_labels(tmp_path, seed):
+    """Voices are drawn per group by Latin hypercube, so gender (voice parameter 0 < 0.55) is
+    split the same way in both groups: 10 subjects give 5 or 6 women in each (independent
+    draws gave 8 vs 7 for seed 0 and 7 vs 1 for seed 2). The README states the factors."""
+    import pandas as pd
+
+    from transfer.data.synth import Factors
+
+    size = {"subjects": 20, "mdd": 10, "recordings": 1, "seconds": (0.3, 0.4)}
+    root = make("modma", tmp_path, size, seed=seed)
+    table = pd.read_excel(root / "subjects_information_audio_lanzhou_2015.xlsx")
+    women = table[table["gender"] == "F"].groupby("type").size()
+    assert set(women.index) == {"MDD", "HC"} and women.between(5, 6).all(), women
+    readme = (root / "README.md").read_text()
+    assert "20 subjects (10 MDD, 10 HC)" in readme
+    assert f"depression_shift = {Factors().depression_shift!r}" in readme
+    latents = pd.read_csv(root / "latents.csv")
+    assert len(latents) == 20 and set(latents["label"]) == {"MDD", "HC"}
