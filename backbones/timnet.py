@@ -169,7 +169,10 @@ class TemporalAwareBlock(nn.Module):
                           if opts.attention == "mha" else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.convs(x)
+        h = x
+        for i in range(0, len(self.convs), 4):  # conv, BatchNorm, ReLU, dropout
+            conv, bn, _, dropout = self.convs[i:i + 4]
+            h = bn.conv_relu_dropout(conv, h, dropout)
         out = x * torch.sigmoid(h) if self.residual == "mul" else x + h
         return self.attention(out) if self.attention is not None else out
 
@@ -277,7 +280,7 @@ class TimNet(nn.Module):
 
     def _pool(self, h: Tensor) -> Tensor:
         g, c, t, b = h.shape
-        return h.view(g // 2, 2, c, t, b).sum(1).mean(2)  # (K, C, B): directions summed
+        return h.mean(2).view(g // 2, 2, c, b).sum(1)  # (K, C, B): directions summed
 
     def forward_general(self, x: Tensor) -> GeneralFeatures:
         """x: (K, B, F, T) (or (B, F, T) for K = 1)."""

@@ -64,6 +64,42 @@ def test_fused_timnet_equals_two_convolutions_per_block():
     torch.testing.assert_close(bn, ref_bn, rtol=1e-5, atol=1e-7)
 
 
+def _bn_relu_dropout_unfused(x, weight, bias, conv_bias, keep, p):
+    g, c, t, b = x.shape
+    h = (x + conv_bias.view(g, c, 1, 1)).reshape(1, g * c, t * b)
+    z = nn.functional.batch_norm(h, None, None, weight, bias, True, 0.0, 1e-3).view(x.shape)
+    return torch.relu(z) * (keep / (1 - p))
+
+
+def test_fused_batchnorm_relu_dropout_is_the_three_ops():
+    """The fused training-mode BatchNorm + ReLU + channel dropout (with the preceding
+    convolution's bias) against the separate ops: outputs, every gradient, the statistics."""
+    from backbones.layers import _BatchNormReluFn
+
+    gen = torch.Generator().manual_seed(0)
+    g, c, t, b, p = 4, 3, 7, 5, 0.3
+    x = (torch.randn(g, c, t, b, generator=gen, dtype=torch.float64) * 3 + 2).requires_grad_()
+    weight = torch.randn(g * c, generator=gen, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(g * c, generator=gen, dtype=torch.float64).requires_grad_()
+    conv_bias = torch.randn(g, c, generator=gen, dtype=torch.float64).requires_grad_()
+    keep = (torch.rand(g, c, 1, b, generator=gen) >= p).double()
+    inputs = (x, weight, bias, conv_bias)
+    y, mean, var = _BatchNormReluFn.apply(*inputs, keep, 1 / (1 - p), 1e-3)
+    ref = _bn_relu_dropout_unfused(*inputs, keep, p)
+    torch.testing.assert_close(y, ref)
+    rows = (x + conv_bias.view(g, c, 1, 1)).detach().reshape(g * c, -1)
+    torch.testing.assert_close(mean, rows.mean(1))
+    torch.testing.assert_close(var, rows.var(1, unbiased=False))
+    up = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((y * up).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * up).sum(), inputs)
+    for name, got, want in zip(("x", "weight", "bias", "conv_bias"), grads, ref_grads,
+                               strict=True):
+        torch.testing.assert_close(got, want, msg=name)
+    assert torch.autograd.gradcheck(
+        lambda *a: _BatchNormReluFn.apply(*a, None, 1.0, 1e-3)[0], inputs)
+
+
 # --- K copies as one module ---------------------------------------------------------------------
 @pytest.mark.parametrize("opts", [{}, {"stem": "bn_relu", "fusion": "diff", "residual": "add"},
                                   {"attention": "mha", "d_model": 8, "heads": 2}])
