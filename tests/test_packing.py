@@ -364,3 +364,33 @@ def test_step_runner_warms_up_captures_once_and_replays(monkeypatch, fail):
         for _ in range(6):
             runner()
         assert _FakeGraph.captured == 1 and runner.graph is not None and len(calls) == 6
+
+
+def test_cpu_pack_size_keeps_a_pack_activation_within_budget_and_splits_evenly():
+    """On a CPU the default pack holds as many runs as keep one activation of the pack
+    within CPU_PACK_BYTES; a strategy's runs are split into packs of nearly equal size."""
+    from transfer.bench import synthetic_domains
+    from transfer.grid.experiment import CPU_PACK_BYTES, Experiment
+    from transfer.grid.recipe import parse_recipe
+
+    target, _ = synthetic_domains(20, 2, 12)  # 39 x 313 segments
+    per_run_64 = 2 * 64 * 39 * 313 * 4
+
+    def experiment(batch: int, pack: int = 0) -> Experiment:
+        recipe = parse_recipe({
+            "name": "packs", "seeds": [0, 1, 2], "target": {"corpus": "modma"},
+            "device": "cpu", "train": {"batch_size": batch, "pack": pack},
+            "protocol": {"folds": 5}, "diagnostics": {"enabled": False},
+            "strategies": [{"name": "scratch"}]})
+        exp = Experiment(recipe, progress=False)
+        exp.target = target
+        exp.build_splits()
+        return exp
+
+    big = experiment(64)
+    assert big.pack_size() == CPU_PACK_BYTES // per_run_64 == 8
+    sizes = sorted(len(p) for p in big.packs(big.plan()))
+    assert sizes == [7, 8]  # 15 runs: two packs
+    assert experiment(16).pack_size() == 16  # small batches: every run of the entry
+    assert experiment(64, pack=4).pack_size() == 4  # the recipe decides when it says
+    assert sorted(len(p) for p in experiment(64, pack=6).packs(big.plan())) == [5, 5, 5]
