@@ -262,9 +262,6 @@ class _BatchNormReluFn(torch.autograd.Function):
         rows = x.view(g * c, n)
         mean = rows.mean(1)
         d = rows - mean.unsqueeze(1)
-        ctx.conv_bias = conv_bias is not None
-        if conv_bias is not None:
-            mean = mean + conv_bias.reshape(-1)
         var = torch.linalg.vector_norm(d, dim=1).square() / n
         rstd = (var + eps).rsqrt()
         a = (weight * rstd).view(g, c, 1, 1)
@@ -273,6 +270,9 @@ class _BatchNormReluFn(torch.autograd.Function):
             m = keep * scale
             a, shift = a * m, shift * m
         y = torch.addcmul(shift, d.view(g, c, t, b), a).clamp_min_(0)
+        if conv_bias is not None:  # the mean of the convolution's output with its bias
+            mean = mean + conv_bias.reshape(-1)
+        ctx.conv_bias = conv_bias is not None
         ctx.save_for_backward(d, y, weight, rstd)
         ctx.scale = scale if keep is not None else 1.0
         ctx.mark_non_differentiable(mean, var)

@@ -170,9 +170,9 @@ class TemporalAwareBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = x
-        for i in range(0, len(self.convs), 4):  # conv, BatchNorm, ReLU, dropout
-            conv, bn, _, dropout = self.convs[i:i + 4]
-            h = bn.conv_relu_dropout(conv, h, dropout)
+        layers = self.convs  # conv, BatchNorm, ReLU, dropout; twice
+        for i in range(0, len(layers), 4):
+            h = layers[i + 1].conv_relu_dropout(layers[i], h, layers[i + 3])
         out = x * torch.sigmoid(h) if self.residual == "mul" else x + h
         return self.attention(out) if self.attention is not None else out
 

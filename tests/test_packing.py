@@ -50,9 +50,12 @@ def test_fused_timnet_equals_two_convolutions_per_block():
                              num_classes=3, stem="bn", dropout=0.0)
     model.load_state_dict(upgrade_state(ref.state_dict(), model.options))
     x = torch.randn(5, 13, 40)
-    ref(x).square().sum().backward()
-    model(x).square().sum().backward()
+    x_ref, x_model = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref(x_ref).square().sum().backward()
+    model(x_model).square().sum().backward()
     torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+    # the input gradient, which the first convolution computes only when it is asked for
+    torch.testing.assert_close(x_model.grad, x_ref.grad, rtol=1e-4, atol=1e-6)
     w = model.general.inputs.conv.weight.grad  # (2, 1, C, C): forward, backward direction
     torch.testing.assert_close(w[0, 0], ref.general.in_fwd.weight.grad[..., 0], rtol=1e-4,
                                atol=1e-6)

@@ -199,7 +199,7 @@ def engine_workers(x: torch.Tensor, y: torch.Tensor, epochs: int, runs: int, wor
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    shares = [runs // workers + (i < runs % workers) for i in range(workers)]
+    shares = [len(part) for part in np.array_split(np.arange(runs), workers)]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         rates = list(pool.map(_engine_worker, [(x, y, k, amp, epochs) for k in shares if k]))
     return sum(rates)

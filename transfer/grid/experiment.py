@@ -186,9 +186,9 @@ class Experiment:
             groups.setdefault((spec.strategy, batch), []).append(spec)
         out = []
         for group in groups.values():
-            n = -(-len(group) // size)  # packs needed
-            bounds = [round(i * len(group) / n) for i in range(n + 1)]
-            out += [group[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+            n_packs = -(-len(group) // size)
+            out += [[group[i] for i in idx]
+                    for idx in np.array_split(np.arange(len(group)), n_packs)]
         return out
 
     def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
