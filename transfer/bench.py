@@ -206,9 +206,14 @@ def engine_workers(x: torch.Tensor, y: torch.Tensor, epochs: int, runs: int, wor
 
 
 def flops_per_segment(device: torch.device) -> float:
+    """The model's forward + backward FLOPs per segment, counted on the reference TIM-Net (the
+    maths every implementation computes; torch's flop counter does not see the in-place
+    ``baddbmm_`` of the fused model's shifted taps, so it would undercount that one)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = _model().to(device)
+    from backbones.reference import ReferenceTimNet
+
+    model = ReferenceTimNet(39, 39, 8, 3, 2).to(device)
     x = torch.randn(8, 39, 313, device=device)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
@@ -233,6 +238,7 @@ def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile
     ref, one, packed = max(refs), max(ones), max(packs)
     flops = flops_per_segment(device)
     peak, peak_note = device_peak(device)
+    from backbones import kernels
     from transfer.train.engine import amp_enabled
 
     return {"train_segments": n, "train_epochs_timed": epochs,
@@ -246,6 +252,8 @@ def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile
             "achieved_fraction_of_peak_one_run": round(flops * one / peak, 4),
             "achieved_fraction_of_peak_packed": round(flops * packed / peak, 4),
             "compile": compile_model, "glibc_retains_freed_memory": retained,
+            "cpu_kernels": (("compiled" if kernels.available(torch.device("cpu")) else "eager")
+                            if device.type == "cpu" else None),
             **({"workers": workers, "packed_workers_segments_per_s": round(max(spread), 1),
                 "packed_workers_speedup_vs_reference": round(max(spread) / ref, 2)}
                if spread else {})}
