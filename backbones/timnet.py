@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones import ssl_front
-from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv
+from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv, gate
 from backbones.registry import OptionError, register
 
 
@@ -173,7 +173,7 @@ class TemporalAwareBlock(nn.Module):
         layers = self.convs  # conv, BatchNorm, ReLU, dropout; twice
         for i in range(0, len(layers), 4):
             h = layers[i + 1].conv_relu_dropout(layers[i], h, layers[i + 3])
-        out = x * torch.sigmoid(h) if self.residual == "mul" else x + h
+        out = gate(x, h) if self.residual == "mul" else x + h
         return self.attention(out) if self.attention is not None else out
 
 

@@ -34,6 +34,29 @@ def _one_thread() -> None:
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _eager_kernels() -> None:
+    """Tests run the eager CPU path: compiling the fused kernels (``backbones.kernels``) for
+    every test's shapes would cost minutes. The tests that check the compiled kernels turn
+    them on with the ``compiled_kernels`` fixture."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SER_TRANSFER_COMPILE", "0")
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def compiled_kernels():
+    """The compiled CPU kernels on for one test (skipped without a C++ compiler)."""
+    from backbones import kernels
+
+    if not kernels.has_compiler():
+        pytest.skip("no C++ compiler for torch.compile's CPU kernels")
+    kernels.set_enabled(True)
+    yield kernels
+    kernels.set_enabled(None)
+
+
 def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 220.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * sr)) / sr

@@ -74,13 +74,18 @@ def _bn_relu_dropout_unfused(x, weight, bias, conv_bias, keep, p):
     return torch.relu(z) * (keep / (1 - p))
 
 
-def test_fused_batchnorm_relu_dropout_is_the_three_ops():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("g, c", [(4, 3), (2, 12)])  # 12 channels: a padded input gradient
+def test_fused_batchnorm_relu_dropout_is_the_three_ops(request, compiled, g, c):
     """The fused training-mode BatchNorm + ReLU + channel dropout (with the preceding
-    convolution's bias) against the separate ops: outputs, every gradient, the statistics."""
+    convolution's bias) against the separate ops: outputs, every gradient, the statistics;
+    as eager code and as the compiled kernels."""
     from backbones.layers import _BatchNormReluFn
 
+    if compiled:
+        request.getfixturevalue("compiled_kernels")
     gen = torch.Generator().manual_seed(0)
-    g, c, t, b, p = 4, 3, 7, 5, 0.3
+    t, b, p = 7, 5, 0.3
     x = (torch.randn(g, c, t, b, generator=gen, dtype=torch.float64) * 3 + 2).requires_grad_()
     weight = torch.randn(g * c, generator=gen, dtype=torch.float64).requires_grad_()
     bias = torch.randn(g * c, generator=gen, dtype=torch.float64).requires_grad_()
@@ -101,6 +106,39 @@ def test_fused_batchnorm_relu_dropout_is_the_three_ops():
         torch.testing.assert_close(got, want, msg=name)
     assert torch.autograd.gradcheck(
         lambda *a: _BatchNormReluFn.apply(*a, None, 1.0, 1e-3)[0], inputs)
+
+
+def test_compiled_kernels_keep_the_eager_maths_and_a_pack_is_still_bit_exact(compiled_kernels):
+    """The compiled CPU kernels (BatchNorm + ReLU + dropout, the sigmoid gate) give the eager
+    path's outputs and gradients, to float32 rounding, on a 12-channel model (zero-padded weight
+    gradients); and a pack of three still trains bit for bit as its runs one by one."""
+    from backbones.layers import RunState, install_run_state
+
+    def step(on: bool):
+        compiled_kernels.set_enabled(on)
+        torch.manual_seed(0)
+        model = backbones.create("timnet", runs=2, in_features=6, filters=12, blocks=2, split=1,
+                                 num_classes=2, dropout=0.2)
+        install_run_state(model, RunState.create([3, 4]))
+        x = torch.randn(2, 5, 6, 40, generator=torch.Generator().manual_seed(1))
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    with one_thread():
+        out_eager, grads_eager = step(False)
+        out_comp, grads_comp = step(True)
+    torch.testing.assert_close(out_comp, out_eager, rtol=1e-5, atol=1e-6)
+    for name, grad in grads_eager.items():
+        scale = grad.abs().max().item()
+        if name.endswith(("convs.0.bias", "convs.4.bias")):  # a bias before a BatchNorm
+            weight_scale = grads_eager[name.replace(".bias", ".weight")].abs().max().item()
+            assert grads_comp[name].abs().max().item() < 1e-5 * weight_scale, name  # ~ zero
+            continue
+        torch.testing.assert_close(grads_comp[name], grad, rtol=1e-4, atol=1e-5 * scale,
+                                   msg=name)
+    compiled_kernels.set_enabled(True)
+    _check_pack_equals_one_by_one("joint", _factory12)
 
 
 # --- K copies as one module ---------------------------------------------------------------------
@@ -236,6 +274,12 @@ def _data(n: int = 120, f: int = 6, t: int = 24):
 
 def _factory(k: int, runs: int = 1):
     return backbones.create("timnet", runs=runs, in_features=6, filters=4, blocks=3, split=2,
+                            num_classes=k, stem="bn", dropout=0.1)
+
+
+def _factory12(k: int, runs: int = 1):
+    """12 channels: the weight gradients take the zero-padded path (``gemm_rows``)."""
+    return backbones.create("timnet", runs=runs, in_features=6, filters=12, blocks=2, split=1,
                             num_classes=k, stem="bn", dropout=0.1)
 
 

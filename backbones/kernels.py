@@ -1,0 +1,150 @@
+"""Fused elementwise kernels of the training step, compiled once per process on a CPU.
+
+Eager PyTorch runs every elementwise op as its own pass over memory, and in a TIM-Net training
+step on a CPU those passes over activations of tens of MiB are a third of the time: BatchNorm
+statistics, normalisation, ReLU and dropout, their gradients, the sigmoid gate. Each function
+here is the plain tensor maths of one such group; :func:`compiled` hands back its
+``torch.compile`` (inductor) version, which runs the group as one or two loops. The layers use
+them where :func:`available` (a CPU with a C++ compiler, not turned off with
+``SER_TRANSFER_COMPILE=0`` or :func:`set_enabled`) and run eager code elsewhere (a GPU, where a
+captured CUDA graph is the answer to many small kernels). A compilation that fails warns once
+and turns the kernels off for the rest of the process.
+
+Compiling costs a few seconds per function and shape, once per process (less with inductor's
+on-disk cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+ENV = "SER_TRANSFER_COMPILE"  # "0" turns the compiled kernels off
+
+_enabled: bool | None = None
+_compiled: dict[Callable, Callable] = {}
+_failed: set[Callable] = set()  # compilations that raised: kernels off from then on
+
+
+def set_enabled(on: bool | None) -> None:
+    """Turn the compiled kernels on or off for this process (None: the default, on when a C++
+    compiler is found and ``SER_TRANSFER_COMPILE`` is not "0")."""
+    global _enabled
+    _enabled = on
+
+
+def enabled() -> bool:
+    """Whether the layers use the compiled kernels on a CPU: :func:`set_enabled`, else
+    ``SER_TRANSFER_COMPILE`` (default on) and a C++ compiler on the PATH."""
+    if _enabled is not None:
+        return _enabled
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    return has_compiler()
+
+
+@functools.cache
+def has_compiler() -> bool:
+    """Whether inductor finds a C++ compiler for CPU kernels."""
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+def available(device: torch.device) -> bool:
+    """Whether the compiled kernels run for tensors on ``device``: a CPU, :func:`enabled`, and no
+    compilation has failed in this process."""
+    return device.type == "cpu" and not _failed and enabled()
+
+
+def compiled(fn: Callable) -> Callable:
+    """``fn`` compiled by inductor (a failure warns, and ``fn`` itself runs from then on).
+
+    Static shapes: one compilation per shape (a few seconds, less from inductor's on-disk
+    cache), and kernels with every size known run 2-3x faster than shape-generic ones here. A
+    training process sees few shapes (one per pack size and batch); past dynamo's recompile
+    limit (8 per function) further shapes run ``fn`` eagerly, with dynamo's warning.
+    """
+    out = _compiled.get(fn)
+    if out is None:
+        out = _compiled[fn] = _guarded(fn, torch.compile(fn, dynamic=False))
+    return out
+
+
+def _guarded(fn: Callable, compiled: Callable) -> Callable:
+    def call(*args: Any) -> Any:
+        if fn in _failed:
+            return fn(*args)
+        try:
+            return compiled(*args)
+        except Exception as err:  # noqa: BLE001 - no compiler, an inductor bug: run eager
+            _failed.add(fn)
+            warnings.warn(f"compiling {fn.__name__} failed ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); running it eagerly "
+                          f"(set {ENV}=0 to skip compiling)", RuntimeWarning, stacklevel=2)
+            return fn(*args)
+    return call
+
+
+# --- BatchNorm + ReLU + channel dropout (training mode) ------------------------------------------
+def bn_relu_forward(h: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None, scale: float,
+                    eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``relu(batch_norm(h)) * keep * scale`` for (G, C, T, B) ``h``; ``keep`` (G, C, 1, B) of
+    0/1 or None. Returns y, the batch mean and biased variance per channel (G C,), and rstd.
+
+    The mask is folded into the per-(channel, sample) scale and shift: relu(z) m = relu(z m)
+    for m >= 0.
+    """
+    g, c, t, b = h.shape
+    var, mean = torch.var_mean(h.reshape(g * c, t * b), dim=1, correction=0)
+    rstd = torch.rsqrt(var + eps)
+    a = (weight * rstd).view(g, c, 1, 1)
+    shift = bias.view(g, c, 1, 1)
+    if keep is not None:
+        m = keep * scale
+        a, shift = a * m, shift * m
+    y = torch.relu((h - mean.view(g, c, 1, 1)) * a + shift)
+    return y, mean, var, rstd
+
+
+def bn_relu_backward(grad: Tensor, y: Tensor, h: Tensor, mean: Tensor, weight: Tensor,
+                     rstd: Tensor, scale: float, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`bn_relu_forward` (``scale`` = 1 without dropout): the input's,
+    written into ``out`` (G, C, T B) (the rows of a padded buffer, see ``layers.padded_empty``),
+    and returned: the weight's, the bias's, and the row sums of the input's (the preceding
+    convolution's bias gradient: zero but for rounding, since BatchNorm removes a bias).
+
+    Where y > 0 the mask equals ``scale``, so ReLU and dropout are one threshold.
+    """
+    g, c, t, b = h.shape
+    n = t * b
+    gw = torch.where(y > 0, grad, 0.0).reshape(g * c, n)
+    d = h.reshape(g * c, n) - mean.unsqueeze(1)
+    s1 = gw.sum(1)
+    s2 = (gw * d).sum(1)
+    s0 = d.sum(1)  # zero but for rounding; in the same pass as s1 and s2
+    alpha = weight * rstd * scale
+    c1 = alpha * s1 / n
+    c2 = alpha * rstd * rstd * s2 / n
+    out.copy_((alpha.unsqueeze(1) * gw - c1.unsqueeze(1) - c2.unsqueeze(1) * d).view(g, c, n))
+    # the row sums of the input gradient from the row sums above (no second pass over it)
+    gconv = (alpha * s1 - n * c1 - c2 * s0).view(g, c)
+    return s2 * rstd * scale, s1 * scale, gconv
+
+
+# --- the sigmoid gate of a Temporal Aware Block ---------------------------------------------------
+def gate_forward(x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``x * sigmoid(h)``, and the sigmoid (kept for the backward pass: recomputing its exp
+    there costs more than the extra write)."""
+    s = torch.sigmoid(h)
+    return x * s, s
+
+
+def gate_backward(grad: Tensor, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`gate_forward` w.r.t. x and h, from s = sigmoid(h)."""
+    return grad * s, grad * x * s * (1 - s)
