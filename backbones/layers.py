@@ -119,7 +119,8 @@ def gemm_rows(channels: int, device: torch.device) -> int:
     with a long inner dimension. MKL's fp32 kernel (2-core AMD EPYC, one thread, T B = 20,032)
     runs it 1.40x faster with C_out = 40 zero-padded rows than with C_out = 39 (TIM-Net's
     width), and 0.92x to 2.7x (median about 1.2x) for the other widths from 9 to 71 that are
-    not multiples of 8. Zero rows add exact zeros, so the gradient's values do not change.
+    not multiples of 8. The extra rows only produce extra output columns, which are dropped,
+    so the gradient's values do not change (whatever the rows hold).
     """
     if device.type != "cpu" or channels <= 8 or channels % 8 == 0:
         return channels
@@ -127,9 +128,9 @@ def gemm_rows(channels: int, device: torch.device) -> int:
 
 
 def padded_empty(groups: int, channels: int, n: int, like: Tensor) -> Tensor:
-    """An uninitialised (G, C, n) tensor stored as the first C rows of a (G, C', n) buffer whose
-    remaining ``C' - C`` rows are zero, C' = :func:`gemm_rows` (a plain tensor when C' = C).
-    :func:`as_padded` recovers the buffer without a copy."""
+    """An uninitialised (G, C, n) tensor stored as the first C rows of a (G, C', n) buffer,
+    C' = :func:`gemm_rows` (a plain tensor when C' = C); the other rows are zeroed (never NaN or
+    denormal in a GEMM). :func:`as_padded` recovers the buffer without a copy."""
     rows = gemm_rows(channels, like.device)
     buf = torch.empty(groups, rows, n, dtype=like.dtype, device=like.device)
     buf[:, channels:].zero_()
@@ -137,8 +138,9 @@ def padded_empty(groups: int, channels: int, n: int, like: Tensor) -> Tensor:
 
 
 def as_padded(t: Tensor) -> Tensor:
-    """(G, C, n) -> (G, C', n) with zero rows appended (C' = :func:`gemm_rows`): the buffer of a
-    :func:`padded_empty` tensor (or a reshaped view of it) as it is, anything else copied."""
+    """(G, C, n) -> (G, C', n), C' = :func:`gemm_rows`, t in the first C rows: the buffer of a
+    :func:`padded_empty` tensor (or of any such view) as it is, anything else copied next to
+    zero rows."""
     g, c, n = t.shape
     rows = gemm_rows(c, t.device)
     if rows == c:
@@ -215,7 +217,8 @@ class _TemporalConvFn(torch.autograd.Function):
         if g.stride(-1) != 1 or g.stride(1) != g.shape[-1]:  # GEMM operands need unit-stride rows
             g = g.contiguous()
         n, zero, c_out = x.shape[-1], ctx.shifts.index(0), g.shape[1]
-        gp = as_padded(g)  # zero rows for the weight-gradient GEMMs (see gemm_rows)
+        # zero rows for the fp32 weight-gradient GEMMs (see gemm_rows)
+        gp = as_padded(g) if g.dtype == torch.float32 else g
         need_x = ctx.needs_input_grad[0]  # not for the first layer on the input features
         gx = bmm(weight[:, zero].transpose(1, 2), g) if need_x else None
 

@@ -108,6 +108,36 @@ def test_fused_batchnorm_relu_dropout_is_the_three_ops(request, compiled, g, c):
         lambda *a: _BatchNormReluFn.apply(*a, None, 1.0, 1e-3)[0], inputs)
 
 
+def test_weight_gradient_on_padded_rows_ignores_what_the_extra_rows_hold():
+    """The convolution's weight gradient reads its output gradient with rows appended (12 -> 16
+    channels, ``gemm_rows``); a gradient that is a view into a wider buffer is read in place,
+    and NaN in the extra rows changes nothing."""
+    from backbones.layers import TemporalConv, as_padded, gemm_rows
+
+    assert gemm_rows(12, torch.device("cpu")) == 16 and gemm_rows(16, torch.device("cpu")) == 16
+    torch.manual_seed(0)
+    conv = TemporalConv(4, 12, 12, kernel_size=2, dilation=3)
+    x = torch.randn(4, 12, 9, 5)
+    up = torch.randn(4, 12, 9 * 5)
+    wide = torch.full((4, 16, 9 * 5), float("nan"))
+    wide[:, :12] = up
+    grads = []
+    for g in (up, wide[:, :12]):
+        conv.zero_grad()
+        conv(x).view(4, 12, -1).backward(g)
+        grads.append((conv.weight.grad.clone(), conv.bias.grad.clone()))
+    assert as_padded(wide[:, :12]).data_ptr() == wide.data_ptr()  # no copy
+    assert torch.isfinite(grads[1][0]).all()
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    for g in range(4):  # against torch's causal dilated convolution, group by group
+        w = conv.weight[g].detach().permute(1, 2, 0).clone().requires_grad_()  # (out, in, k)
+        xg = nn.functional.pad(x[g].permute(2, 0, 1), (3, 0))  # (B, C, 3 + T)
+        out = nn.functional.conv1d(xg, w, conv.bias[g].detach(), dilation=3)  # (B, C, T)
+        out.backward(up[g].view(12, 9, 5).permute(2, 0, 1))
+        torch.testing.assert_close(grads[0][0][g], w.grad.permute(2, 0, 1), rtol=1e-5,
+                                   atol=1e-5)
+
+
 def test_compiled_kernels_keep_the_eager_maths_and_a_pack_is_still_bit_exact(compiled_kernels):
     """The compiled CPU kernels (BatchNorm + ReLU + dropout, the sigmoid gate) give the eager
     path's outputs and gradients, to float32 rounding, on a 12-channel model (zero-padded weight
