@@ -56,6 +56,23 @@ def has_compiler() -> bool:
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
+@functools.cache
+def works() -> bool:
+    """Whether inductor builds and runs a CPU kernel here (a probe, compiled once; False where
+    the compiler, the Python headers or a writable cache directory are missing)."""
+    if not has_compiler():
+        return False
+    try:
+        x = torch.arange(4.0)
+        return bool(torch.equal(torch.compile(_probe, dynamic=False)(x), x * 2 + 1))
+    except Exception:  # noqa: BLE001 - whatever stops inductor here
+        return False
+
+
+def _probe(x: Tensor) -> Tensor:
+    return x * 2 + 1
+
+
 def available(device: torch.device) -> bool:
     """Whether the compiled kernels run for tensors on ``device``: a CPU, :func:`enabled`, and no
     compilation has failed in this process."""

@@ -82,8 +82,7 @@ def test_fused_batchnorm_relu_dropout_is_the_three_ops(request, compiled, g, c):
     as eager code and as the compiled kernels."""
     from backbones.layers import _BatchNormReluFn
 
-    if compiled:
-        request.getfixturevalue("compiled_kernels")
+    kernels = request.getfixturevalue("compiled_kernels") if compiled else None
     gen = torch.Generator().manual_seed(0)
     t, b, p = 7, 5, 0.3
     x = (torch.randn(g, c, t, b, generator=gen, dtype=torch.float64) * 3 + 2).requires_grad_()
@@ -106,6 +105,7 @@ def test_fused_batchnorm_relu_dropout_is_the_three_ops(request, compiled, g, c):
         torch.testing.assert_close(got, want, msg=name)
     assert torch.autograd.gradcheck(
         lambda *a: _BatchNormReluFn.apply(*a, None, 1.0, 1e-3)[0], inputs)
+    assert kernels is None or kernels.available(x.device)  # the compiled path really ran
 
 
 def test_weight_gradient_on_padded_rows_ignores_what_the_extra_rows_hold():
@@ -158,6 +158,7 @@ def test_compiled_kernels_keep_the_eager_maths_and_a_pack_is_still_bit_exact(com
     with one_thread():
         out_eager, grads_eager = step(False)
         out_comp, grads_comp = step(True)
+    assert compiled_kernels.available(torch.device("cpu"))  # no compilation fell back
     torch.testing.assert_close(out_comp, out_eager, rtol=1e-5, atol=1e-6)
     for name, grad in grads_eager.items():
         scale = grad.abs().max().item()
@@ -169,6 +170,7 @@ def test_compiled_kernels_keep_the_eager_maths_and_a_pack_is_still_bit_exact(com
                                    msg=name)
     compiled_kernels.set_enabled(True)
     _check_pack_equals_one_by_one("joint", _factory12)
+    assert compiled_kernels.available(torch.device("cpu"))
 
 
 # --- K copies as one module ---------------------------------------------------------------------
