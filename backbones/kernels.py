@@ -8,7 +8,9 @@ here is the plain tensor maths of one such group; :func:`compiled` hands back it
 them where :func:`available` (a CPU with a C++ compiler, not turned off with
 ``SER_TRANSFER_COMPILE=0`` or :func:`set_enabled`) and run eager code elsewhere (a GPU, where a
 captured CUDA graph is the answer to many small kernels). A compilation that fails warns once
-and turns the kernels off for the rest of the process.
+and turns the kernels off for the rest of the process. (The layers keep their own eager
+version of the same maths: these functions, written for the compiler, run slower than that
+when they are not compiled.)
 
 Compiling costs a few seconds per function and shape, once per process (less with inductor's
 on-disk cache).
@@ -93,17 +95,20 @@ def compiled(fn: Callable) -> Callable:
     return out
 
 
-def _guarded(fn: Callable, compiled: Callable) -> Callable:
+def _guarded(fn: Callable, compiled_fn: Callable) -> Callable:
     def call(*args: Any) -> Any:
         if fn in _failed:
             return fn(*args)
         try:
-            return compiled(*args)
+            return compiled_fn(*args)
         except Exception as err:  # noqa: BLE001 - no compiler, an inductor bug: run eager
+            first = not _failed
             _failed.add(fn)
-            warnings.warn(f"compiling {fn.__name__} failed ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); running it eagerly "
-                          f"(set {ENV}=0 to skip compiling)", RuntimeWarning, stacklevel=2)
+            if first:  # once per process
+                warnings.warn(f"compiling {fn.__name__} failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); running the "
+                              f"eager kernels (set {ENV}=0 to skip compiling)", RuntimeWarning,
+                              stacklevel=2)
             return fn(*args)
     return call
 

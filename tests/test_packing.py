@@ -9,6 +9,7 @@ thread, since every run's randomness is counter-based and every reduction is per
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import pytest
 import torch
@@ -136,6 +137,43 @@ def test_weight_gradient_on_padded_rows_ignores_what_the_extra_rows_hold():
         out.backward(up[g].view(12, 9, 5).permute(2, 0, 1))
         torch.testing.assert_close(grads[0][0][g], w.grad.permute(2, 0, 1), rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_kernels_follow_the_switch_and_a_failed_compilation_falls_back_with_a_warning(
+        monkeypatch):
+    """``SER_TRANSFER_COMPILE=0`` turns the compiled kernels off; a compilation that raises
+    warns once, runs the plain function instead, and turns the kernels off for the process,
+    so the layers take their eager path (same output as with the kernels off)."""
+    from backbones import kernels
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels, "_failed", set())
+    monkeypatch.setattr(kernels, "_enabled", None)
+    monkeypatch.setenv("SER_TRANSFER_COMPILE", "0")
+    assert not kernels.enabled() and not kernels.available(cpu)
+    monkeypatch.setenv("SER_TRANSFER_COMPILE", "1")
+    monkeypatch.setattr(kernels, "has_compiler", lambda: True)
+    assert kernels.available(cpu) and not kernels.available(torch.device("meta"))
+
+    def broken_compile(fn, **_):
+        def run(*args):
+            raise RuntimeError("no compiler\nmore")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    model = backbones.create("timnet", in_features=6, filters=12, blocks=2, split=1,
+                             num_classes=2, dropout=0.0)
+    x = torch.randn(3, 6, 20)
+    with pytest.warns(RuntimeWarning, match="compiling bn_relu_forward failed.*no compiler"):
+        out = model(x)
+    assert not kernels.available(cpu)  # off for the rest of the process
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: not again for the backward's kernel
+        out.sum().backward()  # the backward of the compiled-path forward falls back too
+    kernels.set_enabled(False)
+    torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_kernels_keep_the_eager_maths_and_a_pack_is_still_bit_exact(compiled_kernels):
@@ -473,3 +511,15 @@ def test_cpu_pack_size_keeps_a_pack_activation_within_budget_and_splits_evenly()
     assert experiment(16).pack_size() == 16  # small batches: every run of the entry
     assert experiment(64, pack=4).pack_size() == 4  # the recipe decides when it says
     assert sorted(len(p) for p in experiment(64, pack=6).packs(big.plan())) == [5, 5, 5]
+
+
+def test_bench_counts_the_models_flops_including_the_shifted_taps():
+    """The bench's FLOPs per segment are the model's: every conv tap, forward and backward.
+    torch's flop counter misses the fused model's in-place ``baddbmm_`` taps (it would report
+    about 0.12 GFLOP); the lower bound below is the taps alone: 8 blocks x 2 convs x 2
+    directions x 2 taps x 39 x 39 x 313 multiply-adds, x 2 FLOPs, x 3 (forward, two backward)."""
+    from transfer.bench import flops_per_segment
+
+    taps = 8 * 2 * 2 * 2 * 39 * 39 * 313 * 2 * 3
+    flops = flops_per_segment(torch.device("cpu"))
+    assert taps <= flops < 1.1 * taps
