@@ -138,9 +138,10 @@ def padded_empty(groups: int, channels: int, n: int, like: Tensor) -> Tensor:
 
 
 def as_padded(t: Tensor) -> Tensor:
-    """(G, C, n) -> (G, C', n), C' = :func:`gemm_rows`, t in the first C rows: the buffer of a
-    :func:`padded_empty` tensor (or of any such view) as it is, anything else copied next to
-    zero rows."""
+    """(G, C, n) -> (G, C', n), C' = :func:`gemm_rows`, t in the first C rows, when t is such a
+    view (of a :func:`padded_empty` buffer or of the BatchNorm backward's output): the buffer as
+    it is; anything else is returned unchanged (a copy next to zero rows costs more than the
+    padding saves)."""
     g, c, n = t.shape
     rows = gemm_rows(c, t.device)
     if rows == c:
@@ -149,9 +150,7 @@ def as_padded(t: Tensor) -> Tensor:
     if (base is not None and base.shape == (g, rows, n) and base.data_ptr() == t.data_ptr()
             and t.stride() == base.stride()):
         return base
-    out = t.new_zeros(g, rows, n)
-    out[:, :c] = t
-    return out
+    return t
 
 
 class _AddBias(torch.autograd.Function):
@@ -316,10 +315,10 @@ class _BatchNormReluFn(torch.autograd.Function):
                 keep: Tensor | None, scale: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         scale = scale if keep is not None else 1.0
         ctx.compiled = kernels.available(x.device)
-        if ctx.compiled:  # saves the input itself and the mean
+        if ctx.compiled:  # saves the input itself, the mean and the mask (not the output)
             y, mean, var, rstd = kernels.compiled(kernels.bn_relu_forward)(x, weight, bias, keep,
                                                                            scale, eps)
-            ctx.save_for_backward(x, y, weight, rstd, mean)
+            ctx.save_for_backward(x, keep, weight, rstd, mean, bias)
         else:  # saves the centred input
             g, c, t, b = x.shape
             n = t * b
@@ -343,17 +342,19 @@ class _BatchNormReluFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor, *_: Tensor):  # noqa: ANN001, ANN205
-        x, y, weight, rstd = ctx.saved_tensors[:4]
+        x, weight, rstd = (ctx.saved_tensors[i] for i in (0, 2, 3))
         g, c, t, b = x.shape
         n = t * b
         if ctx.compiled:
-            gx = padded_empty(g, c, n, x)
+            keep, mean, bias = (ctx.saved_tensors[i] for i in (1, 4, 5))
             bwd = kernels.compiled(kernels.bn_relu_backward)
             # contiguous: a kernel is compiled per stride pattern too, and one compiled for
             # another layout may sum in another order (the bits would depend on the pack size)
-            gweight, gbias, gconv = bwd(grad.contiguous(), y, x, ctx.saved_tensors[4], weight,
-                                        rstd, ctx.scale, gx)
-        else:  # x is the centred input here
+            gx, gweight, gbias, gconv = bwd(grad.contiguous(), x, mean, weight, bias, rstd, keep,
+                                            ctx.scale, gemm_rows(c, x.device))
+            gx = gx[:, :c]
+        else:  # x is the centred input here, and the output is saved
+            y = ctx.saved_tensors[1]
             d = x.view(g, c, n)
             gw = torch.ops.aten.threshold_backward(grad.contiguous(), y, 0).view(g, c, n)
             s1 = gw.sum(2).view(-1)  # sum of the gradient w.r.t. the affine output (/ scale)
@@ -369,29 +370,39 @@ class _BatchNormReluFn(torch.autograd.Function):
 
 
 class _GateFn(torch.autograd.Function):
-    """``x * sigmoid(h)`` as one compiled kernel each way (:func:`kernels.gate_forward`,
-    :func:`kernels.gate_backward`)."""
+    """``x * sigmoid(h)`` and its mean over time, as one compiled kernel each way
+    (:func:`kernels.gate_forward`, :func:`kernels.gate_backward`)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, h: Tensor) -> Tensor:  # noqa: ANN001
-        out, s = kernels.compiled(kernels.gate_forward)(x, h)
+    def forward(ctx, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        out, mean, s = kernels.compiled(kernels.gate_forward)(x, h)
         ctx.save_for_backward(x, s)
-        return out
+        ctx.set_materialize_grads(False)  # the last block's output is only pooled
+        return out, mean
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor | None, grad_mean: Tensor | None  # noqa: ANN001
+                 ) -> tuple[Tensor | None, Tensor | None]:
         x, s = ctx.saved_tensors
-        return kernels.compiled(kernels.gate_backward)(grad.contiguous(), x, s)
+        if grad_mean is None:
+            if grad is None:
+                return None, None
+            grad_mean = grad.new_zeros(x.shape[0], x.shape[1], x.shape[3])
+        if grad is None:
+            return kernels.compiled(kernels.gate_backward_mean)(grad_mean.contiguous(), x, s)
+        return kernels.compiled(kernels.gate_backward)(grad.contiguous(), grad_mean.contiguous(),
+                                                       x, s)
 
 
-def gate(x: Tensor, h: Tensor) -> Tensor:
-    """``x * sigmoid(h)``: fused forward and backward when training in fp32 where
-    :func:`kernels.available`, else the two ops."""
+def gate_mean(x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``x * sigmoid(h)`` for (G, C, T, B), and its mean over time (G, C, B): one fused pass
+    each way when training in fp32 where :func:`kernels.available`, else the plain ops."""
     if (torch.is_grad_enabled() and (x.requires_grad or h.requires_grad)
             and x.dtype == h.dtype == torch.float32 and x.shape == h.shape
             and not torch.is_autocast_enabled(x.device.type) and kernels.available(x.device)):
         return _GateFn.apply(x, h)
-    return x * torch.sigmoid(h)
+    out = x * torch.sigmoid(h)
+    return out, out.mean(2)
 
 
 class RunBatchNorm(RunModule):

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones import ssl_front
-from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv, gate
+from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv, gate_mean
 from backbones.registry import OptionError, register
 
 
@@ -169,12 +169,21 @@ class TemporalAwareBlock(nn.Module):
                           if opts.attention == "mha" else None)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_mean(x)[0]
+
+    def forward_mean(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The block's output (G, C, T, B) and its mean over time (G, C, B); the gate and the
+        mean are one pass where they can be."""
         h = x
         layers = self.convs  # conv, BatchNorm, ReLU, dropout; twice
         for i in range(0, len(layers), 4):
             h = layers[i + 1].conv_relu_dropout(layers[i], h, layers[i + 3])
-        out = gate(x, h) if self.residual == "mul" else x + h
-        return self.attention(out) if self.attention is not None else out
+        if self.residual == "mul" and self.attention is None:
+            return gate_mean(x, h)
+        out = gate_mean(x, h)[0] if self.residual == "mul" else x + h
+        if self.attention is not None:
+            out = self.attention(out)
+        return out, out.mean(2)
 
 
 class Head(nn.Module):
@@ -278,9 +287,11 @@ class TimNet(nn.Module):
         """Channels of :attr:`GeneralFeatures.sequence` (2 C)."""
         return 2 * self.options.filters
 
-    def _pool(self, h: Tensor) -> Tensor:
-        g, c, t, b = h.shape
-        return h.mean(2).view(g // 2, 2, c, b).sum(1)  # (K, C, B): directions summed
+    @staticmethod
+    def _pool(mean: Tensor) -> Tensor:
+        """A block's time mean (G, C, B) -> (K, C, B), the two directions summed."""
+        g, c, b = mean.shape
+        return mean.view(g // 2, 2, c, b).sum(1)
 
     def forward_general(self, x: Tensor) -> GeneralFeatures:
         """x: (K, B, F, T) (or (B, F, T) for K = 1)."""
@@ -289,8 +300,8 @@ class TimNet(nn.Module):
         h = self.general["inputs"](self.general["stem"](x))  # (2K, C, T, B)
         pooled = []
         for block in self.general["blocks"]:
-            h = block(h)
-            pooled.append(self._pool(h))
+            h, mean = block.forward_mean(h)
+            pooled.append(self._pool(mean))
         k, b = x.shape[0], x.shape[1]
         stacked = (torch.stack(pooled, 1) if pooled
                    else h.new_zeros(k, 0, self.options.filters, b))
@@ -300,8 +311,8 @@ class TimNet(nn.Module):
         """All per-scale vectors, general then specific: (K, blocks, C, B)."""
         h, pooled = g.state, [g.pooled]
         for block in self.specific["blocks"]:
-            h = block(h)
-            pooled.append(self._pool(h).unsqueeze(1))
+            h, mean = block.forward_mean(h)
+            pooled.append(self._pool(mean).unsqueeze(1))
         return torch.cat(pooled, 1)
 
     def forward_features(self, x: Tensor) -> Tensor:

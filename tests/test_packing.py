@@ -176,6 +176,32 @@ def test_kernels_follow_the_switch_and_a_failed_compilation_falls_back_with_a_wa
     torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("used", ["both", "mean", "output"])
+def test_gate_and_its_time_mean_in_one_kernel_give_the_plain_gradients(compiled_kernels, used):
+    """``gate_mean``: x * sigmoid(h) and its mean over time, one compiled kernel each way,
+    against the plain ops, with the gradient reaching both outputs, only the mean (a last
+    block) or only the output."""
+    from backbones.layers import gate_mean
+
+    gen = torch.Generator().manual_seed(0)
+    x, h = (torch.randn(4, 3, 7, 5, generator=gen).requires_grad_() for _ in range(2))
+    up_out, up_mean = torch.randn(4, 3, 7, 5, generator=gen), torch.randn(4, 3, 5, generator=gen)
+
+    def loss(out, mean):
+        return {"both": (out * up_out).sum() + (mean * up_mean).sum(),
+                "mean": (mean * up_mean).sum(), "output": (out * up_out).sum()}[used]
+
+    out, mean = gate_mean(x, h)
+    assert out.grad_fn is not None and "GateFn" in type(out.grad_fn).__name__  # the kernel ran
+    got = torch.autograd.grad(loss(out, mean), (x, h))
+    ref_out = x * torch.sigmoid(h)
+    want = torch.autograd.grad(loss(ref_out, ref_out.mean(2)), (x, h))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(mean, ref_out.mean(2))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
 def test_compiled_kernels_keep_the_eager_maths_and_a_pack_is_still_bit_exact(compiled_kernels):
     """The compiled CPU kernels (BatchNorm + ReLU + dropout, the sigmoid gate) give the eager
     path's outputs and gradients, to float32 rounding, on a 12-channel model (zero-padded weight
