@@ -91,7 +91,7 @@ def compiled(fn: Callable) -> Callable:
     """
     out = _compiled.get(fn)
     if out is None:
-        out = _compiled[fn] = _guarded(fn, torch.compile(fn, dynamic=False, options=_OPTIONS))
+        out = _compiled[fn] = _guarded(fn, torch.compile(fn, dynamic=False, options=_options()))
     return out
 
 
@@ -100,8 +100,11 @@ def compiled(fn: Callable) -> Callable:
 # stored tensors are whole activations (the masked gradient of the BatchNorm backward): a
 # write and two reads of tens of MiB where recomputing costs a few multiplications. 2-core
 # AMD EPYC, 15 packed runs: BatchNorm backward 25.6 -> 13.9 ms, with the padded output below.
-_OPTIONS = ({"realize_reads_threshold": 64}
-            if hasattr(torch._inductor.config, "realize_reads_threshold") else {})
+def _options() -> dict[str, Any]:
+    import torch._inductor.config as inductor_config  # here: importing inductor takes ~1 s
+
+    return ({"realize_reads_threshold": 64}
+            if hasattr(inductor_config, "realize_reads_threshold") else {})
 
 
 def _guarded(fn: Callable, compiled_fn: Callable) -> Callable:
