@@ -145,8 +145,9 @@ def bn_relu_forward(h: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None
 def _scale_shift(weight: Tensor, bias: Tensor, rstd: Tensor, keep: Tensor | None, scale: float,
                  g: int, c: int) -> tuple[Tensor, Tensor]:
     """The per-channel (or, with a mask, per-(channel, sample)) factor and offset of the
-    normalised input; the same ops forward and backward, so the backward's ReLU threshold
-    meets the forward's bit for bit."""
+    normalised input; the same ops forward and backward, so that the backward recomputes the
+    forward's ReLU threshold (the same expression in both kernels; tested against the eager
+    path, which reads the saved output)."""
     a = (weight * rstd).view(g, c, 1, 1)
     shift = bias.view(g, c, 1, 1)
     if keep is not None:
@@ -196,8 +197,8 @@ def bn_relu_backward(grad: Tensor, h: Tensor, mean: Tensor, weight: Tensor, bias
 # --- the sigmoid gate of a Temporal Aware Block ---------------------------------------------------
 def gate_forward(x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``x * sigmoid(h)`` for (G, C, T, B), its mean over time (G, C, B) (the block's pooled
-    vector) in the same pass, and the sigmoid (kept for the backward pass: recomputing its exp
-    there costs more than the extra write)."""
+    vector) in the same kernel (a second loop reads the output back), and the sigmoid (kept
+    for the backward pass: recomputing its exp there costs more than the extra write)."""
     s = torch.sigmoid(h)
     out = x * s
     return out, out.mean(2), s
@@ -205,7 +206,7 @@ def gate_forward(x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def gate_backward(grad: Tensor, grad_mean: Tensor, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`gate_forward` w.r.t. x and h, from the output's and the time mean's
-    gradients (the mean's spread over time in the same pass) and s = sigmoid(h)."""
+    gradients (the mean's gradient spread over time in the same pass) and s = sigmoid(h)."""
     total = grad + grad_mean.unsqueeze(2) / x.shape[2]
     return total * s, total * x * s * (1 - s)
 
