@@ -207,11 +207,14 @@ def gate_forward(x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def gate_backward(grad: Tensor, grad_mean: Tensor, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`gate_forward` w.r.t. x and h, from the output's and the time mean's
     gradients (the mean's gradient spread over time in the same pass) and s = sigmoid(h)."""
-    total = grad + grad_mean.unsqueeze(2) / x.shape[2]
-    return total * s, total * x * s * (1 - s)
+    return _gate_input_grads(grad + grad_mean.unsqueeze(2) / x.shape[2], x, s)
 
 
 def gate_backward_mean(grad_mean: Tensor, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`gate_backward` when only the time mean is used (the last block)."""
-    total = grad_mean.unsqueeze(2) / x.shape[2]
+    return _gate_input_grads(grad_mean.unsqueeze(2) / x.shape[2], x, s)
+
+
+def _gate_input_grads(total: Tensor, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """x * s's gradients w.r.t. x and h from the gradient of its output, s = sigmoid(h)."""
     return total * s, total * x * s * (1 - s)

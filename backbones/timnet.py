@@ -178,9 +178,12 @@ class TemporalAwareBlock(nn.Module):
         layers = self.convs  # conv, BatchNorm, ReLU, dropout; twice
         for i in range(0, len(layers), 4):
             h = layers[i + 1].conv_relu_dropout(layers[i], h, layers[i + 3])
-        if self.residual == "mul" and self.attention is None:
-            return gate_mean(x, h)
-        out = gate_mean(x, h)[0] if self.residual == "mul" else x + h
+        if self.residual == "mul":
+            out, mean = gate_mean(x, h)
+            if self.attention is None:
+                return out, mean
+        else:
+            out = x + h
         if self.attention is not None:
             out = self.attention(out)
         return out, out.mean(2)

@@ -128,6 +128,7 @@ def test_weight_gradient_on_padded_rows_ignores_what_the_extra_rows_hold():
         conv(x).view(4, 12, -1).backward(g)
         grads.append((conv.weight.grad.clone(), conv.bias.grad.clone()))
     assert as_padded(wide[:, :12]).data_ptr() == wide.data_ptr()  # no copy
+    assert as_padded(up) is up  # not a view of a padded buffer: read as it is, not copied
     assert torch.isfinite(grads[1][0]).all()
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
     for g in range(4):  # against torch's causal dilated convolution, group by group
@@ -137,6 +138,18 @@ def test_weight_gradient_on_padded_rows_ignores_what_the_extra_rows_hold():
         out.backward(up[g].view(12, 9, 5).permute(2, 0, 1))
         torch.testing.assert_close(grads[0][0][g], w.grad.permute(2, 0, 1), rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_importing_the_kernels_does_not_import_the_compiler():
+    """``backbones.kernels`` imports inductor's config only when it compiles (importing it costs
+    every process about a second, GPU and eager runs included)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, backbones.kernels, backbones.timnet; "
+            "print('torch._inductor.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_kernels_follow_the_switch_and_a_failed_compilation_falls_back_with_a_warning(
