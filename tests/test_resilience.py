@@ -202,9 +202,25 @@ def test_ray_executor_matches_local(tmp_path):
     pd.testing.assert_frame_equal(_table(remote)[METRIC_COLS], _table(local)[METRIC_COLS])
 
 
+def test_spread_orders_costliest_first_and_splits_what_does_not_divide_evenly():
+    from transfer.grid.executors import spread
+
+    packs = [[f"{s}{i}" for i in range(15)] for s in "abcdefg"]
+    cost = {"a": 1, "b": 2, "c": 1, "d": 2, "e": 2, "f": 1, "g": 2}  # per run
+    out = spread(packs, 2, lambda p: len(p) * cost[p[0][0]])
+    assert sorted(r for p in out for r in p) == sorted(r for p in packs for r in p)
+    assert [p[0][0] for p in out] == list("bdegacff") and [len(p) for p in out[-2:]] == [8, 7]
+    assert [len(p) for p in spread([list(range(3))], 2)] == [2, 1]  # one pack: both cores
+    assert spread([[1], [2, 3], [4]], 2) == [[2, 3], [1], [4]]  # the single run is not split
+    assert spread(packs[:4], 2) == packs[:4] and spread(packs, 1) == packs  # nothing to balance
+
+
 def test_packed_runs_match_one_by_one(tmp_path):
-    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch", "ddg"]))
+    # jobs = 2: three packs over two workers, so the cheapest is split in two
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch", "finetune", "ddg"]))
     single, _, _ = run_recipe(recipe, results_dir=tmp_path / "one", progress=False, jobs=1)
     packed, _, failed = run_recipe(recipe, results_dir=tmp_path / "two", progress=False, jobs=2)
     assert failed == 0
+    packs = sorted(r["pack"] for r in read_records(packed / "runs.jsonl"))
+    assert packs[:2] == [1, 1] and packs[-1] > 1  # one pack was split between the workers
     pd.testing.assert_frame_equal(_table(packed)[METRIC_COLS], _table(single)[METRIC_COLS])

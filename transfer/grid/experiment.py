@@ -191,6 +191,12 @@ class Experiment:
                     for idx in np.array_split(np.arange(len(group)), n_packs)]
         return out
 
+    def pack_cost(self, pack: list[RunSpec]) -> int:
+        """A pack's relative cost for ordering work: its runs, twice over for a strategy that
+        also steps through the source corpus."""
+        return len(pack) * (2 if get_strategy(self.entries[pack[0].strategy].name).needs_source
+                            else 1)
+
     def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
         """Train and evaluate one run (a pack of one)."""
         return self.execute_pack([spec], on_epoch)[0]
