@@ -192,7 +192,7 @@ def test_ray_executor_matches_local(tmp_path):
 
     recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch", "dann"]))
     local, _, _ = run_recipe(recipe, results_dir=tmp_path / "local", progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)  # 2 packs, 3 slots
     try:
         remote, _, failed = run_recipe(recipe, results_dir=tmp_path / "ray", progress=False,
                                        executor="ray")
@@ -200,10 +200,11 @@ def test_ray_executor_matches_local(tmp_path):
         ray.shutdown()
     assert failed == 0
     pd.testing.assert_frame_equal(_table(remote)[METRIC_COLS], _table(local)[METRIC_COLS])
+    assert {r["pack"] for r in read_records(remote / "runs.jsonl")} == {1}  # packs were split
 
 
 def test_spread_orders_costliest_first_and_splits_what_does_not_divide_evenly():
-    from transfer.grid.executors import spread
+    from transfer.grid.experiment import spread
 
     packs = [[f"{s}{i}" for i in range(15)] for s in "abcdefg"]
     cost = {"a": 1, "b": 2, "c": 1, "d": 2, "e": 2, "f": 1, "g": 2}  # per run

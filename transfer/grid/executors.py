@@ -7,7 +7,7 @@ one model (see :mod:`transfer.train.engine`); ``train.pack = 1`` makes every run
 - ``local``, ``jobs > 1``: that many worker processes (each loads the data and the pretrained
   model once, from the content-addressed caches the parent has already filled), one pack per
   task, the costliest first; when the packs do not divide evenly among the workers, the last
-  ones are split so that no worker idles at the end (:func:`spread`). Results are identical to
+  ones are split so that no worker idles at the end (``Experiment.schedule``). Results are identical to
   running them one by one, since every run seeds itself and gives the same result in a pack
   of any size.
 - ``ray``: one Ray task per pack with its CPU/GPU share (the optional ``ray`` extra).
@@ -22,13 +22,11 @@ This module runs units of work handed to it; it never imports the module that pl
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from transfer import UserError
@@ -69,33 +67,12 @@ def execute_all(exp, todo: list, records_path: Path, *, progress: bool = True,
         jobs = default_jobs(exp.device, exp.threads)
     if jobs < 0:
         raise UserError(f"--jobs must be 0 (auto) or positive, got {jobs}")
-    if jobs > 1:  # on a GPU a pack fills the device: ordered, not split
-        packs = spread(packs, jobs if exp.device.type == "cpu" else 1, exp.pack_cost)
+    if jobs > 1:
+        packs = exp.schedule(packs, jobs)
     if jobs == 1 or len(packs) == 1:
         _sequential(exp, packs, records_path, progress)
     else:
         _processes(exp, packs, records_path, progress, min(jobs, len(packs)))
-
-
-def spread(packs: list[list], jobs: int, cost: Callable[[list], float] = len) -> list[list]:
-    """The packs in the order ``jobs`` workers should take them: costliest first (each worker
-    takes the next when it is free), and the ``len(packs) % jobs`` cheapest split into ``jobs``
-    parts each (as far as they have runs), so that the workers finish together instead of one
-    training the last pack alone; a single pack on two cores runs as two halves at once.
-
-    A run gives the same result in a pack of any size, so splitting changes no result; on a
-    CPU a pack's throughput hardly depends on its size (2-core AMD EPYC, TIM-Net, fp32, one
-    thread: 200-213 segment-steps/s for 4, 8 and 15 runs per pack), so a split costs only the
-    per-pack set-up.
-    """
-    order = sorted(packs, key=cost, reverse=True)
-    r = len(order) % jobs
-    if r == 0:
-        return order
-    whole, tail = order[:len(order) - r], order[len(order) - r:]
-    parts = [[pack[i] for i in idx] for pack in tail
-             for idx in np.array_split(np.arange(len(pack)), min(jobs, len(pack)))]
-    return whole + sorted(parts, key=cost, reverse=True)
 
 
 def _sequential(exp, packs: list[list], records_path: Path, progress: bool) -> None:

@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,11 @@ class Experiment:
         return len(pack) * (2 if get_strategy(self.entries[pack[0].strategy].name).needs_source
                             else 1)
 
+    def schedule(self, packs: list[list[RunSpec]], slots: int) -> list[list[RunSpec]]:
+        """The packs in the order ``slots`` parallel workers should take them (:func:`spread`);
+        on a GPU, where a pack fills the device, ordered but never split."""
+        return spread(packs, slots if self.device.type == "cpu" else 1, self.pack_cost)
+
     def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
         """Train and evaluate one run (a pack of one)."""
         return self.execute_pack([spec], on_epoch)[0]
@@ -362,3 +368,24 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def spread(packs: list[list], jobs: int, cost: Callable[[list], float] = len) -> list[list]:
+    """The packs in the order ``jobs`` workers should take them: costliest first (each worker
+    takes the next when it is free), and the ``len(packs) % jobs`` cheapest split into ``jobs``
+    parts each (as far as they have runs), so that the workers finish together instead of one
+    training the last pack alone; a single pack on two cores runs as two halves at once.
+
+    A run gives the same result in a pack of any size, so splitting changes no result; on a
+    CPU a pack's throughput hardly depends on its size (2-core AMD EPYC, TIM-Net, fp32, one
+    thread: 200-213 segment-steps/s for 4, 8 and 15 runs per pack), so a split costs only the
+    per-pack set-up.
+    """
+    order = sorted(packs, key=cost, reverse=True)
+    r = len(order) % jobs
+    if r == 0:
+        return order
+    whole, tail = order[:len(order) - r], order[len(order) - r:]
+    parts = [[pack[i] for i in idx] for pack in tail
+             for idx in np.array_split(np.arange(len(pack)), min(jobs, len(pack)))]
+    return whole + sorted(parts, key=cost, reverse=True)

@@ -1,4 +1,5 @@
-"""Run a grid on Ray: one task per pack of runs, each with its CPU/GPU share.
+"""Run a grid on Ray: one task per pack of runs, each with its CPU/GPU share (on CPUs, packs
+that do not divide evenly among the cluster's CPUs are split: ``Experiment.schedule``).
 
 The prepared experiment (features, labels, subjects, splits, the source-pretrained model) is
 put in Ray's object store once by the driver; tasks never recompute it, so a cluster needs no
@@ -37,6 +38,11 @@ def execute_ray(exp, packs: list[list], records_path: Path, *, address: str | No
                  configure_logging=False)
     gpu = exp.device.type == "cuda"
     task = ray.remote(num_cpus=cpus_per_task, num_gpus=1 if gpu else 0)(_run)
+    # as many packs as the cluster has task slots, costliest first (on CPUs, the ones that do
+    # not divide evenly among the slots split, so that no CPU idles while others finish)
+    slots = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)) // (1 if gpu else
+                                                                             cpus_per_task)
+    packs = exp.schedule(packs, max(1, slots))
     shared = ray.put(exp.for_worker())
     key = records_path.as_posix()
     pending = {task.remote(key, shared, pack): pack for pack in packs}
