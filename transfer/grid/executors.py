@@ -6,10 +6,10 @@ one model (see :mod:`transfer.train.engine`); ``train.pack = 1`` makes every run
 - ``local``, ``jobs = 1``: one pack after the other in this process.
 - ``local``, ``jobs > 1``: that many worker processes (each loads the data and the pretrained
   model once, from the content-addressed caches the parent has already filled), one pack per
-  task, the costliest first; when the packs do not divide evenly among the workers, the last
-  ones are split so that no worker idles at the end (``Experiment.schedule``). Results are identical to
-  running them one by one, since every run seeds itself and gives the same result in a pack
-  of any size.
+  task, the costliest first; on a CPU, when the packs do not divide evenly among the
+  workers, the last ones are split so that no worker idles at the end
+  (``Experiment.schedule``). Results are identical to running them one by one, since every
+  run seeds itself and gives the same result in a pack of any size.
 - ``ray``: one Ray task per pack with its CPU/GPU share (the optional ``ray`` extra).
 
 Whoever runs them, the parent appends each finished run's record to ``runs.jsonl`` at once
