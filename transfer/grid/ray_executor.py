@@ -40,8 +40,8 @@ def execute_ray(exp, packs: list[list], records_path: Path, *, address: str | No
     task = ray.remote(num_cpus=cpus_per_task, num_gpus=1 if gpu else 0)(_run)
     # as many packs as the cluster has task slots, costliest first (on CPUs, the ones that do
     # not divide evenly among the slots split, so that no CPU idles while others finish)
-    slots = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)) // (1 if gpu else
-                                                                             cpus_per_task)
+    per_task = 1 if gpu else cpus_per_task
+    slots = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)) // per_task
     packs = exp.schedule(packs, max(1, slots))
     shared = ray.put(exp.for_worker())
     key = records_path.as_posix()
