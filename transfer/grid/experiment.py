@@ -188,8 +188,7 @@ class Experiment:
         out = []
         for group in groups.values():
             n_packs = -(-len(group) // size)
-            out += [[group[i] for i in idx]
-                    for idx in np.array_split(np.arange(len(group)), n_packs)]
+            out += split_evenly(group, n_packs)
         return out
 
     def pack_cost(self, pack: list[RunSpec]) -> int:
@@ -386,6 +385,10 @@ def spread(packs: list[list], jobs: int, cost: Callable[[list], float] = len) ->
     if r == 0:
         return order
     whole, tail = order[:len(order) - r], order[len(order) - r:]
-    parts = [[pack[i] for i in idx] for pack in tail
-             for idx in np.array_split(np.arange(len(pack)), min(jobs, len(pack)))]
+    parts = [part for pack in tail for part in split_evenly(pack, min(jobs, len(pack)))]
     return whole + sorted(parts, key=cost, reverse=True)
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """``items`` in ``parts`` consecutive parts whose sizes differ by at most one."""
+    return [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), parts)]
