@@ -216,6 +216,23 @@ def test_spread_orders_costliest_first_and_splits_what_does_not_divide_evenly():
     assert spread(packs[:4], 2) == packs[:4] and spread(packs, 1) == packs  # nothing to balance
 
 
+def test_schedule_weighs_source_strategies_double_and_never_splits_on_a_gpu():
+    from types import SimpleNamespace
+
+    from transfer.grid.experiment import Experiment
+
+    entries = {"s": SimpleNamespace(name="scratch"), "d": SimpleNamespace(name="ddg")}
+    runs = [SimpleNamespace(strategy="s", i=i) for i in range(3)]
+    ddg = [SimpleNamespace(strategy="d", i=i) for i in range(2)]
+    fake = SimpleNamespace(entries=entries)
+    assert Experiment.pack_cost(fake, runs) == 3 and Experiment.pack_cost(fake, ddg) == 4
+    for device, order in [("cuda", ["dd", "sss"]), ("cpu", ["d", "d", "s", "s", "s"])]:
+        exp = SimpleNamespace(device=torch.device(device),
+                              pack_cost=lambda p: Experiment.pack_cost(fake, p))
+        packs = Experiment.schedule(exp, [runs, ddg], 3)  # the ddg pack costs more: first
+        assert ["".join(r.strategy for r in p) for p in packs] == order
+
+
 def test_packed_runs_match_one_by_one(tmp_path):
     # jobs = 2: three packs over two workers, so the cheapest is split in two
     recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch", "finetune", "ddg"]))
