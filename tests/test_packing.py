@@ -522,6 +522,131 @@ def test_step_runner_warms_up_captures_once_and_replays(monkeypatch, fail):
         assert _FakeGraph.captured == 1 and runner.graph is not None and len(calls) == 6
 
 
+class _RecordedGraph:
+    """A CUDA graph's semantics on the CPU. Capture records the aten ops a step runs (below
+    autograd, so the backward pass's too) with the very tensors they touched; replay runs them
+    again on those tensors, writing each fresh result into the tensor captured as that op's
+    output. So, as with a real graph, what the step computes in Python at capture time (a
+    float, a new tensor kept outside, a shape) is baked in, and only values read from the
+    captured tensors change between replays. As on a GPU, capturing leaves no trace (every
+    write made while recording is undone) and a host sync (``.item()``, ``bool(tensor)``)
+    fails the capture."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+        self.replays = 0
+
+    def replay(self) -> None:
+        from torch.utils._pytree import tree_leaves
+
+        self.replays += 1
+        with torch.no_grad():
+            for func, args, kwargs, out in self.ops:
+                fresh = func(*args, **kwargs)
+                for old, new in zip(tree_leaves(out), tree_leaves(fresh), strict=True):
+                    if (isinstance(old, torch.Tensor) and old.numel()
+                            and old.untyped_storage().data_ptr()
+                            != new.untyped_storage().data_ptr()):
+                        old.copy_(new)  # a new tensor: into the captured output's memory
+
+
+class _Recorder:
+    """``torch.cuda.graph(g)`` for :class:`_RecordedGraph`: a dispatch mode that records."""
+
+    def __init__(self, graph: _RecordedGraph) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        undo: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    raise RuntimeError("a host sync while the stream is capturing")
+                for i, arg in enumerate(func._schema.arguments):
+                    if arg.alias_info is not None and arg.alias_info.is_write:
+                        value = args[i] if i < len(args) else kwargs.get(arg.name)
+                        undo.extend((t, t.clone()) for t in tree_leaves(value)
+                                    if isinstance(t, torch.Tensor))
+                out = func(*args, **kwargs)
+                graph.ops.append((func, args, kwargs, out))
+                return out
+
+        self.mode, self.undo = Mode(), undo
+
+    def __enter__(self) -> None:
+        self.mode.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self.mode.__exit__(*exc)
+        with torch.no_grad():
+            for t, before in reversed(self.undo):
+                t.copy_(before)
+
+
+class _RecordingCuda(_FakeCuda):
+    CUDAGraph = _RecordedGraph
+    graphs: list[_RecordedGraph] = []
+    _real = torch.cuda
+
+    def __getattr__(self, name):  # the rest of torch.cuda (torch.manual_seed asks it things)
+        return getattr(self._real, name)
+
+    def graph(self, g):
+        self.graphs.append(g)
+        return _Recorder(g)
+
+
+@pytest.mark.parametrize("name", [n for n in names() if not n.startswith("_")])
+def test_a_captured_and_replayed_step_trains_exactly_like_the_eager_step(monkeypatch, name):
+    """The training step as the CUDA path runs it (warm-up, one capture, replays), emulated
+    on the CPU by :class:`_RecordedGraph`, gives the eager step's curves and weights bit for
+    bit: nothing the step needs is a Python value frozen at capture (the learning-rate
+    schedule, per-run counters, the phase's progress, the batch indices, what is logged), it
+    syncs with the host nowhere, and every phase of a strategy gets a graph of its own."""
+    from transfer.train import engine
+
+    xt, y, source, folds = _data()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=False, grad_clip=1.0,
+                      schedule="step", step_size=1, gamma=0.5)
+    ctx = Context(_factory, 2, 3, _factory(3).state_dict(), 0.1)
+    cls = get_strategy(name)
+    opts = cls.Options()
+    for key, value in (("align_every", 1), ("align_steps", 5), ("ae_epochs", 1),
+                       ("align_step_size", 1)):  # every phase past its warm-up, a schedule
+        if hasattr(opts, key):
+            setattr(opts, key, value)
+    target = DomainTensors(xt, y, [Standardizer.fit(xt, tr) for tr, _ in folds],
+                           [tr for tr, _ in folds], [va for _, va in folds])
+    seeds = [0, 1, 2]
+
+    def fit(capture: bool):
+        strategy = build_pack(cls, ctx, opts, seeds)
+        results = fit_runs(strategy, target, source, cfg, seeds, torch.device("cpu"))
+        return results, strategy.state_dict()
+
+    with one_thread():
+        eager, eager_state = fit(False)
+        fake = _RecordingCuda()
+        fake.graphs = []
+        monkeypatch.setattr(torch, "cuda", fake)
+        init = engine._Trainer.__init__
+
+        def on_cpu_as_on_cuda(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.capture = True
+
+        monkeypatch.setattr(engine._Trainer, "__init__", on_cpu_as_on_cuda)
+        captured, captured_state = fit(True)
+    phases = len(build_pack(cls, ctx, opts, seeds).phases())
+    assert len(fake.graphs) == 1 + phases and all(g.replays > 0 for g in fake.graphs)
+    for a, b in zip(eager, captured, strict=True):
+        assert a.curves == b.curves and a.best_epoch == b.best_epoch
+    for key, value in eager_state.items():
+        assert torch.equal(value, captured_state[key]), key
+
+
 def test_cpu_pack_size_keeps_a_pack_activation_within_budget_and_splits_evenly():
     """On a CPU the default pack holds as many runs as keep one activation of the pack
     within CPU_PACK_BYTES; a strategy's runs are split into packs of nearly equal size."""
