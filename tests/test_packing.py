@@ -9,6 +9,7 @@ thread, since every run's randomness is counter-based and every reduction is per
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import pytest
@@ -645,6 +646,111 @@ def test_a_captured_and_replayed_step_trains_exactly_like_the_eager_step(monkeyp
         assert a.curves == b.curves and a.best_epoch == b.best_epoch
     for key, value in eager_state.items():
         assert torch.equal(value, captured_state[key]), key
+
+
+# --- the same on a GPU (skipped without one; .ci/gpu runs them where a GPU is lent) -------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def fp32_cuda():
+    """Full fp32 on the GPU: no TF32 in matrix products or convolutions."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _on(dom: DomainTensors, device: torch.device) -> DomainTensors:
+    return DomainTensors(dom.x.to(device), dom.y.to(device),
+                         [Standardizer(n.mean.to(device), n.std.to(device), n.enabled)
+                          for n in dom.norm],
+                         [t.to(device) for t in dom.train],
+                         [None if v is None else v.to(device) for v in dom.val])
+
+
+def _fit_on(name: str, device: torch.device, seeds: list[int], folds: list, amp: bool = False,
+            capture: bool = True):
+    """Train ``seeds`` (run k on ``folds[k]``) as one pack on ``device``; results, CPU state."""
+    xt, y, source, _ = _data()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=amp, grad_clip=1.0,
+                      schedule="step", step_size=1, gamma=0.5, cuda_graph=capture,
+                      select="last")  # a UAR that one flipped prediction moves selects nothing
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same pretrained source model in every call
+        ctx = Context(_factory, 2, 3, _factory(3).state_dict(), 0.1)
+    cls = get_strategy(name)
+    opts = cls.Options()
+    for key, value in (("align_every", 1), ("align_steps", 5), ("ae_epochs", 1),
+                       ("align_step_size", 1)):
+        if hasattr(opts, key):
+            setattr(opts, key, value)
+    target = DomainTensors(xt, y, [Standardizer.fit(xt, tr) for tr, _ in folds],
+                           [tr for tr, _ in folds], [va for _, va in folds])
+    strategy = build_pack(cls, ctx, opts, seeds)
+    with warnings.catch_warnings():  # a capture that falls back to eager fails the test
+        warnings.filterwarnings("error", message="CUDA graph capture failed")
+        results = fit_runs(strategy, _on(target, device), _on(source, device), cfg, seeds,
+                           device)
+    return results, {k: v.cpu() for k, v in strategy.state_dict().items()}
+
+
+def _assert_same_curves(a: list, b: list, rtol: float, val_rtol: float) -> None:
+    """Two fits' per-epoch logs: the same epochs and model selection, losses within ``rtol``
+    (validation losses ``val_rtol``); accuracies and UARs are counts that a prediction at the
+    decision boundary may flip, so they are not compared.
+
+    Across devices the weights are not compared either: a parameter whose gradient is rounding
+    noise alone (a convolution's bias ahead of BatchNorm) takes Adam steps of +-lr in a
+    direction that the rounding decides. Measured on the CPU with the pack's inputs perturbed
+    by 1e-6 (relative) against the runs alone, 3 epochs, every strategy: such biases and the
+    running means differ by up to 35 %, the training losses by <= 2.6e-7, the alignment
+    losses by <= 1.5e-5 and the validation losses by <= 3e-4 (relative)."""
+    for x, y in zip(a, b, strict=True):
+        assert x.best_epoch == y.best_epoch and len(x.curves) == len(y.curves)
+        for cx, cy in zip(x.curves, y.curves, strict=True):
+            assert cx.keys() == cy.keys()
+            for key in cx:
+                if not key.endswith(("acc", "uar")):
+                    tol = val_rtol if key.startswith("val_") else rtol
+                    assert cx[key] == pytest.approx(cy[key], rel=tol, abs=1e-6), key
+
+
+@cuda
+@pytest.mark.parametrize("name", [n for n in names() if not n.startswith("_")])
+def test_on_a_gpu_a_captured_pack_trains_like_its_runs_one_by_one_on_the_cpu(fp32_cuda, name):
+    """Every strategy, fp32: three runs as one captured pack on the GPU against each run
+    alone on the CPU (bit-exact there, see above); the GPU's kernels sum in other orders, so
+    the curves agree to the tolerances of :func:`_assert_same_curves` (66x to 400x the
+    differences that rounding alone makes on the CPU)."""
+    folds = _data()[3]
+    on_gpu = _fit_on(name, fp32_cuda, [0, 1, 2], folds)[0]
+    with one_thread():
+        alone = [_fit_on(name, torch.device("cpu"), [seed], [folds[k]])[0][0]
+                 for k, seed in enumerate([0, 1, 2])]
+    _assert_same_curves(on_gpu, alone, rtol=1e-3, val_rtol=5e-3)
+
+
+@cuda
+@pytest.mark.parametrize("name", ["scratch", "dann", "ddg"])
+def test_on_a_gpu_the_captured_step_equals_the_eager_step(fp32_cuda, name):
+    """The real CUDA graph against the same step run eagerly on the same GPU: the same
+    kernels, so the same curves (to the order of any atomic additions)."""
+    folds = _data()[3]
+    captured = _fit_on(name, fp32_cuda, [0, 1, 2], folds, capture=True)[0]
+    eager = _fit_on(name, fp32_cuda, [0, 1, 2], folds, capture=False)[0]
+    _assert_same_curves(captured, eager, rtol=1e-5, val_rtol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("name", ["scratch", "ddg"])
+def test_on_a_gpu_bf16_autocast_trains_a_captured_pack(name):
+    """bf16 autocast, captured: finite losses that fall, fp32 weights."""
+    results, state = _fit_on(name, torch.device("cuda"), [0, 1, 2], _data()[3], amp=True)
+    for r in results:
+        losses = [row["ce"] for row in r.curves]
+        assert all(map(math.isfinite, losses)) and losses[-1] < losses[0]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
 def test_cpu_pack_size_keeps_a_pack_activation_within_budget_and_splits_evenly():
