@@ -793,3 +793,16 @@ def test_bench_counts_the_models_flops_including_the_shifted_taps():
     taps = 8 * 2 * 2 * 2 * 39 * 39 * 313 * 2 * 3
     flops = flops_per_segment(torch.device("cpu"))
     assert taps <= flops < 1.1 * taps
+
+
+def test_bench_grid_slice_keeps_the_first_runs_of_every_strategy():
+    """``--grid-runs N`` times the first N runs of each strategy entry, in plan order."""
+    from transfer.bench import first_runs
+    from transfer.grid.experiment import RunSpec
+
+    plan = [RunSpec(s, fold, seed, f"{s}{fold}{seed}") for s in ("a", "b")
+            for seed in (0, 1) for fold in range(3)]
+    kept = first_runs(plan, 2)
+    assert [(r.strategy, r.fold, r.seed) for r in kept] == [("a", 0, 0), ("a", 1, 0),
+                                                            ("b", 0, 0), ("b", 1, 0)]
+    assert first_runs(plan, 6) == plan and first_runs(plan, 9) == plan

@@ -1,7 +1,7 @@
 """Benchmarks: feature extraction, training throughput, grid wall time, fraction of peak.
 
 ``python -m transfer.bench [--quick] [--json] [--device cpu|cuda] [--fp32] [--pack K]
-[--grid-epochs E] [--compile] [--jobs N] [--skip features train grid]``
+[--grid-epochs E] [--grid-runs N] [--compile] [--jobs N] [--skip features train grid]``
 
 Writes ``results/bench/<timestamp>.json`` and ``.md`` and prints a summary:
 
@@ -15,7 +15,8 @@ Writes ``results/bench/<timestamp>.json`` and ``.md`` and prints a summary:
 - the wall time of a grid on MODMA-sized synthetic features (52 subjects, ~3,500 segments of
   39 x 313; source 1,200 x 39 x 188): 7 strategies x 5 folds x 3 seeds x 60 epochs, packed,
   or in ``--quick`` mode a reduced grid that the output states; ``--grid-epochs E`` times E
-  epochs of every pack and extrapolates (stated in the output);
+  epochs of every pack, ``--grid-runs N`` the first N runs of every strategy, and the result
+  is extrapolated (stated in the output);
 - achieved fraction of the device's peak: model FLOPs per segment x segments per second /
   the peak FLOP/s assumed for the device (stated).
 """
@@ -23,6 +24,7 @@ Writes ``results/bench/<timestamp>.json`` and ``.md`` and prints a summary:
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import os
@@ -308,11 +310,31 @@ def synthetic_domains(subjects: int, per_subject: int, source_n: int, seed: int 
     return target, source
 
 
+def first_runs(plan: list, n: int) -> list:
+    """The first ``n`` runs (plan order) of every strategy entry of a grid's plan."""
+    seen: collections.Counter[str] = collections.Counter()
+    out = []
+    for spec in plan:
+        seen[spec.strategy] += 1
+        if seen[spec.strategy] <= n:
+            out.append(spec)
+    return out
+
+
 def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice: int = 0,
-               amp: bool = True, pack: int = 0) -> dict[str, Any]:
-    """Time a grid (pretraining excluded). ``epochs_slice`` > 0 trains every pack for that many
-    epochs and extrapolates to the grid's epochs (a pack's epoch costs the same all along: no
-    early stopping here)."""
+               amp: bool = True, pack: int = 0, runs_slice: int = 0) -> dict[str, Any]:
+    """Time a grid (pretraining excluded), whole or as a slice that is extrapolated.
+
+    A slice: ``epochs_slice`` E > 0 epochs of every run, and/or ``runs_slice`` N > 0 runs of
+    every strategy (the first N, packed as the grid packs them). After a warm-up of one epoch
+    it is timed twice, for 1 and for 1 + E epochs (E = the grid's epochs when only runs are
+    sliced): the difference is the
+    cost of E epochs, the rest the setup (workers, packs, compilation or graph capture, first
+    steps). The grid is then the setup plus its epochs at the measured cost per epoch, scaled
+    by its runs over the slice's: right on a CPU, where a pack's throughput hardly depends on
+    its size; an upper bound on a GPU, where a larger pack costs less per run. A pack's epoch
+    costs about the same all along (no early stopping here; an alignment phase every few
+    epochs is where the slice's epochs fall)."""
     from transfer.evaluate.protocols import make_splits
     from transfer.grid.executors import execute_all
     from transfer.grid.experiment import Experiment
@@ -324,37 +346,56 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice
         folds, seeds, epochs, subjects, per = 2, [0], 3, 52, 8
     else:
         folds, seeds, epochs, subjects, per = 5, [0, 1, 2], 60, 52, 67
+
+    def recipe(train_epochs: int):
+        return parse_recipe({
+            "name": "bench-grid", "seeds": seeds, "target": {"corpus": "modma"},
+            "source": {"corpus": "casia"}, "backbone": {"options": {"split": 3, "stem": "bn"}},
+            "pretrain": {"epochs": 2}, "train": {"epochs": train_epochs, "batch_size": 32,
+                                                  "amp": amp, "pack": pack},
+            "protocol": {"folds": folds}, "diagnostics": {"enabled": False},
+            "strategies": [{"name": s} for s in strategies]})
+
+    sliced = epochs_slice > 0 or runs_slice > 0
     timed = min(epochs_slice, epochs) if epochs_slice > 0 else epochs
-    recipe = parse_recipe({
-        "name": "bench-grid", "seeds": seeds, "target": {"corpus": "modma"},
-        "source": {"corpus": "casia"}, "backbone": {"options": {"split": 3, "stem": "bn"}},
-        "pretrain": {"epochs": 2}, "train": {"epochs": timed, "batch_size": 32, "amp": amp,
-                                              "pack": pack},
-        "protocol": {"folds": folds}, "diagnostics": {"enabled": False},
-        "strategies": [{"name": s} for s in strategies]})
     target, source = synthetic_domains(subjects, per, 240 if quick else 1200)
     with tempfile.TemporaryDirectory() as tmp:
-        pre = pretrain(recipe, source, device, root=Path(tmp))
-        splits = make_splits(recipe.protocol, target.groups, target.y, seeds)
-        exp = Experiment.from_domains(recipe, target, source, pre, splits, device=device,
-                                      progress=False)
-        plan = exp.plan()
-        _sync(device)
-        t0 = time.perf_counter()
-        execute_all(exp, plan, Path(tmp) / "runs.jsonl", progress=False, jobs=jobs)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        packs = exp.packs(plan)
+        pre = pretrain(recipe(epochs), source, device, root=Path(tmp))
+        splits = make_splits(recipe(epochs).protocol, target.groups, target.y, seeds)
+
+        def run(train_epochs: int) -> tuple[float, Experiment, list]:
+            exp = Experiment.from_domains(recipe(train_epochs), target, source, pre, splits,
+                                          device=device, progress=False)
+            plan = first_runs(exp.plan(), runs_slice) if runs_slice > 0 else exp.plan()
+            _sync(device)
+            t0 = time.perf_counter()
+            execute_all(exp, plan, Path(tmp) / f"runs-{train_epochs}.jsonl", progress=False,
+                        jobs=jobs)
+            _sync(device)
+            return time.perf_counter() - t0, exp, plan
+
+        if sliced:
+            run(1)  # warm-up: compiled kernels into inductor's on-disk cache, as a grid finds them
+            one, _, _ = run(1)
+            seconds, exp, plan = run(1 + timed)
+        else:
+            seconds, exp, plan = run(epochs)
+        full = exp.plan()
+        packs = exp.packs(full)
     grid = (f"{len(strategies)} strategies x {folds} folds x {len(seeds)} seed(s) x {epochs} "
             f"epochs on {subjects} subjects x {per} segments of 39 x 313")
-    out = {"grid": grid, "grid_runs": len(plan), "grid_packs": len(packs),
-           "grid_jobs": jobs or recipe.jobs, "grid_full": not quick}
-    if timed < epochs:
-        out.update(grid_epochs_timed=timed, grid_seconds_timed=round(seconds, 1),
-                   grid_seconds=round(seconds * epochs / timed, 1), grid_extrapolated=True)
-    else:
-        out.update(grid_seconds=round(seconds, 1), grid_extrapolated=False)
-    return out
+    out = {"grid": grid, "grid_runs": len(full), "grid_packs": len(packs),
+           "grid_jobs": jobs or exp.recipe.jobs, "grid_full": not quick}
+    if not sliced:
+        return {**out, "grid_seconds": round(seconds, 1), "grid_extrapolated": False}
+    per_epoch = max(seconds - one, 0.0) / timed
+    setup = max(one - per_epoch, 0.0)
+    return {**out, "grid_runs_timed": len(plan), "grid_epochs_timed": f"1 and {1 + timed}",
+            "grid_seconds_timed": f"{one:.1f} and {seconds:.1f}",
+            "grid_slice_setup_seconds": round(setup, 1),
+            "grid_slice_seconds_per_epoch": round(per_epoch, 2),
+            "grid_seconds": round(setup + per_epoch * epochs * len(full) / len(plan), 1),
+            "grid_extrapolated": True}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -380,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs packed into one model in the packed training measure")
     parser.add_argument("--grid-epochs", type=int, default=0, metavar="E",
                         help="time every pack of the grid for E epochs and extrapolate")
+    parser.add_argument("--grid-runs", type=int, default=0, metavar="N",
+                        help="time only the first N runs of every strategy and extrapolate "
+                             "(a CPU: the full grid's epoch alone takes longer than 10 minutes)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (train.amp=false)")
     parser.add_argument("--workers", type=int, default=0,
                         help="CPU: also time the packed runs spread over this many single-"
@@ -411,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     if "grid" not in args.skip:
         console.print("grid ...")
         result.update(bench_grid(device, args.quick, args.jobs, args.grid_epochs,
-                                 amp=not args.fp32))
+                                 amp=not args.fp32, runs_slice=args.grid_runs))
     out = Path(args.results_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
