@@ -328,13 +328,12 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice
     A slice: ``epochs_slice`` E > 0 epochs of every run, and/or ``runs_slice`` N > 0 runs of
     every strategy (the first N, packed as the grid packs them). After a warm-up of one epoch
     it is timed twice, for 1 and for 1 + E epochs (E = the grid's epochs when only runs are
-    sliced): the difference is the
-    cost of E epochs, the rest the setup (workers, packs, compilation or graph capture, first
-    steps). The grid is then the setup plus its epochs at the measured cost per epoch, scaled
-    by its runs over the slice's: right on a CPU, where a pack's throughput hardly depends on
-    its size; an upper bound on a GPU, where a larger pack costs less per run. A pack's epoch
-    costs about the same all along (no early stopping here; an alignment phase every few
-    epochs is where the slice's epochs fall)."""
+    sliced): the difference is the cost of E epochs, the rest the setup (workers, packs,
+    compilation or graph capture, first steps). The grid is then the setup plus its epochs at
+    the measured cost per epoch, scaled by its runs over the slice's: right on a CPU, where a
+    pack's throughput hardly depends on its size; an upper bound on a GPU, where a larger
+    pack costs less per run. A pack's epoch costs about the same all along (no early stopping
+    here; an alignment phase every few epochs is where the slice's epochs fall)."""
     from transfer.evaluate.protocols import make_splits
     from transfer.grid.executors import execute_all
     from transfer.grid.experiment import Experiment
