@@ -588,8 +588,11 @@ class _Recorder:
 
 class _RecordingCuda(_FakeCuda):
     CUDAGraph = _RecordedGraph
-    graphs: list[_RecordedGraph] = []
     _real = torch.cuda
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graphs: list[_RecordedGraph] = []
 
     def __getattr__(self, name):  # the rest of torch.cuda (torch.manual_seed asks it things)
         return getattr(self._real, name)
@@ -608,29 +611,10 @@ def test_a_captured_and_replayed_step_trains_exactly_like_the_eager_step(monkeyp
     syncs with the host nowhere, and every phase of a strategy gets a graph of its own."""
     from transfer.train import engine
 
-    xt, y, source, folds = _data()
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=False, grad_clip=1.0,
-                      schedule="step", step_size=1, gamma=0.5)
-    ctx = Context(_factory, 2, 3, _factory(3).state_dict(), 0.1)
-    cls = get_strategy(name)
-    opts = cls.Options()
-    for key, value in (("align_every", 1), ("align_steps", 5), ("ae_epochs", 1),
-                       ("align_step_size", 1)):  # every phase past its warm-up, a schedule
-        if hasattr(opts, key):
-            setattr(opts, key, value)
-    target = DomainTensors(xt, y, [Standardizer.fit(xt, tr) for tr, _ in folds],
-                           [tr for tr, _ in folds], [va for _, va in folds])
-    seeds = [0, 1, 2]
-
-    def fit(capture: bool):
-        strategy = build_pack(cls, ctx, opts, seeds)
-        results = fit_runs(strategy, target, source, cfg, seeds, torch.device("cpu"))
-        return results, strategy.state_dict()
-
+    folds, seeds, cpu = _data()[3], [0, 1, 2], torch.device("cpu")
     with one_thread():
-        eager, eager_state = fit(False)
+        eager, eager_state = _fit_on(name, cpu, seeds, folds)
         fake = _RecordingCuda()
-        fake.graphs = []
         monkeypatch.setattr(torch, "cuda", fake)
         init = engine._Trainer.__init__
 
@@ -639,7 +623,8 @@ def test_a_captured_and_replayed_step_trains_exactly_like_the_eager_step(monkeyp
             self.capture = True
 
         monkeypatch.setattr(engine._Trainer, "__init__", on_cpu_as_on_cuda)
-        captured, captured_state = fit(True)
+        captured, captured_state = _fit_on(name, cpu, seeds, folds)
+    cls, ctx, opts = _pack_setup(name)
     phases = len(build_pack(cls, ctx, opts, seeds).phases())
     assert len(fake.graphs) == 1 + phases and all(g.replays > 0 for g in fake.graphs)
     for a, b in zip(eager, captured, strict=True):
@@ -669,15 +654,11 @@ def _on(dom: DomainTensors, device: torch.device) -> DomainTensors:
                          [None if v is None else v.to(device) for v in dom.val])
 
 
-def _fit_on(name: str, device: torch.device, seeds: list[int], folds: list, amp: bool = False,
-            capture: bool = True):
-    """Train ``seeds`` (run k on ``folds[k]``) as one pack on ``device``; results, CPU state."""
-    xt, y, source, _ = _data()
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=amp, grad_clip=1.0,
-                      schedule="step", step_size=1, gamma=0.5, cuda_graph=capture,
-                      select="last")  # a UAR that one flipped prediction moves selects nothing
+def _pack_setup(name: str):
+    """A strategy's class, context (the same pretrained source model in every call) and
+    options with every alignment phase past its warm-up and a phase schedule."""
     with torch.random.fork_rng():
-        torch.manual_seed(0)  # the same pretrained source model in every call
+        torch.manual_seed(0)
         ctx = Context(_factory, 2, 3, _factory(3).state_dict(), 0.1)
     cls = get_strategy(name)
     opts = cls.Options()
@@ -685,6 +666,17 @@ def _fit_on(name: str, device: torch.device, seeds: list[int], folds: list, amp:
                        ("align_step_size", 1)):
         if hasattr(opts, key):
             setattr(opts, key, value)
+    return cls, ctx, opts
+
+
+def _fit_on(name: str, device: torch.device, seeds: list[int], folds: list, amp: bool = False,
+            capture: bool = True):
+    """Train ``seeds`` (run k on ``folds[k]``) as one pack on ``device``; results, CPU state."""
+    xt, y, source, _ = _data()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=amp, grad_clip=1.0,
+                      schedule="step", step_size=1, gamma=0.5, cuda_graph=capture,
+                      select="last")  # a UAR that one flipped prediction moves selects nothing
+    cls, ctx, opts = _pack_setup(name)
     target = DomainTensors(xt, y, [Standardizer.fit(xt, tr) for tr, _ in folds],
                            [tr for tr, _ in folds], [va for _, va in folds])
     strategy = build_pack(cls, ctx, opts, seeds)
