@@ -798,3 +798,22 @@ def test_bench_grid_slice_keeps_the_first_runs_of_every_strategy():
     assert [(r.strategy, r.fold, r.seed) for r in kept] == [("a", 0, 0), ("a", 1, 0),
                                                             ("b", 0, 0), ("b", 1, 0)]
     assert first_runs(plan, 6) == plan and first_runs(plan, 9) == plan
+
+
+def test_bench_grid_extrapolation_separates_setup_from_epochs():
+    """1 epoch in 30 s and 3 epochs in 50 s: 10 s per epoch and 20 s of setup; 60 epochs of
+    5x the slice's runs: 20 + 10 x 60 x 5 s. A longer run timed faster (noise) gives 0 s per
+    epoch, never a negative cost."""
+    from transfer.bench import extrapolate
+
+    assert extrapolate(30.0, 50.0, 2, 60, 5.0) == (20.0, 10.0, 3020.0)
+    assert extrapolate(22.3, 20.2, 1, 3, 2.0) == (22.3, 0.0, 22.3)
+
+
+@pytest.mark.parametrize("flag", ["--grid-runs", "--grid-epochs"])
+def test_bench_rejects_a_negative_grid_slice(flag, capsys):
+    from transfer.bench import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--skip", "features", "train", "grid", flag, "-1"])
+    assert exit_info.value.code == 2 and "positive number" in capsys.readouterr().err

@@ -387,14 +387,22 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice
            "grid_jobs": jobs or exp.recipe.jobs, "grid_full": not quick}
     if not sliced:
         return {**out, "grid_seconds": round(seconds, 1), "grid_extrapolated": False}
-    per_epoch = max(seconds - one, 0.0) / timed
-    setup = max(one - per_epoch, 0.0)
+    setup, per_epoch, total = extrapolate(one, seconds, timed, epochs, len(full) / len(plan))
     return {**out, "grid_runs_timed": len(plan), "grid_epochs_timed": f"1 and {1 + timed}",
             "grid_seconds_timed": f"{one:.1f} and {seconds:.1f}",
             "grid_slice_setup_seconds": round(setup, 1),
             "grid_slice_seconds_per_epoch": round(per_epoch, 2),
-            "grid_seconds": round(setup + per_epoch * epochs * len(full) / len(plan), 1),
-            "grid_extrapolated": True}
+            "grid_seconds": round(total, 1), "grid_extrapolated": True}
+
+
+def extrapolate(one: float, longer: float, extra_epochs: int, epochs: int, runs_factor: float
+                ) -> tuple[float, float, float]:
+    """A slice timed for 1 epoch (``one`` s) and for 1 + ``extra_epochs`` (``longer`` s) ->
+    (setup s, s per epoch, the grid's s for ``epochs`` epochs and ``runs_factor`` times the
+    slice's runs). Noise that makes the longer run no slower gives 0 s per epoch, not less."""
+    per_epoch = max(longer - one, 0.0) / extra_epochs
+    setup = max(one - per_epoch, 0.0)
+    return setup, per_epoch, setup + per_epoch * epochs * runs_factor
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -431,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--skip", nargs="*", default=[], choices=["features", "train", "grid"])
     args = parser.parse_args(argv)
+    if args.grid_epochs < 0 or args.grid_runs < 0:
+        parser.error("--grid-epochs and --grid-runs take a positive number (0: the whole grid)")
     from transfer.train.engine import pick_device
 
     device = pick_device(args.device or "auto")
