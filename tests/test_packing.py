@@ -817,3 +817,36 @@ def test_bench_rejects_a_negative_grid_slice(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--skip", "features", "train", "grid", flag, "-1"])
     assert exit_info.value.code == 2 and "positive number" in capsys.readouterr().err
+
+
+def test_a_bench_that_is_stopped_keeps_the_figures_it_has_measured(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Each measurement is printed as it is taken and the JSON is written after every section
+    ("partial" until the end): a bench stopped in its profile (a time limit, Ctrl-C) leaves
+    the training figures on disk and in its log."""
+    import json
+
+    from transfer import bench
+
+    def training(*args, report=None, **kwargs):
+        report("reference loop: 123.4 segment-steps/s")
+        return {"reference_segments_per_s": 123.4}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_training", training)
+    monkeypatch.setattr(bench, "profile_step", stopped)
+    assert bench.main(["--device", "cpu", "--skip", "features", "grid",
+                       "--results-dir", str(tmp_path)]) == 130  # Ctrl-C's exit status
+    saved = list((tmp_path / "bench").glob("*.json"))
+    assert len(saved) == 1
+    result = json.loads(saved[0].read_text())
+    assert result["partial"] is True and result["reference_segments_per_s"] == 123.4
+    assert "reference loop: 123.4 segment-steps/s" in capsys.readouterr().err
+
+    monkeypatch.setattr(bench, "profile_step", lambda device: [])
+    bench.main(["--device", "cpu", "--skip", "features", "grid",
+                "--results-dir", str(tmp_path / "whole")])
+    (whole,) = (tmp_path / "whole" / "bench").glob("*.json")
+    assert "partial" not in json.loads(whole.read_text())

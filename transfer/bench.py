@@ -3,7 +3,8 @@
 ``python -m transfer.bench [--quick] [--json] [--device cpu|cuda] [--fp32] [--pack K]
 [--grid-epochs E] [--grid-runs N] [--compile] [--jobs N] [--skip features train grid]``
 
-Writes ``results/bench/<timestamp>.json`` and ``.md`` and prints a summary:
+Writes ``results/bench/<timestamp>.json`` and ``.md`` (after every section, with
+``"partial": true`` until the bench has finished) and prints a summary:
 
 - feature extraction: seconds of audio per wall second on a synthetic MODMA-like corpus
   (44.1 kHz, resampled to 16 kHz, MFCC-39, 10-s windows), cache cold, one worker per core;
@@ -30,6 +31,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +225,12 @@ def flops_per_segment(device: torch.device) -> float:
 
 
 def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile_model: bool,
-                   amp: bool = True, repeats: int = 2, workers: int = 1) -> dict[str, Any]:
+                   amp: bool = True, repeats: int = 2, workers: int = 1,
+                   report: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Segment-steps per second of the reference loop, the engine on one run, ``pack`` runs
+    packed in one process and (CPU, ``workers`` > 1) packed over worker processes; each
+    measured ``repeats`` times, alternating, best kept. ``report`` hears every measurement as
+    it is taken (a bench that is stopped still leaves them in its log)."""
     from transfer.common.allocator import retain_freed_memory
 
     retained = retain_freed_memory()  # as the engine does on a CPU; for both loops alike
@@ -231,12 +238,19 @@ def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile
     x = torch.randn(n, 39, 313, generator=g)
     y = torch.randint(0, 2, (n,), generator=g)
     refs, ones, packs, spread = [], [], [], []
+    def measure(into: list[float], name: str, value: float) -> None:
+        into.append(value)
+        if report is not None:
+            report(f"{name}: {value:.1f} segment-steps/s")
+
     for _ in range(repeats):  # alternate, keep each one's best: robust to a busy machine
-        refs.append(reference_loop(x, y, device, epochs))
-        ones.append(engine_loop(x, y, device, epochs, 1, compile_model, amp))
-        packs.append(engine_loop(x, y, device, epochs, pack, compile_model, amp))
+        measure(refs, "reference loop", reference_loop(x, y, device, epochs))
+        measure(ones, "engine, one run", engine_loop(x, y, device, epochs, 1, compile_model, amp))
+        measure(packs, f"engine, {pack} packed runs",
+                engine_loop(x, y, device, epochs, pack, compile_model, amp))
         if workers > 1 and device.type == "cpu":
-            spread.append(engine_workers(x, y, epochs, pack, workers, amp))
+            measure(spread, f"engine, {pack} packed runs over {workers} workers",
+                    engine_workers(x, y, epochs, pack, workers, amp))
     ref, one, packed = max(refs), max(ones), max(packs)
     flops = flops_per_segment(device)
     peak, peak_note = device_peak(device)
@@ -322,8 +336,10 @@ def first_runs(plan: list, n: int) -> list:
 
 
 def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice: int = 0,
-               amp: bool = True, pack: int = 0, runs_slice: int = 0) -> dict[str, Any]:
-    """Time a grid (pretraining excluded), whole or as a slice that is extrapolated.
+               amp: bool = True, pack: int = 0, runs_slice: int = 0,
+               report: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time a grid (pretraining excluded), whole or as a slice that is extrapolated;
+    ``report`` hears each timing as it is taken.
 
     A slice: ``epochs_slice`` E > 0 epochs of every run, and/or ``runs_slice`` N > 0 runs of
     every strategy (the first N, packed as the grid packs them). After a warm-up of one epoch
@@ -371,7 +387,10 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice
             execute_all(exp, plan, Path(tmp) / f"runs-{train_epochs}.jsonl", progress=False,
                         jobs=jobs)
             _sync(device)
-            return time.perf_counter() - t0, exp, plan
+            seconds = time.perf_counter() - t0
+            if report is not None:
+                report(f"{len(plan)} runs x {train_epochs} epoch(s): {seconds:.1f} s")
+            return seconds, exp, plan
 
         if sliced:
             run(1)  # warm-up: compiled kernels into inductor's on-disk cache, as a grid finds them
@@ -449,9 +468,22 @@ def main(argv: list[str] | None = None) -> int:
                               else torch.cuda.get_device_name(device),
                               "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "quick": args.quick}
+    out = Path(args.results_dir) / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    def save(partial: bool) -> None:  # after every section: a stopped bench keeps what it had
+        saved = {**result, "partial": True} if partial else result
+        (out / f"{stamp}.json").write_text(json.dumps(saved, indent=2))
+        (out / f"{stamp}.md").write_text(to_markdown(saved))
+
+    def heard(message: str) -> None:
+        console.print(f"  {message}")
+
     if "features" not in args.skip:
         console.print("feature extraction ...")
         result.update(bench_features("medium" if args.quick else "full"))
+        save(partial=True)
     if "train" not in args.skip:
         console.print("training throughput ...")
         n = 256 if args.quick and device.type == "cpu" else 2048
@@ -459,17 +491,15 @@ def main(argv: list[str] | None = None) -> int:
 
         workers = args.workers or default_jobs(device)
         result.update(bench_training(device, n, 1 if args.quick else 3, args.pack, args.compile,
-                                     amp=not args.fp32, workers=workers))
+                                     amp=not args.fp32, workers=workers, report=heard))
+        save(partial=True)
         result["profile"] = profile_step(device)
+        save(partial=True)
     if "grid" not in args.skip:
         console.print("grid ...")
         result.update(bench_grid(device, args.quick, args.jobs, args.grid_epochs,
-                                 amp=not args.fp32, runs_slice=args.grid_runs))
-    out = Path(args.results_dir) / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    (out / f"{stamp}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{stamp}.md").write_text(to_markdown(result))
+                                 amp=not args.fp32, runs_slice=args.grid_runs, report=heard))
+    save(partial=False)
     if args.json:
         print(json.dumps(result))
     else:
