@@ -7,12 +7,10 @@ import torch
 
 import backbones
 from transfer.common.config import TrainConfig
-from transfer.evaluate.diagnostics import domain_gap
 from transfer.train.engine import (
     DomainTensors,
     Standardizer,
     build_pack,
-    embed,
     fit,
     fit_runs,
     predict_runs,
@@ -58,20 +56,11 @@ def _train(name: str, opts: dict, seed: int, strength: float = 1.0):
     cls = get_strategy(name)
     torch.manual_seed(seed)
     strategy = cls(Context(_make, 2, 2, pre.model.state_dict(), 0.0), cls.Options(**opts))
-    result = fit(strategy, tgt, src, CFG, seed, torch.device("cpu"))
-    gap = domain_gap(embed(strategy, src, src.val).numpy(), embed(strategy, tgt, tgt.val).numpy())
-    return result, gap
-
-
-@pytest.mark.parametrize("seed", [0, 2])
-def test_dann_reduces_domain_gap_of_general_features(seed):
-    _, scratch = _train("scratch", {}, seed)
-    _, dann = _train("dann", {"adv_weight": 3.0}, seed)
-    assert dann["gap_a_distance"] < scratch["gap_a_distance"] - 0.3
+    return fit(strategy, tgt, src, CFG, seed, torch.device("cpu"))
 
 
 def test_ddg_alignment_phase_reduces_mmd_in_its_space():
-    result, _ = _train("ddg", {"align_every": 1, "align_steps": 20}, 0, strength=3.0)
+    result = _train("ddg", {"align_every": 1, "align_steps": 20}, 0, strength=3.0)
     mmd = [row["align_mmd"] for row in result.curves if "align_mmd" in row]
     assert len(mmd) == 15 and sum(mmd[-3:]) / 3 < 0.85 * mmd[0]
     assert all(0.0 <= row["align_disc_acc"] <= 1.0 for row in result.curves)
