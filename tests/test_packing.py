@@ -850,3 +850,32 @@ def test_a_bench_that_is_stopped_keeps_the_figures_it_has_measured(tmp_path, mon
                 "--results-dir", str(tmp_path / "whole")])
     (whole,) = (tmp_path / "whole" / "bench").glob("*.json")
     assert "partial" not in json.loads(whole.read_text())
+
+
+def test_bench_training_reports_every_measurement_and_keeps_each_ones_best(monkeypatch):
+    """The real ``bench_training`` with its timed loops replaced by known figures: every
+    measurement of every repeat is heard, in the order taken, and the result keeps the best."""
+    from transfer import bench
+
+    figures = iter([100.0, 200.0, 300.0, 400.0,    # repeat 1: reference, one, packed, workers
+                    150.0, 180.0, 330.0, 360.0])   # repeat 2
+    monkeypatch.setattr(bench, "reference_loop", lambda *a, **k: next(figures))
+    monkeypatch.setattr(bench, "engine_loop", lambda *a, **k: next(figures))
+    monkeypatch.setattr(bench, "engine_workers", lambda *a, **k: next(figures))
+    monkeypatch.setattr(bench, "flops_per_segment", lambda device: 1e9)
+    monkeypatch.setattr(bench, "device_peak", lambda device: (1e12, "stated"))
+    heard: list[str] = []
+    result = bench.bench_training(torch.device("cpu"), 8, 1, 3, False, amp=False, repeats=2,
+                                  workers=2, report=heard.append)
+    assert heard == ["reference loop: 100.0 segment-steps/s",
+                     "engine, one run: 200.0 segment-steps/s",
+                     "engine, 3 packed runs: 300.0 segment-steps/s",
+                     "engine, 3 packed runs over 2 workers: 400.0 segment-steps/s",
+                     "reference loop: 150.0 segment-steps/s",
+                     "engine, one run: 180.0 segment-steps/s",
+                     "engine, 3 packed runs: 330.0 segment-steps/s",
+                     "engine, 3 packed runs over 2 workers: 360.0 segment-steps/s"]
+    assert (result["reference_segments_per_s"], result["engine_segments_per_s"],
+            result["packed_segments_per_s"], result["packed_workers_segments_per_s"]) == (
+        150.0, 200.0, 330.0, 400.0)
+    assert result["packed_speedup_vs_reference"] == 2.2
