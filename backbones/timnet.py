@@ -90,8 +90,9 @@ class TimNetOptions:
             raise OptionError(f"kernel_size must be at least 1, got {self.kernel_size}")
         if not 0 <= self.dropout < 1:
             raise OptionError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.attention == "mha" and self.d_model % self.heads:
-            raise OptionError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.attention == "mha" and (self.heads < 1 or self.d_model % self.heads):
+            raise OptionError(f"heads must be >= 1 and divide d_model ({self.d_model}), got "
+                              f"{self.heads}")
 
 
 class GeneralFeatures(NamedTuple):

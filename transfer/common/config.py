@@ -28,7 +28,8 @@ class CorpusConfig:
 
     ``synthetic``: instead of ``root``, generate a synthetic corpus of this size (tiny | small |
     demo | full; ``transfer.data.synth.SIZES``) into the cache (casia and modma only).
-    ``root`` = "" reads ``$<NAME>_ROOT``.
+    ``root`` = "" reads ``$<NAME>_ROOT``. ``positive``: the positive class of a binary target
+    (what sensitivity and specificity refer to); "" = the card's ``[labels] positive``.
     """
 
     corpus: str = ""
@@ -38,6 +39,7 @@ class CorpusConfig:
     label_map: dict[str, str] = field(default_factory=dict)
     keep: list[str] = field(default_factory=list)
     max_bad_share: float = 0.05
+    positive: str = ""
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     # What a label belongs to (the decision unit): subject | recording | segment; "" = the
     # card's [labels] unit. Checked against the data; metrics are reported per unit.

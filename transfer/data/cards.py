@@ -22,7 +22,7 @@ import string
 import sys
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transfer import REPO_ROOT, UserError
@@ -174,6 +174,14 @@ def _fields(fmt: str, where: str) -> set[str]:
         raise UserError(f"{where} is not a valid format string ({err}): {fmt!r}") from None
 
 
+def _check_glob(pattern: str, where: str) -> None:
+    """A glob is a non-empty pattern relative to the corpus root that stays inside it."""
+    parts = PurePosixPath(pattern).parts
+    if not pattern or pattern.startswith(("/", "\\")) or ".." in parts or "\0" in pattern:
+        raise UserError(f"{where} must be a non-empty pattern relative to the corpus root, "
+                        f"without '..' (e.g. \"*/*.wav\"), got {pattern!r}")
+
+
 def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> None:
     """Values that parse but cannot work: wrong top-level types, bad regexes, missing groups."""
     for key in ("name", "description", "task", "root_env"):
@@ -184,6 +192,9 @@ def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> No
         raise UserError(f"card {path}: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
     audio: AudioSpec = sections["audio"]
     labels: LabelSpec = sections["labels"]
+    _check_glob(audio.glob, f"card {path} [audio] glob")
+    if labels.source == "lines":
+        _check_glob(labels.line_glob, f"card {path} [labels] line_glob")
     groups = set(_regex(audio.pattern, f"card {path} [audio] pattern").groupindex)
     speaker = _fields(audio.speaker_format, f"card {path} [audio] speaker_format")
     needed = {
@@ -267,8 +278,18 @@ def load_card(name_or_path: str | Path) -> Card:
         raise UserError(f"no corpus card {str(name_or_path)!r}: looked for {path}; "
                         f"shipped cards: {', '.join(available_cards())} "
                         "(or give the path of your own card .toml)")
+    return parse_card(read_toml(path, "card"), str(path))
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file (a card, a recipe) as data; one-line errors for a file that is not UTF-8
+    text, not valid TOML, or unreadable."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                        f"position {err.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"card {path} is not valid TOML: {err}") from None
-    return parse_card(data, str(path))
+        raise UserError(f"{what} {path} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from None

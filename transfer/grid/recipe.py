@@ -116,10 +116,7 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
         raise UserError("recipe needs [target] with corpus = \"<card name or path>\"")
     if not recipe.seeds:
         raise UserError("recipe key 'seeds' must list at least one seed")
-    if recipe.features.kind == "ssl":
-        from transfer.data.domain import feature_spec
-
-        feature_spec(recipe.features)  # the ssl checks of FeatureSpec, before any file access
+    check_name(recipe.name)
     from transfer.train.strategies import get_strategy
 
     if any(get_strategy(s.name).needs_source for s in recipe.strategies) and not recipe.source:
@@ -132,7 +129,43 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     except OptionError as err:
         raise UserError(f"backbone.name: {err}") from None
     check_ranges(recipe)
+    check_data_settings(recipe)
     return recipe
+
+
+def check_name(name: str) -> None:
+    """A recipe's name is the folder its results go in (``<results-dir>/<name>/``): one folder
+    name, so that no name (``../../x``, ``/abs``) writes outside the results folder."""
+    bad = (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")
+           or name != name.strip())
+    _require(not bad, "name", "a folder name (no '/', '\\', NUL or surrounding spaces; not "
+             "'.' or '..')", name, "it names the results folder <results-dir>/<name>/")
+
+
+def check_data_settings(recipe: Recipe) -> None:
+    """Feature and segment settings that each pass their own range but not together
+    (``n_mfcc`` above ``n_mels``, a segment of fewer feature frames than a model needs), at
+    load time; for ssl, the checkpoint checks, before any audio is touched. Segment lengths
+    left to the corpus card are checked when the card is read."""
+    from transfer.data.audio import SegmentSpec
+    from transfer.data.domain import feature_spec
+    from transfer.data.features import check_segments
+
+    spec = feature_spec(recipe.features)
+    corpora = [("target", recipe.target)] + [
+        (f"source[{i}]" if len(recipe.source) > 1 else "source", c)
+        for i, c in enumerate(recipe.source)]
+    for where, c in corpora:
+        s = c.segments
+        if s.seconds is None:
+            continue
+        try:
+            seg = SegmentSpec(seconds=s.seconds, mode=s.mode or "pad", overlap_s=s.overlap_s,
+                              align=s.align, sample_rate=recipe.features.sample_rate)
+        except UserError as err:
+            raise UserError(f"recipe key '{where}.segments': {err}") from None
+        if spec.kind != "ssl":  # ssl frames need the checkpoint: checked when data is loaded
+            check_segments(seg, spec, f"{where}.segments.seconds", f"recipe key '{where}': ")
 
 
 def _require(ok: bool, key: str, rule: str, value: Any, hint: str = "") -> None:
@@ -169,6 +202,7 @@ def _check_train(cfg: TrainConfig, prefix: str) -> None:
     _share(cfg.label_smoothing, f"{prefix}.label_smoothing", open_high=True)
     _at_least(cfg.grad_clip, 0, f"{prefix}.grad_clip", "0 turns clipping off")
     _at_least(cfg.patience, 0, f"{prefix}.patience", "0 turns early stopping off")
+    _at_least(cfg.pack, 0, f"{prefix}.pack", "0 chooses from the device, 1 trains runs apart")
 
 
 def check_ranges(recipe: Recipe) -> None:
@@ -176,6 +210,10 @@ def check_ranges(recipe: Recipe) -> None:
     before any data is read or model trained."""
     _require(len(set(recipe.seeds)) == len(recipe.seeds), "seeds", "distinct seeds",
              recipe.seeds)
+    for key, seeds in (("seeds", recipe.seeds), ("pretrain.seed", [recipe.pretrain.seed]),
+                       ("protocol.split_seed", [recipe.protocol.split_seed])):
+        _require(all(0 <= s < 2**32 for s in seeds), key,  # numpy's and scikit-learn's range
+                 "seeds in [0, 2**32)", seeds if key == "seeds" else seeds[0])
     _at_least(recipe.jobs, 0, "jobs", "0 chooses from the device")
     _at_least(recipe.threads, 0, "threads", "0 uses torch's default")
     corpora = [("target", recipe.target)] + [
@@ -183,6 +221,8 @@ def check_ranges(recipe: Recipe) -> None:
         for i, c in enumerate(recipe.source)]
     for where, c in corpora:
         _share(c.max_bad_share, f"{where}.max_bad_share")
+        _require(0 <= c.synthetic_seed < 2**32, f"{where}.synthetic_seed", "in [0, 2**32)",
+                 c.synthetic_seed)
         if c.segments.seconds is not None:
             _above(c.segments.seconds, 0, f"{where}.segments.seconds",
                    "leave it out to use the corpus card's length")
@@ -244,10 +284,9 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no recipe file {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"recipe {path} is not valid TOML: {err}") from None
+    from transfer.data.cards import read_toml
+
+    data = read_toml(path, "recipe")
     for assignment in sets or []:
         apply_set(data, assignment)
     return parse_recipe(data, path.stem)
