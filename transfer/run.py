@@ -93,10 +93,16 @@ def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
             out = new_results_path(results_dir, recipe.name,
                                    dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
             check_writable(out)
-        exp = Experiment(recipe, base=base, progress=progress).load()
+        exp = Experiment(recipe, base=base, progress=progress).load_data()
+        if resume is not None:  # the corpora before pretraining, the pretrained model after
+            recorded_data = _recorded_data(out)
+            check_resumed_data(out, recorded_data, exp.data_identity(), ("target", "source"))
+            exp.load()
+            check_resumed_data(out, recorded_data, exp.data_identity(), ("pretrained",))
+        else:
+            exp.load()
         plan = exp.plan()
         if resume is not None:
-            check_resumed_data(out, exp.data_identity())
             check_resumed_export(out, recipe, {s.key for s in plan})
         _note_precision(exp)
         with results_folder(out, new=resume is None) as out:
@@ -109,16 +115,23 @@ def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
                              address=address)
 
 
-def check_resumed_data(out: Path, identity: dict[str, Any]) -> None:
-    """Refuse to resume ``out`` when its runs were trained on other data than the current
-    recipe reads: another target or source corpus (files added, removed, changed in size or
-    modification time) or another source-pretrained model. Folders of older versions, whose
-    summary does not say, are resumed; their run keys hold the target data."""
+def _recorded_data(out: Path) -> dict[str, Any]:
+    """What the runs of ``out`` were trained on, as its summary.json says ({} where it does
+    not: a folder of an older version, or a damaged summary, which is rewritten)."""
     try:
-        recorded = read_summary(out).get("data")
+        return read_summary(out).get("data", {})
     except UserError as err:
         log.warning(f"warning: {err}; it is rewritten now")
-        return
+        return {}
+
+
+def check_resumed_data(out: Path, recorded: dict[str, Any], identity: dict[str, Any],
+                       parts: tuple[str, ...]) -> None:
+    """Refuse to resume ``out`` when its runs were trained on other data than the current
+    recipe reads (``recorded`` vs ``identity``, in ``parts``): another target or source
+    corpus (files added, removed, changed in size or modification time) or another
+    source-pretrained model. Folders of older versions, whose summary does not say, are
+    resumed; their run keys hold the target data."""
     if not recorded:
         return
     what = {"target": "the target corpus changed (files added, removed, or changed in size or "
@@ -127,7 +140,7 @@ def check_resumed_data(out: Path, identity: dict[str, Any]) -> None:
                       "modification time)",
             "pretrained": "the source-pretrained model has other weights (retrained: another "
                           "machine, torch version or a cleared cache)"}
-    changed = [why for name, why in what.items() if recorded.get(name) != identity.get(name)]
+    changed = [what[name] for name in parts if recorded.get(name) != identity.get(name)]
     if changed:
         raise UserError(f"--resume: {out} was recorded on other data, so its runs cannot be "
                         f"mixed with new ones: {'; '.join(changed)}. Restore that data to "
@@ -176,14 +189,8 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
     if done:
         console.print(f"resuming {out}: {len(plan) - len(todo)} of {len(plan)} runs already "
                       "recorded")
-    source = dict(exp.pretrained.metrics) if exp.pretrained else None
-    summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
-                        f"{exp.target.name} ({recipe.protocol.name})",
-               "order": [e.label for e in recipe.strategies], "source": source,
-               "runs_planned": len(plan), "device": str(exp.device),
-               "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
-               "unit": exp.target.unit, "positive": exp.target.positive,
-               "plan": [s.key for s in plan], "data": exp.data_identity()}
+    summary = _summary(exp, plan)
+    source = summary["source"]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     from transfer.grid.executors import execute_all
 
@@ -198,6 +205,21 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
                 console.print(f"exported {path}")
     failed = sum(1 for r in latest(records) if r["status"] != "ok")
     return out, table, failed
+
+
+def _summary(exp: Experiment, plan: list[RunSpec]) -> dict[str, Any]:
+    """summary.json: what ``transfer.report`` needs besides the records (title, row order,
+    source metrics), the plan's run keys (the table holds those runs only) and the data the
+    runs are trained on (a resume checks it)."""
+    recipe = exp.recipe
+    return {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
+                     f"{exp.target.name} ({recipe.protocol.name})",
+            "order": [e.label for e in recipe.strategies],
+            "source": dict(exp.pretrained.metrics) if exp.pretrained else None,
+            "runs_planned": len(plan), "device": str(exp.device),
+            "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
+            "unit": exp.target.unit, "positive": exp.target.positive,
+            "plan": [s.key for s in plan], "data": exp.data_identity()}
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -100,14 +100,27 @@ class Experiment:
 
     # --- preparation ---------------------------------------------------------------------
     def load(self) -> Experiment:
+        """Read the corpora (:meth:`load_data`, unless done), pretrain on the source where a
+        strategy needs it (or load the cached model), and make the splits."""
+        r = self.recipe
+        if self.target is None:
+            self.load_data()
+        if any(get_strategy(e.name).needs_source for e in r.strategies):
+            self.pretrained = pretrain(r, self.source, self.device)
+        return self.build_splits()
+
+    def load_data(self) -> Experiment:
+        """Read the target and source corpora (features from the cache), check the target and
+        that the recipe's backbone can be built on these features: an option that cannot
+        build a model is one error now, not a failure of every run."""
         r = self.recipe
         self.target = load_domain([r.target], r.features, progress=self.progress, base=self.base)
         self.check_target()
         if r.source:
             self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
-        if any(get_strategy(e.name).needs_source for e in r.strategies):
-            self.pretrained = pretrain(r, self.source, self.device)
-        return self.build_splits()
+        make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)(
+            len(self.target.labels))
+        return self
 
     def check_target(self) -> None:
         """The target has two labels or more, and a binary one names its positive class:
