@@ -58,6 +58,11 @@ ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
                        errno.EFBIG}
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks (from a file name, a recipe value) shown as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main``: a :class:`UserError` becomes a one-line message and exit status 2,
     Ctrl-C exits with 130 after saying what was kept, and so does a file-system error of the
@@ -68,12 +73,13 @@ def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return fn(*args, **kwargs) or 0
         except UserError as err:
-            say(("error:", "bold red"), f" {err}")
+            say(("error:", "bold red"), " " + one_line(str(err)))
             return 2
         except OSError as err:
             if err.errno not in ENVIRONMENT_ERRORS:
                 raise
-            say(("error:", "bold red"), f" {err.filename or 'file system'}: {err.strerror or err}")
+            what = f"{err.filename or 'file system'}: {err.strerror or err}"
+            say(("error:", "bold red"), " " + one_line(what))
             return 2
         except KeyboardInterrupt:
             say(("interrupted", "yellow"), ": finished work is kept; rerun to continue")

@@ -187,6 +187,9 @@ def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> No
     for key in ("name", "description", "task", "root_env"):
         if key in data and not isinstance(data[key], str):
             raise UserError(f"card {path}: '{key}' must be a string, got {data[key]!r}")
+    if not re.fullmatch(r"\w[\w.-]*", data["name"]):  # it names cache files and $<NAME>_ROOT
+        raise UserError(f"card {path}: 'name' must be letters, digits, '_', '.' or '-' (it names "
+                        f"cache files), got {data['name']!r}")
     rate = data["sample_rate"]
     if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
         raise UserError(f"card {path}: 'sample_rate' must be a positive integer (Hz), got {rate!r}")

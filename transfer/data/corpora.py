@@ -312,10 +312,11 @@ def build_manifest(card: Card | str | Path, root: str | Path | None = None, *,
     warnings = _warnings(card, table, sorting, infos)
     considered = len(records) + len(skipped)
     if considered and len(skipped) / considered > max_bad_share:
-        listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:20])
+        listing = "; ".join(f"{p}: {why}" for p, why in skipped[:3])
         raise UserError(f"corpus '{card.name}': {len(skipped)} of {considered} audio files are "
                         f"unusable ({_counts(reason_counts(skipped))}), more than the allowed "
-                        f"share {max_bad_share:.0%} (max_bad_share):\n{listing}")
+                        f"share {max_bad_share:.0%} (max_bad_share), e.g. {listing}; "
+                        f"python -m transfer.prepare --corpus {card.path} lists them all")
     if not records:
         raise UserError(f"corpus '{card.name}': none of the {len(paths)} audio file(s) under "
                         f"{root} is usable: " + _why_none(sorting, final) + f" (card {card.path})")

@@ -89,7 +89,10 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
             raise UserError(f"strategies[{i}] needs a name; available: {names()}")
         item = dict(item)
         name = item.pop("name")
-        label = str(item.pop("label", name))
+        label = item.pop("label", name)
+        if not isinstance(name, str) or not isinstance(label, str):
+            raise UserError(f"strategies[{i}]: 'name' and 'label' must be strings, got "
+                            f"{name!r} and {label!r}; available: {names()}")
         cls = get_strategy(name)
         try:
             opts = build_options(cls.Options, item, f"strategy '{label}'")
@@ -108,6 +111,9 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     sources = data.get("source", [])
     if isinstance(sources, dict):
         sources = [sources]
+    if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+        raise UserError(f"recipe key 'source' must be a [source] table or [[source]] tables, "
+                        f"got {sources!r}")
     recipe.source = [_from_dict(CorpusConfig, s, f"source[{i}]" if len(sources) > 1 else "source")
                      for i, s in enumerate(sources)]
     recipe.strategies = _strategies(data.get("strategies"))
