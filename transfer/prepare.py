@@ -31,14 +31,7 @@ def prepare(corpus: str, root: str | None = None, *, seconds: float | None = Non
             progress: bool = True, overlap: float | None = None) -> dict[str, Any]:
     """Manifest + features for one corpus; returns the summary printed by the CLI."""
     t0 = time.perf_counter()
-    if not 0 <= max_bad_share <= 1:
-        raise UserError(f"--max-bad-share must be in [0, 1], got {max_bad_share}")
-    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-        raise UserError(f"--seconds must be a finite number of seconds > 0, got {seconds}")
-    if overlap is not None and not (math.isfinite(overlap) and overlap >= 0):
-        raise UserError(f"--overlap must be a finite number of seconds >= 0, got {overlap}")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    _check_arguments(seconds, overlap, max_bad_share, workers)
     card = load_card(corpus)
     seg = SegmentSpec(seconds=card.segments.seconds if seconds is None else seconds,
                       mode=mode or card.segments.mode,
@@ -78,6 +71,19 @@ def prepare(corpus: str, root: str | None = None, *, seconds: float | None = Non
         round(float(frame["duration_s"].sum()) / max(feats.seconds, 1e-9), 1),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _check_arguments(seconds: float | None, overlap: float | None, max_bad_share: float,
+                     workers: int | None) -> None:
+    """One-line errors for numbers no corpus can be prepared with."""
+    if not 0 <= max_bad_share <= 1:
+        raise UserError(f"--max-bad-share must be in [0, 1], got {max_bad_share}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"--seconds must be a finite number of seconds > 0, got {seconds}")
+    if overlap is not None and not (math.isfinite(overlap) and overlap >= 0):
+        raise UserError(f"--overlap must be a finite number of seconds >= 0, got {overlap}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
 
 
 @main_guard

@@ -117,23 +117,26 @@ _SECTIONS = {"audio": AudioSpec, "labels": LabelSpec, "segments": SegmentDefault
 _TOP_KEYS = {"name", "description", "task", "sample_rate", "root_env"} | set(_SECTIONS)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: Per card field type: whether a TOML value fits it, and what is expected.
+_TYPES: dict[Any, tuple[Any, str]] = {
+    str: (lambda v: isinstance(v, str), "a string"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (_number, "a number"),
+    tuple: (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "a list of strings"),
+    dict: (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+           "a table of strings (key = \"value\")"),
+}
+
+
 def _type_error(value: Any, hint: Any) -> str:
     """'' when ``value`` fits the card field type ``hint``, else what was expected."""
-    origin = typing.get_origin(hint)
-    if hint is str:
-        return "" if isinstance(value, str) else "a string"
-    if hint is int:
-        return "" if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return "" if ok else "a number"
-    if origin is tuple:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return "" if ok else "a list of strings"
-    if origin is dict:
-        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-        return "" if ok else "a table of strings (key = \"value\")"
-    return ""  # pragma: no cover - every card field has one of the types above
+    fits, expected = _TYPES[typing.get_origin(hint) or hint]
+    return "" if fits(value) else expected
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -182,8 +185,8 @@ def _check_glob(pattern: str, where: str) -> None:
                         f"without '..' (e.g. \"*/*.wav\"), got {pattern!r}")
 
 
-def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> None:
-    """Values that parse but cannot work: wrong top-level types, bad regexes, missing groups."""
+def _check_top(data: dict[str, Any], path: str) -> None:
+    """The card's top-level values: strings, a file-name-safe name, a sample rate."""
     for key in ("name", "description", "task", "root_env"):
         if key in data and not isinstance(data[key], str):
             raise UserError(f"card {path}: '{key}' must be a string, got {data[key]!r}")
@@ -193,6 +196,11 @@ def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> No
     rate = data["sample_rate"]
     if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
         raise UserError(f"card {path}: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
+
+
+def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> None:
+    """Values that parse but cannot work: wrong top-level types, bad regexes, missing groups."""
+    _check_top(data, path)
     audio: AudioSpec = sections["audio"]
     labels: LabelSpec = sections["labels"]
     _check_glob(audio.glob, f"card {path} [audio] glob")
@@ -223,7 +231,10 @@ def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> No
         raise UserError(f"card {path}: [labels] names must list at least one label")
     if labels.zero_pad < 0:
         raise UserError(f"card {path}: [labels] zero_pad must be >= 0, got {labels.zero_pad}")
-    seg: SegmentDefaults | None = sections.get("segments")
+    _check_segments(sections.get("segments"), path)
+
+
+def _check_segments(seg: SegmentDefaults | None, path: str) -> None:
     if seg is not None:
         if seg.seconds <= 0:
             raise UserError(f"card {path}: [segments] seconds must be > 0, got {seg.seconds}")

@@ -105,17 +105,21 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
     return entries
 
 
-def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
-    """Validate a recipe already read from TOML."""
-    recipe = _from_dict(Recipe, data, "")
-    sources = data.get("source", [])
+def _sources(sources: Any) -> list[CorpusConfig]:
+    """``[source]`` (one table) or ``[[source]]`` (a list of tables) as corpus configs."""
     if isinstance(sources, dict):
         sources = [sources]
     if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
         raise UserError(f"recipe key 'source' must be a [source] table or [[source]] tables, "
                         f"got {sources!r}")
-    recipe.source = [_from_dict(CorpusConfig, s, f"source[{i}]" if len(sources) > 1 else "source")
-                     for i, s in enumerate(sources)]
+    return [_from_dict(CorpusConfig, s, f"source[{i}]" if len(sources) > 1 else "source")
+            for i, s in enumerate(sources)]
+
+
+def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
+    """Validate a recipe already read from TOML."""
+    recipe = _from_dict(Recipe, data, "")
+    recipe.source = _sources(data.get("source", []))
     recipe.strategies = _strategies(data.get("strategies"))
     recipe.name = recipe.name or name
     if not recipe.target.corpus:

@@ -60,6 +60,11 @@ def unit_of(records: list[dict]) -> str:
     return next((r["unit"] for r in records if r.get("unit")), "subject")
 
 
+def positive_of(records: list[dict]) -> str:
+    """The positive class of a binary target (what sens/spec refer to); "" when not recorded."""
+    return next((r["positive"] for r in records if r.get("positive")), "")
+
+
 def reference_label(records: list[dict], order: list[str]) -> str | None:
     """The row every other strategy is tested against: the first ``scratch`` entry."""
     names = {r["strategy"]: r.get("strategy_name", r["strategy"]) for r in records}
@@ -118,8 +123,7 @@ def build_table(records: list[dict], order: list[str] | None = None,
             row[k] = (source or {}).get(k, math.nan) if uses_source else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
-    positive = next((r["positive"] for r in records if r.get("positive")), "")
-    table.attrs.update(unit=unit, reference=ref, protocol=protocol, positive=positive)
+    table.attrs.update(unit=unit, reference=ref, protocol=protocol, positive=positive_of(records))
     return table
 
 
