@@ -259,8 +259,10 @@ BASE = {"target": {"corpus": "modma"}, "strategies": [{"name": "scratch"}]}
                                        r"features\.hop <= 400 or target\.segments\.seconds >= "
                                        r"0\.064"),
     (["target.segments.seconds=2", "features.hop=100000"], r"gives 1 feature frame\(s\)"),
-    (["seeds=[-1]"], r"'seeds' must be seeds in \[0, 2\*\*32\), got \[-1\]"),
-    (["seeds=[4294967296]"], r"'seeds' must be seeds in \[0, 2\*\*32\)"),
+    (["seeds=[-1]"], r"'seeds' must be a list of numbers in \[0, 2\.14748e\+09\], got \[-1\]"),
+    (["seeds=[4294967296]"], r"'seeds' must be a list of numbers in \[0, 2\.14748e\+09\]"),
+    (["pretrain.seed=-1"], r"'pretrain\.seed' must be"),
+    (["protocol.split_seed=-3"], r"'protocol\.split_seed' must be"),
     (["train.pack=-1"], r"'train\.pack' must be >= 0, got -1"),
 ])
 def test_settings_that_cannot_work_are_refused_at_load(assignments, message):
@@ -286,15 +288,21 @@ def test_card_segment_length_is_checked_by_dry_run(tmp_path, capsys):
     assert "corpus 'modma': a segment of 10 s gives 2 feature frame(s)" in line
 
 
-def test_backbone_that_cannot_be_built_is_one_line_before_training(tmp_path, capsys):
-    """heads = 0 with attention = "mha" (before: ZeroDivisionError, or every run failed)."""
+@pytest.mark.parametrize("options, message", [
+    (['backbone.options.attention="mha"', "backbone.options.heads=0"],
+     "option 'heads' must be >= 1, got 0"),
+    (["backbone.options.layer_weights=5"], "layer_weights needs stacked layers"),
+])
+def test_backbone_that_cannot_be_built_is_one_line_before_training(tmp_path, capsys, options,
+                                                                    message):
+    """heads = 0 with attention = "mha" (before: ZeroDivisionError in pretraining, or every
+    run failed), and options that only the data can refuse (layer weights over MFCC)."""
     from transfer.run import main
 
     path = tiny_recipe(tmp_path / "r.toml", ["scratch"])
-    code = main([str(path), "--quiet", "--results-dir", str(tmp_path / "res"), "--set",
-                 'backbone.options.attention="mha"', "--set", "backbone.options.heads=0"])
-    assert code == 2 and "heads must be >= 1 and divide d_model (128), got 0" in one_line(
-        capsys.readouterr().err)
+    sets = [arg for option in options for arg in ("--set", option)]
+    code = main([str(path), "--quiet", "--results-dir", str(tmp_path / "res"), *sets])
+    assert code == 2 and message in one_line(capsys.readouterr().err)
     assert not (tmp_path / "res").exists()
 
 

@@ -375,17 +375,17 @@ def test_grid_and_feature_workers_are_started_to_end_with_their_parent(monkeypat
 # --- case 11: how the table was made ---------------------------------------------------------------
 
 def test_environment_records_precision_and_cpu_model(finished, monkeypatch):
-    import transfer.train.engine
+    import transfer.train.device
     from transfer.grid.experiment import environment
-    from transfer.train.engine import amp_enabled
+    from transfer.train.device import amp_enabled
 
     _, out = finished
     env = json.loads((out / "environment.json").read_text())
     used = "bf16 autocast (fp32 weights)" if amp_enabled(torch.device("cpu"), True) else "fp32"
     assert env["precision"] == {"train": used} and env["cpu_model"]
-    assert env["cpu_native_bf16"] == transfer.train.engine.cpu_has_native_bf16()
+    assert env["cpu_native_bf16"] == transfer.train.device.cpu_has_native_bf16()
     recipe = load_recipe(tiny_recipe(out.parent / "r.toml", ["scratch"]), ["train.amp=false"])
-    monkeypatch.setattr(transfer.train.engine, "cpu_has_native_bf16", lambda: True)  # AMX
+    monkeypatch.setattr(transfer.train.device, "cpu_has_native_bf16", lambda: True)  # AMX
     env = environment(torch.device("cpu"), recipe, pretrained=True)
     assert env["precision"] == {"train": "fp32", "pretrain": "bf16 autocast (fp32 weights)"}
 

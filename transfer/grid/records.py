@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - Windows: no folder locks
 log = logging.getLogger(__name__)
 
 #: Recipe keys that do not change what a run computes: a resume may differ in them.
-NOT_RESULTS = ("name", "description", "jobs", "device", "export")
+NOT_RESULTS = ("name", "description", "jobs", "device", "export", "sweep")
 
 #: File-system errors that are the user's environment, not a bug.
 DISK_ERRORS = ENVIRONMENT_ERRORS
@@ -76,6 +76,8 @@ class RunRecord:
     sizes: dict[str, int]
     pack: int  # runs trained together as one model
     positive: str = ""  # the positive class of a binary target: what sens/spec refer to
+    draw: int = 0  # the sweep draw (0: the recipe's settings)
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # the draw's values
     status: str = "ok"  # "ok" | "failed"
     error: str = ""
     traceback: str = ""
@@ -184,7 +186,7 @@ def planned(records: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any
 #: summary.json's fields that are read back, with their types.
 SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
     "title": (str,), "order": (list,), "source": (dict, type(None)), "protocol": (str,),
-    "plan": (list,), "data": (dict,)}
+    "plan": (list,), "data": (dict,), "spaces": (dict,)}
 
 
 def read_summary(out: Path) -> dict[str, Any]:
