@@ -220,7 +220,7 @@ def test_compiled_kernels_keep_the_eager_maths_and_a_pack_is_still_bit_exact(com
     """The compiled CPU kernels (BatchNorm + ReLU + dropout, the sigmoid gate) give the eager
     path's outputs and gradients, to float32 rounding, on a 12-channel model (zero-padded weight
     gradients); and a pack of three still trains bit for bit as its runs one by one."""
-    from backbones.layers import RunState, install_run_state
+    from transfer.train.runs import RunState, install_run_state
 
     def step(on: bool):
         compiled_kernels.set_enabled(on)

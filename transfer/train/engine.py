@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from backbones.layers import RunState, hash_uniform, install_run_state, pack_states
+from backbones.layers import hash_uniform, pack_states
 from transfer.common.allocator import retain_freed_memory
 from transfer.common.config import TrainConfig
+from transfer.train.runs import RunState, install_run_state
 from transfer.train.strategies import Batch, Context, Strategy
 
 # Streams of the counter-based sampler (any distinct constants).

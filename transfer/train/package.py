@@ -72,10 +72,8 @@ def build_model(package: dict[str, Any]) -> torch.nn.Module:
     import backbones
 
     model = backbones.create(package["backbone"], **package["options"])
-    state = package["state"]
-    if package.get("format_version", 1) < 2 and hasattr(model, "options"):
-        from backbones.timnet import upgrade_state
-
-        state = upgrade_state(state, model.options)  # a package of ser-transfer 0.1
+    # a package of an older version (format 1: ser-transfer 0.1's unfused TIM-Net) holds the
+    # backbone's older layout; the backbone recognises its own old layouts
+    state = backbones.upgrade_state(package["backbone"], package["state"], model.options)
     model.load_state_dict(state)
     return model.eval()
