@@ -18,6 +18,7 @@ VARIANTS = [
     ("transformer_timnet", {"tf_dim": 16, "tf_heads": 2, "tf_ff": 32, "fusion": "diff"}),
     ("ecapa", {}),
     ("ecapa", {"scale": 2, "kernel_size": 5, "se_channels": 4, "embedding_dim": 12}),
+    ("ecapa", {"layer_weights": 3}),  # 39 features = 3 stacked layers of 13
 ]
 #: (channels of GeneralFeatures.sequence, width of forward_features) of ``small`` per family:
 #: TIM-Net stacks both directions (2 x 8) and embeds a fused scale vector (8); ECAPA's sequence
