@@ -132,6 +132,7 @@ class Stem(nn.Module):
         self.drop = RunDropout(runs, 0.0)  # none: the fused BatchNorm + ReLU takes a dropout
 
     def forward(self, x: Tensor) -> Tensor:
+        """(K, B, F, T) -> (K, C, T, B)."""
         x = x.permute(0, 2, 3, 1).contiguous()  # (K, F, T, B)
         return self.bn.conv_relu_dropout(self.conv, x, self.drop)
 
@@ -154,6 +155,7 @@ class Res2Conv(nn.Module):
                                  for _ in range(scale - 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        """(K, C, T, B) -> (K, C, T, B)."""
         groups = x.chunk(self.scale, 1)  # (K, C / scale, T, B) each
         out, y = [groups[0]], None
         for group, conv, bn in zip(groups[1:], self.convs, self.bns, strict=True):
@@ -174,6 +176,7 @@ class SqueezeExcite(nn.Module):
         self.up = RunLinear(runs, bottleneck, channels)
 
     def forward(self, h: Tensor) -> Tensor:
+        """(K, C, T, B) -> (K, C, T, B)."""
         s = h.mean(2).transpose(1, 2)  # (K, B, C)
         gate = torch.sigmoid(self.up(torch.relu(self.down(s))))  # (K, B, C)
         return h * gate.transpose(1, 2).unsqueeze(2)  # (K, C, 1, B) over time
@@ -198,6 +201,7 @@ class SERes2Block(nn.Module):
         self.se = SqueezeExcite(runs, c, opts.se_channels)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(K, C, T, B) -> (K, C, T, B)."""
         h = self.bn_in.conv_relu_dropout(self.conv_in, x, self.drop_in)
         h = self.res2(h)
         h = self.bn_out.conv_relu_dropout(self.conv_out, h, self.drop_out)
@@ -224,6 +228,7 @@ class AttentiveStatsPool(nn.Module):
         self.score = TemporalConv(runs, attention, channels, 1, causal=False)
 
     def forward(self, h: Tensor) -> Tensor:
+        """(K, M, T, B) -> (K, 2M, B): the weighted mean and standard deviation."""
         mean = h.mean(2)  # (K, M, B)
         std = (h - mean.unsqueeze(2)).square().mean(2).clamp_min(STD_EPS).sqrt()
         ctx = self.context(torch.cat([mean, std], 1).transpose(1, 2))  # (K, B, A)

@@ -65,4 +65,5 @@ class GeneralFeatures:
         return self._sequence
 
     def __repr__(self) -> str:
+        """The state's type only (the views may not be computed yet)."""
         return f"GeneralFeatures(state={type(self.state).__name__}, ...)"

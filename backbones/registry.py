@@ -141,13 +141,16 @@ class Backbone(typing.Protocol):
     head: nn.Module
 
     @property
-    def general_dim(self) -> int: ...
+    def general_dim(self) -> int:
+        """Width of :attr:`GeneralFeatures.vector`."""
 
     @property
-    def sequence_dim(self) -> int: ...
+    def sequence_dim(self) -> int:
+        """Channels of :attr:`GeneralFeatures.sequence`."""
 
     @property
-    def embed_dim(self) -> int: ...
+    def embed_dim(self) -> int:
+        """Width of :meth:`forward_features`."""
 
     def forward_general(self, x: Tensor) -> GeneralFeatures:
         """(K, B, F, T) -> the general features (:class:`GeneralFeatures`)."""
