@@ -34,8 +34,6 @@ from backbones.registry import (
     ContractError,
     OptionError,
     _check_name,
-    _describe,
-    _type_ok,
     activation_bytes,
     build_options,
     check_backbone,
@@ -53,6 +51,6 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name not in ("registry", "features"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["Backbone", "ContractError", "GeneralFeatures", "OptionError", "_check_name", "_describe",
-           "_type_ok", "activation_bytes", "build_options", "check_backbone", "create", "names",
+__all__ = ["Backbone", "ContractError", "GeneralFeatures", "OptionError", "_check_name",
+           "activation_bytes", "build_options", "check_backbone", "create", "names",
            "options_for_features", "options_of", "packable", "register", "upgrade_state"]

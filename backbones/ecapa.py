@@ -50,6 +50,7 @@ from backbones import ssl_front
 from backbones.features import GeneralFeatures
 from backbones.layers import RunBatchNorm, RunDropout, RunLinear, TemporalConv
 from backbones.registry import OptionError, register
+from transfer.common.options import opt
 
 STEM_KERNEL = 5  # the paper's first layer
 STD_EPS = 1e-12  # variances are clamped here before the square root (whose gradient at 0 is inf)
@@ -77,37 +78,32 @@ class EcapaOptions:
             automatically with features.kind = "ssl", layers = "all". 0 = off.
     """
 
-    in_features: int = 39
-    num_classes: int = 2
-    filters: int = 64
-    blocks: int = 3
-    split: int = 2
-    scale: int = 4
-    kernel_size: int = 3
-    se_channels: int = 16
-    attention_channels: int = 64
-    embedding_dim: int = 128
-    dropout: float = 0.1
-    bn_momentum: float = 0.1
-    layer_weights: int = 0
+    in_features: int = opt(39, ge=1)
+    num_classes: int = opt(2, ge=1)
+    filters: int = opt(64, ge=1)
+    blocks: int = opt(3, ge=1)
+    split: int = opt(2, ge=0)
+    scale: int = opt(4, ge=2, hint="a Res2 block splits its channels into at least 2 groups")
+    kernel_size: int = opt(3, ge=1)
+    se_channels: int = opt(16, ge=1)
+    attention_channels: int = opt(64, ge=1)
+    embedding_dim: int = opt(128, ge=1)
+    dropout: float = opt(0.1, ge=0, lt=1, per_run=False)  # one rate for the whole pack
+    # 0 would freeze the running statistics at their start, 1 keeps only the last batch's
+    bn_momentum: float = opt(0.1, gt=0, lt=1, per_run=False)
+    layer_weights: int = opt(0, ge=0)
 
     def validate(self) -> None:
-        """Raise :class:`OptionError` for values the model cannot be built with."""
-        ssl_front.validate(self)
-        sizes = ("in_features", "num_classes", "filters", "blocks", "se_channels",
-                 "attention_channels", "embedding_dim")
-        bad = [n for n in sizes if getattr(self, n) < 1]
-        if bad:
-            raise OptionError(f"{', '.join(bad)} must be positive")
-        if not 0 <= self.split <= self.blocks:
+        """Cross-field rules (the single-field ranges are declared above; whether
+        ``layer_weights`` divides the data's ``in_features`` is checked when the model is
+        built)."""
+        if self.split > self.blocks:
             raise OptionError(f"split must be between 0 and blocks={self.blocks}, got {self.split}")
-        if self.scale < 2 or self.filters % self.scale:
-            raise OptionError(f"scale must be at least 2 and divide filters={self.filters}, got "
-                              f"{self.scale}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise OptionError(f"kernel_size must be odd, got {self.kernel_size}")
-        if not 0 <= self.dropout < 1:
-            raise OptionError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.filters % self.scale:
+            raise OptionError(f"scale ({self.scale}) must divide filters ({self.filters})")
+        if self.kernel_size % 2 == 0:
+            raise OptionError(f"kernel_size must be odd (a centred kernel), got "
+                              f"{self.kernel_size}")
 
 
 class EcapaState(NamedTuple):

@@ -14,9 +14,11 @@ import backbones
 from backbones.layers import pack_states, unpack_state
 from transfer.common.config import TrainConfig
 from transfer.grid.recipe import load_recipe
-from transfer.train.engine import DomainTensors, Standardizer, build_pack, fit_runs
+from transfer.train.engine import fit_runs
+from transfer.train.packs import build_pack
 from transfer.train.runs import RunState, install_run_state
 from transfer.train.strategies import Context, get_strategy
+from transfer.train.tensors import DomainTensors, Standardizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(filters=8, blocks=3, split=1, scale=2, se_channels=4, attention_channels=8,
