@@ -159,8 +159,9 @@ def test_ecapa_recipe_exports_a_model_that_predicts(tmp_path, tiny_modma):
 
 
 def test_the_ecapa_demo_recipe_builds_its_backbone():
-    """recipes/demo_ecapa.toml names ECAPA options that build (recipe loading checks the
-    backbone's name only), with a modest parameter count."""
+    """recipes/demo_ecapa.toml names ECAPA options that build a model for MFCC-39 features
+    (cross-field rules and the features' shape are checked when the model is built), with a
+    modest parameter count."""
     from transfer.train.pretrain import make_backbone_factory
 
     recipe = load_recipe(ROOT / "recipes" / "demo_ecapa.toml")
