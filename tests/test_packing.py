@@ -976,7 +976,7 @@ def test_a_bench_that_is_stopped_keeps_the_figures_it_has_measured(tmp_path, mon
 
     monkeypatch.setattr(bench, "bench_training", training)
     monkeypatch.setattr(bench, "profile_step", stopped)
-    assert bench.main(["--device", "cpu", "--skip", "features", "grid",
+    assert bench.main(["--device", "cpu", "--skip", "features", "grid", "sweep",
                        "--results-dir", str(tmp_path)]) == 130  # Ctrl-C's exit status
     saved = list((tmp_path / "bench").glob("*.json"))
     assert len(saved) == 1
@@ -985,7 +985,7 @@ def test_a_bench_that_is_stopped_keeps_the_figures_it_has_measured(tmp_path, mon
     assert "reference loop: 123.4 segment-steps/s" in capsys.readouterr().err
 
     monkeypatch.setattr(bench, "profile_step", lambda device: [])
-    bench.main(["--device", "cpu", "--skip", "features", "grid",
+    bench.main(["--device", "cpu", "--skip", "features", "grid", "sweep",
                 "--results-dir", str(tmp_path / "whole")])
     (whole,) = (tmp_path / "whole" / "bench").glob("*.json")
     assert "partial" not in json.loads(whole.read_text())
