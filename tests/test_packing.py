@@ -1002,7 +1002,7 @@ def test_bench_training_reports_every_measurement_and_keeps_each_ones_best(monke
     monkeypatch.setattr(bench, "engine_loop", lambda *a, **k: next(figures))
     monkeypatch.setattr(bench, "engine_workers", lambda *a, **k: next(figures))
     monkeypatch.setattr(bench, "flops_per_segment", lambda device: 1e9)
-    monkeypatch.setattr(bench, "device_peak", lambda device: (1e12, "stated"))
+    monkeypatch.setattr(bench, "device_peak", lambda device, bf16=False: (1e12, "stated"))
     heard: list[str] = []
     result = bench.bench_training(torch.device("cpu"), 8, 1, 3, False, amp=False, repeats=2,
                                   workers=2, report=heard.append)
