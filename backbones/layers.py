@@ -15,13 +15,14 @@ BatchNorm is one call over G x C channels (:class:`RunBatchNorm`), a head one ba
 Randomness is per run and counter-based: dropout masks are a hash of (run seed, the run's step
 counter, the layer, the element), so a run draws the same masks whether it trains alone or in
 a pack of any size, on any device. BatchNorm running statistics and the step counter advance
-only for runs marked active (a run that has finished or has no batch in this step).
+only for runs marked active (a run that has finished or has no batch in this step). The layers
+read that per-run state through :class:`RunInfo`; the training stage owns it
+(:mod:`transfer.train.runs`).
 """
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -55,47 +56,33 @@ def hash_uniform(seed: Tensor, stream: int, counter: Tensor | int, n: int) -> Te
     return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
 
 
-def stream_id(name: str) -> int:
-    """A stable 31-bit constant for a name (a layer's path in its model)."""
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+class RunInfo(Protocol):
+    """What the packed layers read about their K runs at every step, from whoever trains them.
 
+    Training state lives in the training stage: :class:`transfer.train.runs.RunState` creates,
+    installs and advances it (this stage is below it and cannot import it); the layers only
+    read it. Tensors live on the model's device and change in place, so that a captured CUDA
+    graph sees the new values.
 
-@dataclass
-class RunState:
-    """What the engine tells a packed model about its K runs at every step.
-
-    ``seed`` (K,) int64: per-run seeds for dropout masks; ``counter`` (K,) int64: per-run step
-    counters; ``active`` (K,) bool: which runs this step trains (the others keep their
-    BatchNorm statistics and counters). Tensors live on the model's device; the engine updates
-    them in place, so a captured CUDA graph sees the new values.
+    Attributes:
+        seed: (K,) int64, per-run seeds of the dropout masks.
+        counter: (K,) int64, per-run step counters (a mask is a hash of seed, counter, layer).
+        active: (K,) bool, the runs this step trains (the others keep their BatchNorm
+            statistics).
     """
 
     seed: Tensor
     counter: Tensor
     active: Tensor
 
-    @classmethod
-    def create(cls, seeds: list[int], device: torch.device | str = "cpu") -> RunState:
-        k = len(seeds)
-        return cls(torch.tensor(seeds, dtype=torch.int64, device=device),
-                   torch.zeros(k, dtype=torch.int64, device=device),
-                   torch.ones(k, dtype=torch.bool, device=device))
-
 
 class RunModule(nn.Module):
-    """Base of the packed layers: knows K and, once the engine installs it, the run state."""
+    """Base of the packed layers: knows K and, once a trainer installs them, the run state and
+    the layer's stream (a constant that separates its random draws from other layers')."""
 
     runs: int
-    run_state: RunState | None = None
+    run_state: RunInfo | None = None
     stream: int = 0
-
-
-def install_run_state(module: nn.Module, state: RunState | None) -> None:
-    """Give every packed layer of ``module`` the run state (and its stream id by path)."""
-    for name, child in module.named_modules():
-        if isinstance(child, RunModule):
-            child.run_state = state
-            child.stream = stream_id(name)
 
 
 def bmm(a: Tensor, b: Tensor) -> Tensor:
@@ -170,6 +157,21 @@ class _AddBias(torch.autograd.Function):
         rows = grad.movedim(ctx.channel_dim, 1).contiguous()
         g, c = rows.shape[:2]
         return grad, rows.view(g, c, -1).sum(-1), None
+
+
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose gradient goes back contiguous. The CPU BatchNorm backward reduces a strided
+    gradient (one that comes back through a transpose, as ECAPA's pooled statistics into its
+    embedding layer) in an order that depends on the whole tensor's shape, so a run's bits would
+    depend on the pack size; a contiguous gradient is left as it is (no copy)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        return grad.contiguous()
 
 
 class _TemporalConvFn(torch.autograd.Function):
@@ -432,7 +434,7 @@ class RunBatchNorm(RunModule):
                                                   self.momentum, self.eps)
         with torch.no_grad():
             self._update_running(mean.float(), rstd.float().pow(-2) - self.eps, flat.shape[-1])
-        return out.view(shape)
+        return _DenseGrad.apply(out).view(shape)
 
     def conv_relu_dropout(self, conv: TemporalConv, x: Tensor, dropout: RunDropout) -> Tensor:
         """``dropout(relu(self(conv(x))))`` for (G, C, T, B); in training mode in fp32 the

@@ -105,3 +105,28 @@ def make_stem(make: Callable[[Any], nn.Module], opts: Any, runs: int = 1) -> nn.
     stem = make(per_layer(opts))
     return nn.Sequential(LayerWeightedSum(runs, opts.layer_weights), stem) \
         if opts.layer_weights else stem
+
+
+def stacked_layer_options(options: dict[str, Any], in_features: int, layers: int
+                          ) -> dict[str, Any]:
+    """A backbone's options for features that stack ``layers`` self-supervised layers (0: they
+    do not): ``in_features`` set, and ``layer_weights = layers`` unless the options set it (0
+    keeps the L x dim channels as plain features). For a backbone whose options have
+    ``layer_weights`` (its class hook ``options_for_features``).
+
+    Raises:
+        OptionError: ``layer_weights`` without stacked layers, or for another number of layers.
+    """
+    set_by_user = options.get("layer_weights")
+    options = {**options, "in_features": in_features}
+    if not layers:
+        if set_by_user:
+            raise OptionError("layer_weights needs stacked layers: features.kind = \"ssl\" "
+                              "with features.layers = \"all\"")
+        return options
+    if set_by_user is None:
+        return {**options, "layer_weights": layers}
+    if set_by_user not in (0, layers):
+        raise OptionError(f"layer_weights = {set_by_user}, but the features stack {layers} "
+                          "layers: leave it out (set automatically) or set 0 (no weighted sum)")
+    return options

@@ -31,12 +31,13 @@ first).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from backbones import ssl_front
+from backbones.features import GeneralFeatures
 from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv, gate_mean
 from backbones.registry import OptionError, register
 from transfer.common.options import opt
@@ -93,30 +94,30 @@ class TimNetOptions:
             raise OptionError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
 
 
-class GeneralFeatures(NamedTuple):
-    """Output of ``forward_general``.
+class TimNetState(NamedTuple):
+    """TIM-Net's private part of :class:`GeneralFeatures` (what ``forward_specific`` reads).
 
     Shape:
-        state: (2K, C, T, B), both directions after the general blocks (the backward one in
-            reversed time): what ``forward_specific`` continues from.
+        h: (2K, C, T, B), both directions after the general blocks (the backward one in
+            reversed time).
         pooled: (K, split, C, B), one time-averaged vector per general scale.
     """
 
-    state: Tensor
+    h: Tensor
     pooled: Tensor
 
-    @property
-    def vector(self) -> Tensor:
-        """The pooled general scales as one vector per segment: (K, B, split * C)."""
-        k, s, c, b = self.pooled.shape
-        return self.pooled.permute(0, 3, 1, 2).reshape(k, b, s * c)
 
-    @property
-    def sequence(self) -> Tensor:
-        """Both directions in forward time, stacked on channels: (K, 2C, T, B)."""
-        g, c, t, b = self.state.shape
-        seq = self.state.view(g // 2, 2, c, t, b)
-        return torch.cat([seq[:, 0], seq[:, 1].flip(2)], 1)
+def _vector(pooled: Tensor) -> Tensor:
+    """The pooled general scales as one vector per segment: (K, split, C, B) -> (K, B, split C)."""
+    k, s, c, b = pooled.shape
+    return pooled.permute(0, 3, 1, 2).reshape(k, b, s * c)
+
+
+def _sequence(h: Tensor) -> Tensor:
+    """Both directions in forward time, stacked on channels: (2K, C, T, B) -> (K, 2C, T, B)."""
+    g, c, t, b = h.shape
+    seq = h.view(g // 2, 2, c, t, b)
+    return torch.cat([seq[:, 0], seq[:, 1].flip(2)], 1)
 
 
 class CausalAttention(RunModule):
@@ -264,6 +265,27 @@ class TimNet(nn.Module):
         self.specific = nn.ModuleDict({"blocks": nn.ModuleList(blocks[k:])})
         self.head = Head(runs, opts.blocks, c, opts.num_classes, opts.fusion)
 
+    # --- the registry's hooks (before a model exists) --------------------------------------
+    @classmethod
+    def options_for_features(cls, options: dict[str, Any], in_features: int,
+                             stacked_layers: int) -> dict[str, Any]:
+        """Stacked self-supervised layers set ``layer_weights`` (:mod:`backbones.ssl_front`)."""
+        return ssl_front.stacked_layer_options(options, in_features, stacked_layers)
+
+    @staticmethod
+    def activation_bytes(opts: TimNetOptions, batch: int, frames: int) -> int:
+        """The largest of: a block's activation (both directions, C channels), the attention's
+        query-key-value tensor (``attention = "mha"``) and the input batch; float32."""
+        widths = [2 * opts.filters, opts.in_features]
+        if opts.attention == "mha":
+            widths.append(2 * 3 * opts.d_model)  # both directions' q, k, v
+        return 4 * batch * frames * max(widths)
+
+    @staticmethod
+    def upgrade_state(state: dict[str, Tensor], opts: TimNetOptions) -> dict[str, Tensor]:
+        """See :func:`upgrade_state` (the unfused layout of ser-transfer 0.1)."""
+        return upgrade_state(state, opts)
+
     # Subclasses put other front ends in the stem: (K, B, F, T) -> (K, F', T, B).
     def _make_stem(self, opts: TimNetOptions) -> nn.Module:
         if opts.stem == "none":
@@ -296,7 +318,9 @@ class TimNet(nn.Module):
         return mean.view(g // 2, 2, c, b).sum(1)
 
     def forward_general(self, x: Tensor) -> GeneralFeatures:
-        """x: (K, B, F, T) (or (B, F, T) for K = 1)."""
+        """x: (K, B, F, T) (or (B, F, T) for K = 1). ``vector``: the time means of the general
+        blocks (both directions summed), (K, B, split C); ``sequence``: both directions after
+        them, in forward time, (K, 2C, T, B); ``state``: a :class:`TimNetState`."""
         if x.dim() == 3:
             x = x.unsqueeze(0)
         h = self.general["inputs"](self.general["stem"](x))  # (2K, C, T, B)
@@ -307,11 +331,12 @@ class TimNet(nn.Module):
         k, b = x.shape[0], x.shape[1]
         stacked = (torch.stack(pooled, 1) if pooled
                    else h.new_zeros(k, 0, self.options.filters, b))
-        return GeneralFeatures(h, stacked)  # pooled (K, split, C, B)
+        return GeneralFeatures(TimNetState(h, stacked),  # stacked (K, split, C, B)
+                               vector=lambda: _vector(stacked), sequence=lambda: _sequence(h))
 
     def forward_specific(self, g: GeneralFeatures) -> Tensor:
         """All per-scale vectors, general then specific: (K, blocks, C, B)."""
-        h, pooled = g.state, [g.pooled]
+        h, pooled = g.state.h, [g.state.pooled]
         for block in self.specific["blocks"]:
             h, mean = block.forward_mean(h)
             pooled.append(self._pool(mean).unsqueeze(1))

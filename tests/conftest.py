@@ -112,3 +112,15 @@ def tiny_recipe(path: Path, strategies: list[str], name: str = "tiny", extra: st
     blocks = "\n".join(f'[[strategies]]\nname = "{s}"\n' for s in strategies)
     path.write_text(TINY_RECIPE.format(name=name, strategies=blocks) + extra)
     return path
+
+
+@pytest.fixture
+def scoped_strategies():
+    """Strategies registered during the test are gone after it: test-only strategies never
+    reach the registry other tests read (``names()`` lists only the real ones)."""
+    from transfer.train.strategies import base
+
+    before = dict(base._REGISTRY)
+    yield base.register
+    base._REGISTRY.clear()
+    base._REGISTRY.update(before)

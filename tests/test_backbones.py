@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import backbones
+from backbones.timnet import TimNet, TimNetOptions
 
 VARIANTS = [
     ("timnet", {}),
@@ -15,7 +16,14 @@ VARIANTS = [
     ("timnet", {"attention": "mha", "d_model": 16, "heads": 2}),
     ("transformer_timnet", {"tf_dim": 16, "tf_heads": 2, "tf_ff": 32}),
     ("transformer_timnet", {"tf_dim": 16, "tf_heads": 2, "tf_ff": 32, "fusion": "diff"}),
+    ("ecapa", {}),
+    ("ecapa", {"scale": 2, "kernel_size": 5, "se_channels": 4, "embedding_dim": 12}),
+    ("ecapa", {"layer_weights": 3}),  # 39 features = 3 stacked layers of 13
 ]
+#: (channels of GeneralFeatures.sequence, width of forward_features) of ``small`` per family:
+#: TIM-Net stacks both directions (2 x 8) and embeds a fused scale vector (8); ECAPA's sequence
+#: is its last general block (8), its embedding embedding_dim wide.
+WIDTHS = {"timnet": (16, 8), "transformer_timnet": (16, 8), "ecapa": (8, 128)}
 
 
 def small(name: str, **extra):
@@ -24,7 +32,7 @@ def small(name: str, **extra):
 
 
 def test_registry_lists_every_backbone():
-    assert {"timnet", "transformer_timnet"} <= set(backbones.names())
+    assert {"timnet", "transformer_timnet", "ecapa"} <= set(backbones.names())
 
 
 def test_official_parameter_count():
@@ -38,12 +46,18 @@ def test_forward_backward_shapes(name, opts, frames):
     m = small(name, **opts)
     x = torch.randn(3, 39, frames)
     g = m.forward_general(x)
-    assert g.state.shape == (2, 8, frames, 3)  # (2K, C, T, B), K = 1
-    assert g.sequence.shape == (1, 16, frames, 3) and g.vector.shape == (1, 3, 16)
-    assert g.pooled.shape == (1, 2, 8, 3)
-    assert m.forward_specific(g).shape == (1, 4, 8, 3)
+    seq_dim, embed = WIDTHS[name]
+    embed = opts.get("embedding_dim", embed)
+    assert isinstance(g, backbones.GeneralFeatures)
+    assert g.vector.shape == (1, 3, 16) == (1, 3, m.general_dim)  # (K, B, split x C), K = 1
+    assert g.sequence.shape == (1, seq_dim, frames, 3) and m.sequence_dim == seq_dim
+    if name != "ecapa":  # TIM-Net's private state
+        assert g.state.h.shape == (2, 8, frames, 3)  # (2K, C, T, B)
+        assert g.state.pooled.shape == (1, 2, 8, 3)
+        assert m.forward_specific(g).shape == (1, 4, 8, 3)  # every scale's vector
+    assert m.head(m.forward_specific(g)).shape == (1, 3, 3)
     z = m.forward_features(x)
-    assert z.shape == (3, 8)
+    assert z.shape == (3, embed) and m.embed_dim == embed
     assert m.forward_head(z).shape == (3, 3)
     out = m(x)
     assert out.shape == (3, 3)
@@ -88,11 +102,12 @@ def test_general_specific_head_partition_parameters(name, opts):
     assert parts[0] and parts[1]
 
 
-def test_reset_head_keeps_general_weights():
-    m = small("timnet").eval()  # eval: a forward pass must not move BatchNorm statistics
+@pytest.mark.parametrize("name", ["timnet", "ecapa"])
+def test_reset_head_keeps_general_weights(name):
+    m = small(name).eval()  # eval: a forward pass must not move BatchNorm statistics
     before = {k: v.clone() for k, v in m.general.state_dict().items()}
     m.reset_head(5)
-    assert m(torch.randn(2, 39, 50)).shape == (2, 5)
+    assert m(torch.randn(2, 39, 50)).shape == (2, 5) and m.options.num_classes == 5
     for k, v in m.general.state_dict().items():
         torch.testing.assert_close(v, before[k])
 
@@ -104,6 +119,51 @@ def test_every_backbone_meets_the_protocol_strategies_use(name):
         m for m in ("general", "specific", "head", "general_dim", "forward_general", "reset_head")
         if not hasattr(model, m)]
     assert model.general_dim > 0 and model.embed_dim > 0
+    backbones.check_backbone(model)
+    packed = backbones.create(name, runs=2 if backbones.packable(name) else 1, in_features=13,
+                              num_classes=2, filters=8, blocks=3, split=1)
+    backbones.check_backbone(packed, batch=3, frames=5)
+
+
+class _TupleTimNet(TimNet):
+    """A backbone that breaks the contract: its general features are a plain tuple."""
+
+    def forward_general(self, x):
+        g = super().forward_general(x)
+        return g.vector, g.sequence
+
+
+class _NarrowTimNet(TimNet):
+    """A backbone whose ``vector`` is narrower than the ``general_dim`` it declares."""
+
+    def forward_general(self, x):
+        g = super().forward_general(x)
+        return backbones.GeneralFeatures(g.state, g.vector[..., :-1], g.sequence)
+
+
+def test_a_backbone_that_breaks_the_contract_fails_the_check_with_a_clear_message(monkeypatch):
+    """Checked on a tiny input the first time a class is built (``create``), before any
+    strategy reads ``.vector`` or ``.sequence``; a recipe naming such a backbone is one line."""
+    from backbones import registry
+    from transfer import UserError
+    from transfer.grid.recipe import parse_recipe
+    from transfer.train.pretrain import make_backbone_factory
+
+    opts = TimNetOptions(in_features=5, filters=4, blocks=2, split=1)
+    with pytest.raises(backbones.ContractError,
+                       match=r"forward_general must return backbones\.GeneralFeatures, got tuple"):
+        backbones.check_backbone(_TupleTimNet(opts))
+    with pytest.raises(backbones.ContractError,
+                       match=r"GeneralFeatures\.vector must be a tensor \(K, B, general_dim\) = "
+                             r"\(1, 2, 4\) here, got \(1, 2, 3\)"):
+        backbones.check_backbone(_NarrowTimNet(opts))
+    monkeypatch.setitem(registry._REGISTRY, "_tuple", (_TupleTimNet, TimNetOptions))
+    with pytest.raises(backbones.ContractError, match="backbone '_tuple'"):
+        backbones.create("_tuple", in_features=5, filters=4, blocks=2, split=1)
+    recipe = parse_recipe({"target": {"corpus": "modma"}, "backbone": {"name": "_tuple"},
+                           "strategies": [{"name": "scratch"}]})
+    with pytest.raises(UserError, match=r"^\[backbone\]: backbone '_tuple': forward_general"):
+        make_backbone_factory(recipe, 5)(2)
 
 
 @pytest.mark.parametrize("opts", [{}, {"stem": "bn"}])

@@ -132,15 +132,29 @@ def test_timnet_with_layer_weights_keeps_the_split_and_trains_the_weights():
         backbones.create("timnet", in_features=97, layer_weights=3)
 
 
-def test_layer_weights_are_set_from_stacked_features():
-    fields = {"layer_weights", "filters"}
-    assert ssl.backbone_options({"filters": 8}, fields, 13)["layer_weights"] == 13
-    assert ssl.backbone_options({"layer_weights": 0}, fields, 13)["layer_weights"] == 0
-    with pytest.raises(UserError, match="stack 13 layers"):
-        ssl.backbone_options({"layer_weights": 12}, fields, 13)
-    with pytest.raises(UserError, match="needs stacked layers"):
-        ssl.backbone_options({"layer_weights": 13}, fields, 0)
-    assert ssl.backbone_options({}, {"filters"}, 13) == {}  # a backbone without the front
+def test_layer_weights_are_set_from_stacked_features(monkeypatch):
+    """The backbone decides what stacked layers set (its ``options_for_features`` hook); the
+    engine only says how many there are."""
+    from backbones import registry
+
+    def opts(options, layers):
+        return backbones.options_for_features("timnet", options, in_features=13 * 4,
+                                              stacked_layers=layers)
+
+    assert opts({"filters": 8}, 13) == {"filters": 8, "in_features": 52, "layer_weights": 13}
+    assert opts({"layer_weights": 0}, 13)["layer_weights"] == 0
+    with pytest.raises(backbones.OptionError, match="stack 13 layers"):
+        opts({"layer_weights": 12}, 13)
+    with pytest.raises(backbones.OptionError, match="needs stacked layers"):
+        opts({"layer_weights": 13}, 0)
+    assert opts({"filters": 8}, 0) == {"filters": 8, "in_features": 52}
+
+    class Plain:  # a backbone without the hook: the L x dim channels are plain features
+        pass
+
+    monkeypatch.setitem(registry._REGISTRY, "_plain", (Plain, object))
+    assert backbones.options_for_features("_plain", {"filters": 8}, in_features=52,
+                                          stacked_layers=13) == {"filters": 8, "in_features": 52}
 
 
 # --- extraction on a tiny model ------------------------------------------------------------

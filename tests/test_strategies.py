@@ -86,7 +86,8 @@ def test_finetune_and_joint_learning_rates():
     assert not hasattr(joint.branch, "general")  # the source branch runs on the shared general
 
 
-SMOKE_OPTIONS = {"transformer_timnet": {"tf_dim": 16, "tf_heads": 2, "tf_ff": 32}}
+SMOKE_OPTIONS = {"transformer_timnet": {"tf_dim": 16, "tf_heads": 2, "tf_ff": 32},
+                 "ecapa": {"se_channels": 4, "attention_channels": 8, "embedding_dim": 8}}
 
 
 @pytest.mark.parametrize("backbone", backbones.names())

@@ -82,7 +82,8 @@ def test_inspect_lists_everything(what):
                          text=True, check=True)
     names = {"strategies": ["scratch", "freeze", "finetune", "joint", "dann", "mmd_ae", "ddg",
                             "general_lr_scale", "align_every", "adv_weight"],
-             "backbones": ["timnet", "transformer_timnet", "residual", "split", "tf_layers"],
+             "backbones": ["timnet", "transformer_timnet", "residual", "split", "tf_layers",
+                           "ecapa", "ECAPA-TDNN", "attention_channels", "packs runs"],
              "corpora": ["casia", "iemocap", "ravdess", "emodb", "modma", "daic_woz",
                          "MODMA_ROOT"]}[what]
     for name in names:

@@ -110,7 +110,10 @@ def show_backbones(console: Console) -> None:
 
     for name in backbones.names():
         opts = backbones.options_of(name)
-        console.print(f"\n[bold]{name}[/]")
+        summary = (pyinspect.getdoc(pyinspect.getmodule(opts)) or "").split("\n\n")[0]
+        runs = ("packs runs" if backbones.packable(name) else "one run at a time")
+        console.print(f"\n[bold]{name}[/]  {escape(' '.join(summary.replace('``', '').split()))}"
+                      f"  ({runs})")
         console.print(options_table(escape(f"[backbone] name = \"{name}\", options = {{...}}"),
                                     opts))
 

@@ -377,26 +377,6 @@ def run_jobs(jobs: list, workers: int, progress: bool, title: str, reader: Any) 
     return results
 
 
-def backbone_options(options: dict[str, Any], fields: set[str], layers: int) -> dict[str, Any]:
-    """Backbone options for stacked ssl features: ``layer_weights = L`` unless the recipe set it
-    (0 keeps the L * dim channels as plain features)."""
-    set_by_user = options.get("layer_weights")
-    if "layer_weights" not in fields:
-        return options
-    if not layers:
-        if set_by_user:
-            raise UserError("backbone.options.layer_weights needs stacked layers: "
-                            'features.kind = "ssl" with features.layers = "all"')
-        return options
-    if set_by_user is None:
-        return {**options, "layer_weights": layers}
-    if set_by_user not in (0, layers):
-        raise UserError(f"backbone.options.layer_weights = {set_by_user}, but the features stack "
-                        f"{layers} layers: leave it out (set automatically) or set 0 (no "
-                        "weighted sum)")
-    return options
-
-
 def speed(spec: FeatureSpec, *, segments: int = 64, seconds: float = 10.0, repeats: int = 3,
           batch: int | None = None, dev: torch.device | None = None) -> list[float]:
     """Extraction speed in seconds of audio per second, once per repeat (after a warm-up)."""

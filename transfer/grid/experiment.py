@@ -39,13 +39,21 @@ from transfer.train.device import amp_enabled, cpu_has_native_bf16, pick_device,
 from transfer.train.engine import FitResult, Halving, fit_runs
 from transfer.train.infer import embed_runs, predict_runs
 from transfer.train.packs import build_pack, unpack_model
-from transfer.train.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
+from transfer.train.pretrain import (
+    Pretrained,
+    backbone_errors,
+    backbone_options,
+    make_backbone_factory,
+    pretrain,
+    source_split,
+)
 from transfer.train.strategies import Context, get_strategy
 from transfer.train.tensors import DomainTensors, Standardizer
 
 # On a CPU a pack's activations stream from memory; beyond ~48 MiB per activation tensor the
 # per-core throughput falls (TIM-Net, 39 x 313 segments, batch 64, one thread on a 2-core AMD
 # EPYC with 32 MiB L3: 150 segment-steps/s with 8 runs packed, 136 with 10, 108 with 12 to 15).
+# The backbone says how large its largest activation of one run is (backbones.activation_bytes).
 CPU_PACK_BYTES = 48 * 2**20
 
 log = logging.getLogger(__name__)
@@ -263,8 +271,11 @@ class Experiment:
             return self.recipe.train.pack
         if self.device.type != "cpu" or self.target is None:
             return 16
-        # one run's activation: both directions of a batch of segments (features x frames)
-        per_run = 2 * self.recipe.train.batch_size * int(np.prod(self.target.x.shape[1:])) * 4
+        _, features, frames = self.target.x.shape
+        opts = backbone_options(self.recipe, features, self.target.stacked_layers)
+        with backbone_errors():  # the backbone knows its largest activation of one run
+            per_run = backbones.activation_bytes(self.recipe.backbone.name, opts,
+                                                 self.recipe.train.batch_size, frames)
         return int(min(16, max(1, CPU_PACK_BYTES // per_run)))
 
     def packs(self, todo: list[RunSpec]) -> list[list[RunSpec]]:

@@ -109,8 +109,9 @@ def adversarial_loss(disc: DomainDiscriminator, source: Tensor, target: Tensor
 class Projector(nn.Module):
     """Small conv encoder from general sequence features to an alignment space, per run.
 
-    Inputs: seq (K, D, T, B), time-aligned (``GeneralFeatures.sequence``: for TIM-Net both
-    directions in forward time, so the kernel mixes neighbouring moments, not t and T - 1 - t).
+    Inputs: seq (K, D, T, B), time-aligned (:attr:`backbones.GeneralFeatures.sequence`: for
+    TIM-Net both directions in forward time, so the kernel mixes neighbouring moments, not t and
+    T - 1 - t).
     Output: (K, B, out_dim), time-averaged.
     """
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backbones.layers import RunState, install_run_state, pack_states, unpack_state
+from backbones.layers import pack_states, unpack_state
 from transfer.common.allocator import retain_freed_memory
 from transfer.common.config import TrainConfig
 from transfer.common.options import is_per_run
@@ -44,6 +44,7 @@ from transfer.train.device import autocast
 from transfer.train.infer import padded, validate
 from transfer.train.optim import FlatParams, PackedOptimizer, make_optimizer, schedule_factor
 from transfer.train.packs import pack_options, per_run
+from transfer.train.runs import RunState, install_run_state
 from transfer.train.sampler import Plan, Sampler
 from transfer.train.strategies import Strategy
 from transfer.train.tensors import DomainTensors

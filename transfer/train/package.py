@@ -118,11 +118,9 @@ def build_model(package: dict[str, Any]) -> torch.nn.Module:
     name = package["backbone"]
     try:
         model = backbones.create(name, **package["options"])
-        state = package["state"]
-        if package.get("format_version", 1) < 2 and hasattr(model, "options"):
-            from backbones.timnet import upgrade_state
-
-            state = upgrade_state(state, model.options)  # a package of ser-transfer 0.1
+        # a package of an older version (format 1: ser-transfer 0.1's unfused TIM-Net) holds
+        # the backbone's older layout; the backbone recognises its own old layouts
+        state = backbones.upgrade_state(name, package["state"], model.options)
         model.load_state_dict(state)
     except (backbones.OptionError, TypeError, ValueError, KeyError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

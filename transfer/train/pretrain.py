@@ -10,8 +10,10 @@ would run code included) is reported in one line and retrained, never used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,24 +73,44 @@ def pretrain_key(recipe: Recipe, domain: Domain) -> str:
     })
 
 
-def make_backbone_factory(recipe: Recipe, in_features: int, stacked_layers: int = 0):
-    """(num_classes, runs) -> a fresh backbone of the recipe.
-
-    ``stacked_layers``: L when the features stack L ssl layers (the backbone then gets
-    ``layer_weights = L`` if it has that option)."""
+def backbone_options(recipe: Recipe, in_features: int, stacked_layers: int = 0
+                     ) -> dict[str, Any]:
+    """The recipe's backbone options completed for features of this shape (F = ``in_features``;
+    ``stacked_layers`` L > 0 when they stack L ssl layers): what the backbone derives from the
+    features is its own business (:func:`backbones.options_for_features`)."""
     import backbones
 
-    def make(num_classes: int, runs: int = 1) -> torch.nn.Module:
-        opts = {**recipe.backbone.options, "in_features": in_features, "num_classes": num_classes}
-        if stacked_layers or "layer_weights" in opts:
-            from transfer.data.ssl import backbone_options
+    with backbone_errors():
+        return backbones.options_for_features(recipe.backbone.name, recipe.backbone.options,
+                                              in_features=in_features,
+                                              stacked_layers=stacked_layers)
 
-            fields = {f.name for f in dataclasses.fields(backbones.options_of(recipe.backbone.name))}
-            opts = backbone_options(opts, fields, stacked_layers)
-        try:
-            return backbones.create(recipe.backbone.name, runs=runs, **opts)
-        except backbones.OptionError as err:
-            raise UserError(f"[backbone.options]: {err}") from None
+
+@contextlib.contextmanager
+def backbone_errors() -> Iterator[None]:
+    """A backbone's option or contract error as one line naming the recipe section."""
+    import backbones
+
+    try:
+        yield
+    except backbones.OptionError as err:
+        raise UserError(f"[backbone.options]: {err}") from None
+    except backbones.ContractError as err:
+        raise UserError(f"[backbone]: {err}") from None
+
+
+def make_backbone_factory(recipe: Recipe, in_features: int, stacked_layers: int = 0
+                          ) -> Callable[..., torch.nn.Module]:
+    """(num_classes, runs) -> a fresh backbone of the recipe, for features of ``in_features``
+    dims that stack ``stacked_layers`` ssl layers (0: they do not)."""
+    import backbones
+
+    opts = backbone_options(recipe, in_features, stacked_layers)
+
+    def make(num_classes: int, runs: int = 1) -> torch.nn.Module:
+        with backbone_errors():
+            return backbones.create(recipe.backbone.name, runs=runs,
+                                    **{**opts, "num_classes": num_classes})
 
     return make
 

@@ -146,7 +146,8 @@ class Strategy(nn.Module):
         return self.model(x)
 
     def general_embedding(self, x: Tensor) -> Tensor:
-        """The target model's pooled ``general`` features, (K, B, split * C); for diagnostics."""
+        """The target model's pooled ``general`` features, (K, B, general_dim)
+        (:attr:`backbones.GeneralFeatures.vector`); for diagnostics."""
         return self.model.forward_general(x).vector
 
     def ce(self, logits: Tensor, y: Tensor) -> Tensor:
