@@ -128,7 +128,7 @@ def test_emodb_style_target_runs_with_recording_level_table(tmp_path):
     recipe = parse_recipe({
         "name": "emodb_low_affect", "seeds": [0],
         "target": {"corpus": "emodb", "root": str(root), "keep": ["low", "neutral"],
-                   "label_map": {"boredom": "low", "sadness": "low"},
+                   "label_map": {"boredom": "low", "sadness": "low"}, "positive": "low",
                    "segments": {"seconds": 0.3, "mode": "window", "overlap_s": 0.0}},
         "backbone": {"options": {"filters": 4, "blocks": 2, "split": 1, "stem": "bn"}},
         "train": {"epochs": 2, "batch_size": 8, "amp": False},
@@ -146,13 +146,14 @@ def test_emodb_style_target_runs_with_recording_level_table(tmp_path):
     assert table["units_tested"].iloc[0] == 36  # 6 speakers x 2 texts x 3 emotions
     head = (out / "table.md").read_text()
     assert "recording UAR pooled [95% CI]" in head and "Decision unit: the recording" in head
+    assert "Positive class: low (sens is its recall" in head
 
 
 def test_shipped_emodb_recipe_is_recording_level():
     recipe = load_recipe(ROOT / "recipes" / "casia_to_emodb_low_affect.toml")
     assert recipe.target.corpus == "emodb" and recipe.protocol.name == "subject-kfold"
     assert set(recipe.target.label_map.values()) == {"low"}
-    assert recipe.target.keep == ["low", "neutral"]
+    assert recipe.target.keep == ["low", "neutral"] and recipe.target.positive == "low"
 
 
 # --- the leak report -------------------------------------------------------------------------
@@ -240,7 +241,8 @@ def _records(strategy: str, accuracy: float, folds: int, seeds: list[int], units
                         "unit": "subject", "status": "ok",
                         "metrics": {"unit_uar": balanced_accuracy_score(y, pred),
                                     "segment_uar": balanced_accuracy_score(y, pred)},
-                        "units": {"id": ids, "y": y.tolist(), "prob": prob.tolist()}})
+                        "units": {"id": ids, "y": y.tolist(), "prob": prob.tolist()},
+                        "curves": [], "confusion": [], "best_epoch": 0})
     return out
 
 

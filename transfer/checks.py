@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = [timnet_casia(args.root, args.epochs, p, device) for p in protocols]
     for r in results:
-        console.print(f"[bold]{r['protocol']}[/]: WAR {r['war_mean']:.4f} ± {r['war_std']:.4f}, "
+        console.print(f"{r['protocol']}: WAR {r['war_mean']:.4f} ± {r['war_std']:.4f}, "
                       f"UAR {r['uar_mean']:.4f} ± {r['uar_std']:.4f}, {r['folds']} folds x "
                       f"{r['epochs']} epochs on {r['device']}, {r['seconds_per_epoch']:.2f} s/epoch")
     console.print(f"total {time.perf_counter() - t0:.0f} s")

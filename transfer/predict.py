@@ -25,8 +25,9 @@ import pandas as pd
 import torch
 
 from transfer import UserError
-from transfer.common.console import console, main_guard
-from transfer.data.audio import SegmentSpec, cut, load_audio, probe
+from transfer.common.cache import atomic_path
+from transfer.common.console import console, main_guard, say
+from transfer.data.audio import AudioInfo, SegmentSpec, cut, load_audio, probe
 from transfer.data.features import FeatureSpec, extract
 from transfer.train.package import build_model, load_package
 
@@ -50,6 +51,14 @@ def collect(paths: list[str]) -> list[Path]:
     return files
 
 
+def check_output(out: Path) -> None:
+    """``--out`` names a file that can be written: its folder exists and it is no folder."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the path of a CSV file to write")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+
+
 def predict_files(package: dict, files: list[Path], group_by: str = "folder", *,
                   allow_upsampling: bool = False) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Rows per file (and per folder); plus (file, reason) for files that could not be used.
@@ -57,44 +66,30 @@ def predict_files(package: dict, files: list[Path], group_by: str = "folder", *,
     Audio below the model's sample rate is one of those unless ``allow_upsampling``.
     """
     seg = SegmentSpec(**package["segments"])
-    feat = FeatureSpec(**package["features"])
     model = build_model(package)
-    mean, std = package["norm_mean"], package["norm_std"]
     labels = package["labels"]
     rows, problems, per_file = [], [], {}
     resampled: set[int] = set()
+    mixed: list[Path] = []
     for path in files:
         info = probe(path)
-        if isinstance(info, str):
-            problems.append((str(path), info))
+        prob = info if isinstance(info, str) else _file_probs(package, model, path, info,
+                                                              allow_upsampling)
+        if isinstance(prob, str):
+            problems.append((str(path), prob))
             continue
-        rate = info.sample_rate
-        if rate < seg.sample_rate and not allow_upsampling:
-            problems.append((str(path), f"sample rate {rate} Hz is below the model's "
-                                        f"{seg.sample_rate} Hz: upsampling cannot restore the "
-                                        "missing band and changes predictions; pass "
-                                        "--allow-upsampling to use it anyway"))
-            continue
-        try:
-            audio = load_audio(str(path), seg.sample_rate)
-        except UserError as err:
-            problems.append((str(path), str(err)))
-            continue
-        if audio.size < feat.n_fft:
-            problems.append((str(path), f"too short: {audio.size} samples at {seg.sample_rate} Hz, "
-                                        f"less than one analysis frame ({feat.n_fft} samples)"))
-            continue
-        if rate != seg.sample_rate:
-            resampled.add(rate)
-        pieces, _ = cut(audio, seg)
-        x = torch.from_numpy(extract(np.stack(pieces), seg.sample_rate, feat))
-        with torch.no_grad():
-            prob = torch.softmax(model((x - mean) / std), -1).numpy()  # (segments, classes)
+        if info.sample_rate != seg.sample_rate:
+            resampled.add(info.sample_rate)
+        if info.channels > 1:
+            mixed.append(path)
         per_file[path] = prob
         rows.append(_row("file", str(path), prob, labels))
     for rate in sorted(resampled):
         how = "upsampled (--allow-upsampling)" if rate < seg.sample_rate else "resampled"
         console.print(f"note: audio at {rate} Hz was {how} to the model's {seg.sample_rate} Hz")
+    if mixed:
+        console.print(f"note: {len(mixed)} file(s) have more than one channel and were mixed "
+                      f"down to mono, e.g. {mixed[0]}")
     if group_by == "folder":
         folders: dict[Path, list[np.ndarray]] = {}
         for path, prob in per_file.items():
@@ -103,6 +98,33 @@ def predict_files(package: dict, files: list[Path], group_by: str = "folder", *,
             rows.append(_row("subject", str(folder), np.concatenate(probs), labels,
                              files=len(probs)))
     return pd.DataFrame(rows), problems
+
+
+def _file_probs(package: dict, model: torch.nn.Module, path: Path, info: AudioInfo,
+                allow_upsampling: bool) -> np.ndarray | str:
+    """(segments, classes) probabilities of one usable file, or why it cannot be used."""
+    seg = SegmentSpec(**package["segments"])
+    feat = FeatureSpec(**package["features"])
+    rate = info.sample_rate
+    if rate < seg.sample_rate and not allow_upsampling:
+        return (f"sample rate {rate} Hz is below the model's {seg.sample_rate} Hz: upsampling "
+                "cannot restore the missing band and changes predictions; pass "
+                "--allow-upsampling to use it anyway")
+    try:
+        audio = load_audio(str(path), seg.sample_rate)
+    except UserError as err:
+        return str(err)
+    if audio.size < feat.min_samples:
+        return (f"too short: {audio.size} samples at {seg.sample_rate} Hz, less than one "
+                f"analysis frame ({feat.min_samples} samples)")
+    pieces, _ = cut(audio, seg)
+    x = torch.from_numpy(extract(np.stack(pieces), seg.sample_rate, feat))
+    with torch.no_grad():
+        x = (x - package["norm_mean"]) / package["norm_std"]
+        prob = torch.softmax(model(x), -1).numpy()  # (segments, classes)
+    if not np.isfinite(prob).all():  # never a label from NaN probabilities
+        return "non-finite model output: the features or the model give NaN/inf probabilities"
+    return prob
 
 
 def _row(kind: str, name: str, prob: np.ndarray, labels: list[str], files: int = 1) -> dict:
@@ -124,16 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-upsampling", action="store_true",
                         help="use audio recorded below the model's sample rate (upsampled)")
     args = parser.parse_args(argv)
+    if args.out:
+        check_output(Path(args.out))
     package = load_package(args.model)
     files = collect(args.audio)
     table, problems = predict_files(package, files, args.group_by,
                                     allow_upsampling=args.allow_upsampling)
     for path, reason in problems:
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
+        say(("skipped", "yellow"), f" {path}: {reason}")
     if table.empty:
         raise UserError(f"none of the {len(files)} file(s) could be used")
     if args.out:
-        table.to_csv(args.out, index=False)
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
         console.print(f"wrote {len(table)} rows to {args.out}")
     else:
         print(table.to_csv(index=False), end="")

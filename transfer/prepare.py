@@ -1,9 +1,11 @@
 """Build a corpus manifest and its feature cache, and summarise them.
 
-``python -m transfer.prepare --corpus NAME [--root DIR] [--json]``
+``python -m transfer.prepare --corpus NAME [--root DIR] [--seconds S] [--mode M] [--overlap S]
+[--json]``
 
 NAME is a card in ``datasets/`` or the path of a card file. Segment settings default to the
-card's ``[segments]``; feature settings to :class:`transfer.data.features.FeatureSpec`.
+card's ``[segments]`` (window overlap: 2.5 s, as in a recipe); feature settings to
+:class:`transfer.data.features.FeatureSpec`.
 """
 
 from __future__ import annotations
@@ -11,33 +13,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from typing import Any
 
 from transfer import UserError
-from transfer.common.console import console, main_guard
+from transfer.common.console import main_guard, say
 from transfer.data.audio import SegmentSpec
 from transfer.data.cards import load_card
 from transfer.data.corpora import build_manifest, reason_counts
-from transfer.data.features import FeatureSpec, load_features
+from transfer.data.features import FeatureSpec, check_segments, load_features
 
 
 def prepare(corpus: str, root: str | None = None, *, seconds: float | None = None,
             mode: str | None = None, features: FeatureSpec | None = None,
             max_bad_share: float = 0.05, workers: int | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, overlap: float | None = None) -> dict[str, Any]:
     """Manifest + features for one corpus; returns the summary printed by the CLI."""
     t0 = time.perf_counter()
-    if not 0 <= max_bad_share <= 1:
-        raise UserError(f"--max-bad-share must be in [0, 1], got {max_bad_share}")
+    _check_arguments(seconds, overlap, max_bad_share, workers)
     card = load_card(corpus)
-    manifest = build_manifest(card, root, max_bad_share=max_bad_share)
-    for warning in manifest.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
     seg = SegmentSpec(seconds=card.segments.seconds if seconds is None else seconds,
-                      mode=mode or card.segments.mode)
-    feats = load_features(manifest, seg, features or FeatureSpec(), workers=workers,
-                          progress=progress)
+                      mode=mode or card.segments.mode,
+                      overlap_s=SegmentSpec.overlap_s if overlap is None else overlap)
+    features = features or FeatureSpec()
+    check_segments(seg, features, "--seconds")
+    manifest = build_manifest(card, root, max_bad_share=max_bad_share,
+                              min_seconds=features.min_samples / seg.sample_rate)
+    for warning in manifest.warnings:
+        say(("warning:", "yellow"), f" {warning}")
+    feats = load_features(manifest, seg, features, workers=workers, progress=progress)
     frame = manifest.frame
     return {
         "corpus": card.name,
@@ -68,6 +73,19 @@ def prepare(corpus: str, root: str | None = None, *, seconds: float | None = Non
     }
 
 
+def _check_arguments(seconds: float | None, overlap: float | None, max_bad_share: float,
+                     workers: int | None) -> None:
+    """One-line errors for numbers no corpus can be prepared with."""
+    if not 0 <= max_bad_share <= 1:
+        raise UserError(f"--max-bad-share must be in [0, 1], got {max_bad_share}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"--seconds must be a finite number of seconds > 0, got {seconds}")
+    if overlap is not None and not (math.isfinite(overlap) and overlap >= 0):
+        raise UserError(f"--overlap must be a finite number of seconds >= 0, got {overlap}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.prepare",
@@ -76,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="corpus folder (default: $<NAME>_ROOT)")
     parser.add_argument("--seconds", type=float, help="segment length (default: the card's)")
     parser.add_argument("--mode", choices=["pad", "window", "concat"], help="segment mode")
+    parser.add_argument("--overlap", type=float, help="overlap of successive windows in "
+                        "seconds (window mode; default 2.5)")
     parser.add_argument("--max-bad-share", type=float, default=0.05,
                         help="fail when more than this share of files is unusable")
     parser.add_argument("--workers", type=int, help="feature worker processes (default: cores)")
@@ -83,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     summary = prepare(args.corpus, args.root, seconds=args.seconds, mode=args.mode,
                       max_bad_share=args.max_bad_share, workers=args.workers,
-                      progress=not args.json)
+                      progress=not args.json, overlap=args.overlap)
     if args.json:
         print(json.dumps(summary))
         return 0
     for path, reason in ((s["path"], s["reason"]) for s in summary["skipped_files"]):
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
+        say(("skipped", "yellow"), f" {path}: {reason}")
     for path, reason in ((s["path"], s["reason"]) for s in summary["unmatched_files"][:20]):
-        console.print(f"[yellow]unmatched[/] {path}: {reason}")
+        say(("unmatched", "yellow"), f" {path}: {reason}")
     labels = ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
     hit = "hit" if summary["cache_hit"] else "miss"
     rt = "" if summary["cache_hit"] else f" ({summary['realtime_factor']}x real time)"

@@ -12,9 +12,11 @@ Writes ``<results-dir>/<recipe name>/<timestamp>/``: ``recipe.json`` (resolved),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -22,20 +24,32 @@ from typing import Any
 from transfer import UserError
 from transfer.common.cache import atomic_write_text
 from transfer.common.config import Recipe
-from transfer.common.console import console, main_guard
+from transfer.common.console import console, main_guard, say
+from transfer.data.domain import check_corpus
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, protocols
-from transfer.grid.experiment import Experiment, RunSpec, environment, export_best
+from transfer.grid.experiment import (
+    Experiment,
+    RunSpec,
+    cpu_model,
+    environment,
+    export_best,
+    precision,
+)
 from transfer.grid.recipe import load_recipe
 from transfer.grid.records import (
     check_resume,
     check_writable,
+    folder_lock,
     new_results_path,
     planned,
     read_records,
+    read_summary,
     results_folder,
 )
 from transfer.grid.sweep import space_table
 from transfer.report.tables import latest, print_leak, print_table, write_outputs
+
+log = logging.getLogger("transfer.run")
 
 
 def _print_dry_run(recipe: Recipe) -> None:
@@ -62,34 +76,122 @@ def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
     """Run (or resume) a recipe. Returns (output dir, table, number of failed runs).
 
     Everything that can be checked is checked before the results folder is made (a resumed
-    folder's recipe, writability, data, the plan), and a new folder is removed again if the
-    run fails before its first record.
+    folder's recipe and data, writability, the executor, the plan), and a new folder is
+    removed again if the run fails before its first record. A new folder is created
+    exclusively; a folder is locked while this run writes to it (a second ``--resume`` of it
+    is refused).
     """
     if jobs is not None and jobs < 0:
         raise UserError(f"--jobs must be 0 (auto) or positive, got {jobs}")
-    if resume is not None:
-        out = resume
-        check_resume(out, recipe.to_dict())
-    else:
-        out = new_results_path(results_dir, recipe.name, dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        check_writable(out)
-    exp = Experiment(recipe, base=base, progress=progress).load()
-    plan = exp.plan()
-    with results_folder(out, new=resume is None):
-        if resume is None:  # a resumed folder keeps the recipe it was started with
-            atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2,
-                                                              default=str))
-        atomic_write_text(out / "environment.json", json.dumps(environment(exp.device), indent=2))
-        return _run_plan(exp, plan, out, progress=progress, jobs=jobs, executor=executor,
-                         address=address)
+    if address and executor != "ray":
+        raise UserError("--address is the address of a Ray cluster: it needs --executor ray")
+    if executor == "ray":  # before any data is read or model pretrained
+        from transfer.grid.ray_executor import require_ray
+
+        require_ray()
+    with contextlib.ExitStack() as stack:
+        if resume is not None:
+            out = resume
+            recorded = check_resume(out, recipe.to_dict())
+            stack.enter_context(folder_lock(out))
+            recipe.export = recipe.export or bool(recorded.get("export"))  # as it was started
+        else:
+            out = new_results_path(results_dir, recipe.name,
+                                   dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+            check_writable(out)
+        exp = Experiment(recipe, base=base, progress=progress).load_data()
+        if resume is not None:  # the corpora before pretraining, the pretrained model after
+            recorded_data = _recorded_data(out)
+            check_resumed_data(out, recorded_data, exp.data_identity(), ("target", "source"))
+            exp.load()
+            check_resumed_data(out, recorded_data, exp.data_identity(), ("pretrained",))
+        else:
+            exp.load()
+        plan = exp.plan()
+        if resume is not None:
+            check_resumed_export(out, recipe, {s.key for s in plan})
+        _note_precision(exp)
+        with results_folder(out, new=resume is None) as out:
+            if resume is None:  # a resumed folder keeps the recipe it was started with
+                atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2,
+                                                                  default=str))
+            env = environment(exp.device, recipe, pretrained=exp.pretrained is not None)
+            atomic_write_text(out / "environment.json", json.dumps(env, indent=2))
+            return _run_plan(exp, plan, out, progress=progress, jobs=jobs, executor=executor,
+                             address=address)
+
+
+def _recorded_data(out: Path) -> dict[str, Any]:
+    """What the runs of ``out`` were trained on, as its summary.json says ({} where it does
+    not: a folder of an older version, or a damaged summary, which is rewritten)."""
+    try:
+        return read_summary(out).get("data", {})
+    except UserError as err:
+        log.warning(f"warning: {err}; it is rewritten now")
+        return {}
+
+
+def check_resumed_data(out: Path, recorded: dict[str, Any], identity: dict[str, Any],
+                       parts: tuple[str, ...]) -> None:
+    """Refuse to resume ``out`` when its runs were trained on other data than the current
+    recipe reads (``recorded`` vs ``identity``, in ``parts``): another target or source
+    corpus (files added, removed, changed in size or modification time) or another
+    source-pretrained model. Folders of older versions, whose summary does not say, are
+    resumed; their run keys hold the target data."""
+    if not recorded:
+        return
+    what = {"target": "the target corpus changed (files added, removed, or changed in size or "
+                      "modification time)",
+            "source": "the source corpus changed (files added, removed, or changed in size or "
+                      "modification time)",
+            "pretrained": "the source-pretrained model has other weights (retrained: another "
+                          "machine, torch version or a cleared cache)"}
+    changed = [what[name] for name in parts if recorded.get(name) != identity.get(name)]
+    if changed:
+        raise UserError(f"--resume: {out} was recorded on other data, so its runs cannot be "
+                        f"mixed with new ones: {'; '.join(changed)}. Restore that data to "
+                        "finish that run, or start a new one without --resume")
+
+
+def check_resumed_export(out: Path, recipe: Recipe, keys: set[str]) -> None:
+    """``--export`` on a resumed folder needs the model of every run already recorded: models
+    are kept while a run trains, so runs recorded without ``--export`` cannot be exported."""
+    if not recipe.export:
+        return
+    done = [r for r in planned(read_records(out / "runs.jsonl"), keys) if r["status"] == "ok"]
+    missing = [r for r in done if not r.get("model") or not (out / r["model"]).is_file()]
+    if missing:
+        raise UserError(f"--export: {len(missing)} of the {len(done)} run(s) already recorded "
+                        f"in {out} were trained without --export (or their models/runs/ "
+                        "package is gone), so their models cannot be exported and the best "
+                        "model per strategy could not be chosen among all runs; start a new "
+                        "run with --export")
+
+
+def _note_precision(exp: Experiment) -> None:
+    """Say when training runs in bf16 (on CUDA, or on a CPU with native bf16, where
+    ``amp = true`` turns it on): it changes results, and environment.json records it too."""
+    r = exp.recipe
+    bf16 = [name for name, cfg in (("pretraining", r.pretrain), ("training", r.train))
+            if precision(exp.device, cfg.amp) != "fp32"
+            and (name == "training" or exp.pretrained is not None)]
+    if bf16:
+        where = exp.device.type if exp.device.type == "cuda" else f"CPU with native bf16: {cpu_model()}"
+        log.info(f"note: {' and '.join(bf16)} in bf16 autocast ({where}); train.amp = false / "
+                 "pretrain.amp = false train in fp32")
 
 
 def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tuple[Path, Any, int]:
     recipe = exp.recipe
     records_path = out / "runs.jsonl"
     keys = {s.key for s in plan}
-    done = {r["key"] for r in planned(read_records(records_path), keys) if r["status"] == "ok"}
+    everything = read_records(records_path)
+    done = {r["key"] for r in planned(everything, keys) if r["status"] == "ok"}
     todo = [s for s in plan if s.key not in done]
+    others = {r["key"] for r in everything} - keys
+    if others:
+        log.info(f"note: {len(others)} run(s) recorded in {records_path} are not runs of this "
+                 "plan (recorded with another version); they are left out of the table")
     if done:
         console.print(f"resuming {out}: {len(plan) - len(todo)} of {len(plan)} runs already "
                       "recorded")
@@ -112,8 +214,10 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
 
 
 def _summary(exp: Experiment, plan: list[RunSpec]) -> dict[str, Any]:
-    """What ``summary.json`` says of a run: title, strategy order, source scores, the plan's
-    size, device, protocols, decision unit and, for a sweep, every strategy's search space."""
+    """What ``summary.json`` says of a run: what ``transfer.report`` needs besides the records
+    (title, strategy order, source scores, protocols, decision unit, positive class and, for a
+    sweep, every strategy's search space), the plan's run keys (the table holds those runs
+    only) and the data the runs are trained on (a resume checks it)."""
     recipe = exp.recipe
     summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
                         f"{exp.target.name} ({recipe.protocol.name})",
@@ -121,7 +225,8 @@ def _summary(exp: Experiment, plan: list[RunSpec]) -> dict[str, Any]:
                "source": dict(exp.pretrained.metrics) if exp.pretrained else None,
                "runs_planned": len(plan), "device": str(exp.device),
                "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
-               "unit": exp.target.unit}
+               "unit": exp.target.unit, "positive": exp.target.positive,
+               "plan": [s.key for s in plan], "data": exp.data_identity()}
     if recipe.sweep.draws > 1:
         summary["spaces"] = {e.label: space_table(e) for e in recipe.strategies}
     return summary
@@ -155,12 +260,17 @@ def main(argv: list[str] | None = None) -> int:
                         "leaky segment-random protocol and write leak.md (protocol.compare)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.address and args.executor != "ray":
+        raise UserError("--address is the address of a Ray cluster: it needs --executor ray")
     signal.signal(signal.SIGTERM, _terminate)  # a killed grid ends like Ctrl-C: records kept
     recipe = load_recipe(args.recipe, args.set)
     if args.leak_report and "segment-random" not in recipe.protocol.compare:
         recipe.protocol.compare.append("segment-random")
     protocols(recipe.protocol)  # a bad compare list is an error before any work
     if args.dry_run:
+        base = Path(args.recipe).parent
+        for where, cfg in [("target", recipe.target)] + [("source", s) for s in recipe.source]:
+            check_corpus(cfg, recipe.features, base, where)  # the cards, without audio
         _print_dry_run(recipe)
         return 0
     if args.export:
@@ -173,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     print_leak(out)
     console.print(f"results: {out}")
     if failed:
-        console.print(f"[red]{failed} run(s) failed[/]: see 'error' in {out / 'runs.jsonl'}")
+        say((f"{failed} run(s) failed", "red"), f": see 'error' in {out / 'runs.jsonl'}")
         return 1
     return 0
 

@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from transfer import UserError
+from transfer.common.console import ENVIRONMENT_ERRORS
+
 log = logging.getLogger(__name__)
 
 try:
@@ -39,10 +42,16 @@ os.umask(_UMASK)
 
 
 def cache_dir() -> Path:
-    """``$SER_TRANSFER_CACHE``, else ``~/.cache/ser-transfer``."""
+    """``$SER_TRANSFER_CACHE``, else ``~/.cache/ser-transfer``; a one-line error when it is a
+    file or cannot be made."""
     root = os.environ.get("SER_TRANSFER_CACHE") or Path.home() / ".cache" / "ser-transfer"
     path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = "it is a file" if path.is_file() else (err.strerror or str(err))
+        raise UserError(f"cannot use the cache folder {path} (SER_TRANSFER_CACHE): {why}; set "
+                        "SER_TRANSFER_CACHE to a folder you can write") from None
     return path
 
 
@@ -181,19 +190,27 @@ def discard_entry(path: Path, why: str) -> None:
 
 def store_entry(folder: Path, stem: str, suffix: str, write: Callable[[Path], None]) -> Path:
     """Write cache entry ``stem`` atomically with ``write(tmp_path)``; return its final path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         write(tmp)
         final = folder / f"{stem}.{file_sha256(tmp)[:16]}{suffix}"
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
+    except OSError as err:
+        if err.errno in ENVIRONMENT_ERRORS:  # a full disk, a read-only folder: say which
+            raise UserError(f"cannot write the cache entry {folder / stem}{suffix}: "
+                            f"{err.strerror or err}; free space there, or set "
+                            "SER_TRANSFER_CACHE to another folder") from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return final
 
 

@@ -31,7 +31,8 @@ class CorpusConfig:
 
     ``synthetic``: instead of ``root``, generate a synthetic corpus of this size (tiny | small |
     demo | full; ``transfer.data.synth.SIZES``) into the cache (casia and modma only).
-    ``root`` = "" reads ``$<NAME>_ROOT``.
+    ``root`` = "" reads ``$<NAME>_ROOT``. ``positive``: the positive class of a binary target
+    (what sensitivity and specificity refer to); "" = the card's ``[labels] positive``.
     """
 
     corpus: str = ""
@@ -41,6 +42,7 @@ class CorpusConfig:
     label_map: dict[str, str] = field(default_factory=dict)
     keep: list[str] = field(default_factory=list)
     max_bad_share: float = opt(0.05, ge=0, le=1)
+    positive: str = ""
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     # What a label belongs to (the decision unit): subject | recording | segment; "" = the
     # card's [labels] unit. Checked against the data; metrics are reported per unit.
@@ -120,7 +122,7 @@ class PretrainConfig(TrainConfig):
     epochs: int = opt(40, ge=1, hint="0 epochs would report an untrained model")
     batch_size: int = opt(64, ge=1)
     val_fraction: float = opt(0.25, gt=0, lt=1)  # share of source speakers held out
-    seed: int = 0
+    seed: int = opt(0, ge=0, le=2**31 - 1)  # the range numpy and scikit-learn accept
 
 
 @dataclass
@@ -137,7 +139,7 @@ class ProtocolConfig:
     folds: int = opt(5, ge=1)
     val_fraction: float = opt(0.2, gt=0, lt=1)  # share of training subjects for model selection
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
-    split_seed: int = 34
+    split_seed: int = opt(34, ge=0, le=2**31 - 1)
     compare: list[Literal["subject-kfold", "loso", "segment-random"]] = field(default_factory=list)
 
     def validate(self) -> None:

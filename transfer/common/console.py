@@ -4,6 +4,10 @@ Library code reports through :mod:`logging` (``logging.getLogger(__name__)``, un
 ``transfer`` logger); this module shows those messages on the rich console (stderr), notes and
 progress at INFO, warnings in yellow, errors in red. A notebook silences them with
 ``logging.getLogger("transfer").setLevel(logging.WARNING)`` (or ``ERROR``).
+
+Nothing printed is read as rich markup: messages carry paths, corpus names and recipe values
+that may well contain ``[bold]``, ``[target]`` or ``[/x]``, and markup would swallow them (or
+raise on an unbalanced tag). Styles are given apart from the text (:func:`say`, ``style=``).
 """
 
 from __future__ import annotations
@@ -14,12 +18,22 @@ import logging
 from collections.abc import Callable
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from transfer import UserError
 
 #: Diagnostics and progress go to stderr so that ``--json`` output on stdout stays parseable.
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: ``markup=False``: no text is ever interpreted as markup (see the module docstring).
+console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def say(*parts: str | tuple[str, str]) -> None:
+    """Print one message on :data:`console`: plain strings and ``(text, style)`` pairs, joined.
+
+    No part is read as markup, so ``say(("skipped", "yellow"), f" {path}: {reason}")`` shows a
+    path like ``/data/[bold]x`` as it is.
+    """
+    console.print(Text.assemble(*parts))
 
 
 class ConsoleHandler(logging.Handler):
@@ -29,9 +43,7 @@ class ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = escape(record.getMessage())
-            style = self.STYLES.get(record.levelno)
-            console.print(f"[{style}]{text}[/]" if style else text)
+            console.print(record.getMessage(), style=self.STYLES.get(record.levelno))
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
@@ -46,6 +58,11 @@ ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
                        errno.EFBIG}
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks (from a file name, a recipe value) shown as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main``: a :class:`UserError` becomes a one-line message and exit status 2,
     Ctrl-C exits with 130 after saying what was kept, and so does a file-system error of the
@@ -56,16 +73,16 @@ def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return fn(*args, **kwargs) or 0
         except UserError as err:
-            console.print(f"[bold red]error:[/] {err}")
+            say(("error:", "bold red"), " " + one_line(str(err)))
             return 2
         except OSError as err:
             if err.errno not in ENVIRONMENT_ERRORS:
                 raise
-            console.print(f"[bold red]error:[/] {err.filename or 'file system'}: "
-                          f"{err.strerror or err}")
+            what = f"{err.filename or 'file system'}: {err.strerror or err}"
+            say(("error:", "bold red"), " " + one_line(what))
             return 2
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: finished work is kept; rerun to continue")
+            say(("interrupted", "yellow"), ": finished work is kept; rerun to continue")
             return 130
 
     return wrapper

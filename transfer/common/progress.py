@@ -17,7 +17,7 @@ from transfer.common.console import console
 def progress_bar(enabled: bool = True) -> Progress:
     """A rich progress bar on stderr; off when ``enabled`` is false or stderr is no terminal."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, disable=not (enabled and console.is_terminal), transient=False,
     )

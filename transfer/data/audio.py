@@ -9,8 +9,10 @@ Modes:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,10 +48,25 @@ class SegmentSpec:
             raise UserError(f"segments.mode must be one of {list(MODES)}, not {self.mode!r}")
         if self.align not in ("start", "center"):
             raise UserError(f"segments.align must be 'start' or 'center', not {self.align!r}")
-        overlap_ok = self.mode != "window" or 0 <= self.overlap_s < self.seconds
-        if self.seconds <= 0 or not overlap_ok:
-            raise UserError("segments need seconds > 0 and 0 <= overlap_s < seconds, got "
-                            f"seconds={self.seconds}, overlap_s={self.overlap_s}")
+        self._check_lengths()
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) \
+                or self.sample_rate < 1:
+            raise UserError(f"segments need a sample rate in Hz (a positive integer), got "
+                            f"{self.sample_rate!r}")
+        if self.length < 1:
+            raise UserError(f"segments of {self.seconds:g} s hold no sample at "
+                            f"{self.sample_rate} Hz; use segments of at least "
+                            f"{1 / self.sample_rate:.2g} s")
+
+    def _check_lengths(self) -> None:
+        finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                     for v in (self.seconds, self.overlap_s))
+        overlap_ok = finite and (self.mode != "window" or 0 <= self.overlap_s < self.seconds)
+        if not finite or self.seconds <= 0 or not overlap_ok:
+            hint = ("; a window-mode segment overlaps the next by overlap_s (2.5 s unless set): "
+                    "set a smaller one" if finite and self.seconds > 0 else "")
+            raise UserError("segments need a finite seconds > 0 and 0 <= overlap_s < seconds, "
+                            f"got seconds={self.seconds}, overlap_s={self.overlap_s}{hint}")
 
     @property
     def length(self) -> int:
@@ -96,12 +113,26 @@ def _wav_shortfall(path: str, size: int) -> tuple[int, int] | None:
             pos += 8 + length + (length & 1)
 
 
+#: Float audio is nominally within [-1, 1] and files written on an integer scale reach 32768;
+#: a sample beyond 1e6 is no recording (garbage or a wrong scale), and near 1e16 the float32
+#: power spectrum of the features overflows to inf.
+MAX_FLOAT_PEAK = 1e6
+
+#: Decoders of lossy formats may drop the encoder's delay and padding, up to two MPEG frames of
+#: 1152 samples: a file that decodes to fewer frames than its header promises by more than
+#: this is truncated.
+DECODE_SLACK = 2 * 1152
+
+
 def probe(path: str | os.PathLike) -> AudioInfo | str:
     """The header facts of an audio file, or the reason it cannot be used.
 
     Reasons start with a short class (``empty file``, ``unreadable``, ``truncated``,
-    ``zero-length audio``, ``non-finite samples``), then ``:`` and the details. Files stored as
-    floats are read in full to check for NaN/inf samples (integer PCM cannot hold them).
+    ``zero-length audio``, ``non-finite samples``, ``out of range``), then ``:`` and the
+    details. A WAV file's header is checked against its size; every other file (FLAC, MP3,
+    ...) and every file stored as floats is decoded in full, so that a truncated or damaged
+    stream, NaN/inf samples or absurd float values are found here, not halfway through a
+    corpus' feature extraction.
     """
     path = str(path)
     try:
@@ -119,14 +150,41 @@ def probe(path: str | os.PathLike) -> AudioInfo | str:
             promised, present = short
             return (f"truncated: the header promises {promised} bytes of audio, the file holds "
                     f"{present} ({present / promised:.0%})")
-    if info.subtype in ("FLOAT", "DOUBLE"):
-        try:
-            bad = _non_finite(sf.read(path, dtype="float32", always_2d=True)[0])
-        except Exception as err:  # noqa: BLE001
-            return f"unreadable: {str(err).strip() or type(err).__name__}"
-        if bad:
-            return f"non-finite samples: {bad} NaN/inf sample(s)"
+    if info.format != "WAV" or info.subtype in ("FLOAT", "DOUBLE"):
+        problem = _decode_problem(path, info)
+        if problem:
+            return problem
     return AudioInfo(info.frames / info.samplerate, int(info.samplerate), int(info.channels))
+
+
+def _decode_problem(path: str, info: Any) -> str:
+    """Decode a whole file block by block: the reason it cannot be used, or ""."""
+    frames, bad, peak = 0, 0, 0.0
+    try:
+        with sf.SoundFile(path) as fh:
+            while True:
+                block = fh.read(1 << 16, dtype="float32", always_2d=True)  # (frames, channels)
+                if not len(block):
+                    break
+                frames += len(block)
+                finite = np.isfinite(block)
+                bad += int(block.size - np.count_nonzero(finite))
+                if finite.any():
+                    peak = max(peak, float(np.abs(block[finite]).max()))
+    except Exception as err:  # noqa: BLE001 - libsndfile raises several types
+        rate = info.samplerate
+        return (f"truncated: decoding fails after {frames / rate:.2f} of the {info.frames / rate:.2f}"
+                f" s the header promises ({str(err).strip() or type(err).__name__})")
+    if bad:
+        return f"non-finite samples: {bad} NaN/inf sample(s)"
+    if peak > MAX_FLOAT_PEAK:
+        return (f"out of range: samples up to {peak:.3g}, where audio lies within [-1, 1] "
+                f"(files on an integer scale: 32768)")
+    if info.frames - frames > DECODE_SLACK:
+        rate = info.samplerate
+        return (f"truncated: the header promises {info.frames / rate:.2f} s, the file decodes "
+                f"to {frames / rate:.2f} s ({frames / info.frames:.0%})")
+    return ""
 
 
 def _non_finite(audio: np.ndarray) -> int:

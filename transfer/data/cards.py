@@ -19,7 +19,7 @@ import re
 import string
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transfer import REPO_ROOT, UserError
@@ -135,16 +135,35 @@ def _fields(fmt: str, where: str) -> set[str]:
         raise UserError(f"{where} is not a valid format string ({err}): {fmt!r}") from None
 
 
-def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> None:
-    """Values that parse but cannot work: wrong top-level types, bad regexes, missing groups."""
+def _check_glob(pattern: str, where: str) -> None:
+    """A glob is a non-empty pattern relative to the corpus root that stays inside it."""
+    parts = PurePosixPath(pattern).parts
+    if not pattern or pattern.startswith(("/", "\\")) or ".." in parts or "\0" in pattern:
+        raise UserError(f"{where} must be a non-empty pattern relative to the corpus root, "
+                        f"without '..' (e.g. \"*/*.wav\"), got {pattern!r}")
+
+
+def _check_top(data: dict[str, Any], path: str) -> None:
+    """The card's top-level values: strings, a file-name-safe name, a sample rate."""
     for key in ("name", "description", "task", "root_env"):
         if key in data and not isinstance(data[key], str):
             raise UserError(f"card {path}: '{key}' must be a string, got {data[key]!r}")
+    if not re.fullmatch(r"\w[\w.-]*", data["name"]):  # it names cache files and $<NAME>_ROOT
+        raise UserError(f"card {path}: 'name' must be letters, digits, '_', '.' or '-' (it names "
+                        f"cache files), got {data['name']!r}")
     rate = data["sample_rate"]
     if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
         raise UserError(f"card {path}: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
+
+
+def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> None:
+    """Values that parse but cannot work: wrong top-level types, bad regexes, missing groups."""
+    _check_top(data, path)
     audio: AudioSpec = sections["audio"]
     labels: LabelSpec = sections["labels"]
+    _check_glob(audio.glob, f"card {path} [audio] glob")
+    if labels.source == "lines":
+        _check_glob(labels.line_glob, f"card {path} [labels] line_glob")
     groups = set(_regex(audio.pattern, f"card {path} [audio] pattern").groupindex)
     speaker = _fields(audio.speaker_format, f"card {path} [audio] speaker_format")
     needed = {
@@ -170,7 +189,10 @@ def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> No
         raise UserError(f"card {path}: [labels] names must list at least one label")
     if labels.zero_pad < 0:
         raise UserError(f"card {path}: [labels] zero_pad must be >= 0, got {labels.zero_pad}")
-    seg: SegmentDefaults | None = sections.get("segments")
+    _check_segments(sections.get("segments"), path)
+
+
+def _check_segments(seg: SegmentDefaults | None, path: str) -> None:
     if seg is not None:
         if seg.seconds <= 0:
             raise UserError(f"card {path}: [segments] seconds must be > 0, got {seg.seconds}")
@@ -228,8 +250,18 @@ def load_card(name_or_path: str | Path) -> Card:
         raise UserError(f"no corpus card {str(name_or_path)!r}: looked for {path}; "
                         f"shipped cards: {', '.join(available_cards())} "
                         "(or give the path of your own card .toml)")
+    return parse_card(read_toml(path, "card"), str(path))
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file (a card, a recipe) as data; one-line errors for a file that is not UTF-8
+    text, not valid TOML, or unreadable."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                        f"position {err.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"card {path} is not valid TOML: {err}") from None
-    return parse_card(data, str(path))
+        raise UserError(f"{what} {path} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from None

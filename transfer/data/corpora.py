@@ -162,63 +162,58 @@ def _missed_by_glob(root: Path, glob: str, found: set[Path]) -> list[tuple[str, 
     return sorted(missed)
 
 
+def _why_none(sorting: _Sorting, final: list[str]) -> str:
+    """Where the files of a corpus with no usable file went (the skipped ones are an error of
+    their own before this), each reason with its count, largest first."""
+    unmatched = sorting.unmatched
+    reasons = [(len(unmatched), "do not match the card" + (
+                   f" (e.g. {unmatched[0][0]}: {unmatched[0][1]})" if unmatched else "")),
+               (sorting.excluded, "are left out by the card's [audio] require"),
+               (len(sorting.without_row), "have no row in the label table"),
+               (sorting.dropped, f"carry a label the label filter drops (kept labels: {final})")]
+    return "; ".join(f"{n} {why}" for n, why in sorted(reasons, key=lambda r: -r[0]) if n)
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in counts.items())
 
 
-def build_manifest(card: Card | str | Path, root: str | Path | None = None, *,
-                   label_map: dict[str, str] | None = None,
-                   keep: list[str] | tuple[str, ...] | None = None,
-                   max_bad_share: float = 0.05) -> Manifest:
-    """Build the manifest of one corpus.
+@dataclass
+class _Sorting:
+    """Where the audio files of a corpus went on the way to its manifest."""
 
-    Args:
-        card: a :class:`Card`, a card name or a path to a card.
-        root: the corpus folder; ``None`` reads ``$<NAME>_ROOT``.
-        label_map, keep: override the card's label mapping and filter (recipe overrides).
-        max_bad_share: fail when more than this share of the audio files is unreadable or empty.
-    """
-    card = card if isinstance(card, Card) else load_card(card)
-    root = resolve_root(card, root)
-    mapping = card.labels.map if label_map is None else label_map
-    keep = tuple(card.labels.keep if keep is None else keep)
-    final = card.final_labels(keep, mapping)
+    labelled: list[tuple[Path, str, dict[str, str], str]] = field(default_factory=list)
+    unmatched: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    without_row: list[str] = field(default_factory=list)
+    keys_seen: set[str] = field(default_factory=set)
+    dropped: int = 0
+    excluded: int = 0
 
-    paths = sorted(p for p in root.glob(card.audio.glob) if p.is_file())
-    missed = _missed_by_glob(root, card.audio.glob, set(paths))
-    if not paths:
-        hint = f"; found {missed[0][0]} ({missed[0][1]})" if missed else ""
-        raise UserError(f"corpus '{card.name}': no audio found under {root} "
-                        f"matching '{card.audio.glob}' (card {card.path}){hint}")
+
+def _label_files(card: Card, root: Path, paths: list[Path], table: dict[str, str] | None,
+                 mapping: dict[str, str], keep: tuple[str, ...]) -> _Sorting:
+    """Match every file against the card's pattern and give it its label: (path, relative
+    path, pattern groups, label) for the files kept, the others counted by reason."""
     pattern = re.compile(card.audio.pattern)
-    table = None
-    if card.labels.source == "table":
-        table = _read_table(card, root)
-    elif card.labels.source == "lines":
-        table = _read_lines(card, root)
-
     allowed = set(card.labels.names)
-    records, skipped, warnings = [], [], []
-    unmatched, without_row, dropped, excluded = list(missed), [], 0, 0
-    infos: dict[str, AudioInfo] = {}
-    keys_seen: set[str] = set()
+    out = _Sorting()
     for path in paths:
         rel = path.relative_to(root).as_posix()
         m = pattern.match(rel)
         if m is None:
-            unmatched.append((rel, "pattern: does not match the card's [audio] pattern"))
+            out.unmatched.append((rel, "pattern: does not match the card's [audio] pattern"))
             continue
         groups = m.groupdict()
         if any(groups.get(k) != v for k, v in card.audio.require.items()):
-            excluded += 1
+            out.excluded += 1
             continue
         if table is None:
             raw = groups.get("label", "")
         else:
             key = _normalise_key(groups[card.labels.key_group], card.labels.zero_pad)
-            keys_seen.add(key)
+            out.keys_seen.add(key)
             if key not in table:
-                without_row.append(rel)
+                out.without_row.append(rel)
                 continue
             raw = table[key]
         raw = card.labels.codes.get(raw, raw)
@@ -227,18 +222,37 @@ def build_manifest(card: Card | str | Path, root: str | Path | None = None, *,
                             f"in the card's label set {sorted(allowed)} (card {card.path})")
         label = mapping.get(raw, raw)
         if keep and label not in keep:
-            dropped += 1
+            out.dropped += 1
             continue
+        out.labelled.append((path, rel, groups, label))
+    return out
+
+
+def _probe_files(card: Card, labelled: list[tuple[Path, str, dict[str, str], str]],
+                 min_seconds: float) -> tuple[list[tuple], list[tuple[str, str]],
+                                              dict[str, AudioInfo]]:
+    """Manifest rows of the usable files; (relative path, reason) of the others."""
+    records, skipped, infos = [], [], {}
+    for path, rel, groups, label in labelled:
         info = probe(path)
+        if isinstance(info, AudioInfo) and info.seconds < min_seconds:
+            info = (f"too short: {info.seconds * 1000:.3g} ms, less than one analysis frame of "
+                    f"the features ({min_seconds * 1000:.3g} ms)")
         if isinstance(info, str):
             skipped.append((rel, info))
             continue
         infos[rel] = info
         speaker = card.audio.speaker_format.format(**groups)
         records.append((str(path), card.name, label, speaker, info.seconds, info.sample_rate))
+    return records, skipped, infos
 
+
+def _warnings(card: Card, table: dict[str, str] | None, sorting: _Sorting,
+              infos: dict[str, AudioInfo]) -> list[str]:
+    """What the summary should say about files used with a change or not used at all."""
+    warnings = []
+    unmatched = sorting.unmatched
     if unmatched:
-        unmatched.sort()
         warnings.append(f"{len(unmatched)} audio file(s) do not match the card and were not "
                         f"used ({_counts(reason_counts(unmatched))}), e.g. {unmatched[0][0]}: "
                         f"{unmatched[0][1]}")
@@ -252,24 +266,61 @@ def build_manifest(card: Card | str | Path, root: str | Path | None = None, *,
         rates = sorted({r for _, r in other_rate})
         warnings.append(f"{len(other_rate)} file(s) are not at the card's {card.sample_rate} Hz "
                         f"(found {rates} Hz) and are resampled, e.g. {other_rate[0][0]}")
-    if without_row:
-        warnings.append(f"{len(without_row)} audio file(s) have no row in the label table and "
-                        f"were skipped, e.g. {without_row[0]}")
+    if sorting.without_row:
+        warnings.append(f"{len(sorting.without_row)} audio file(s) have no row in the label "
+                        f"table and were skipped, e.g. {sorting.without_row[0]}")
     if table is not None and card.labels.source == "table":
-        no_audio = sorted(set(table) - keys_seen)
+        no_audio = sorted(set(table) - sorting.keys_seen)
         if no_audio:
             warnings.append(f"{len(no_audio)} subject(s) in the label table have no audio, "
                             f"e.g. {no_audio[0]}")
+    return warnings
+
+
+def build_manifest(card: Card | str | Path, root: str | Path | None = None, *,
+                   label_map: dict[str, str] | None = None,
+                   keep: list[str] | tuple[str, ...] | None = None,
+                   max_bad_share: float = 0.05, min_seconds: float = 0.0) -> Manifest:
+    """Build the manifest of one corpus.
+
+    Args:
+        card: a :class:`Card`, a card name or a path to a card.
+        root: the corpus folder; ``None`` reads ``$<NAME>_ROOT``.
+        label_map, keep: override the card's label mapping and filter (recipe overrides).
+        max_bad_share: fail when more than this share of the audio files is unreadable or empty.
+        min_seconds: files shorter than this (one analysis frame of the features) are skipped
+            as ``too short``, as ``transfer.predict`` does: padded, they would become silent
+            labelled segments.
+    """
+    card = card if isinstance(card, Card) else load_card(card)
+    root = resolve_root(card, root)
+    mapping = card.labels.map if label_map is None else label_map
+    keep = tuple(card.labels.keep if keep is None else keep)
+    final = card.final_labels(keep, mapping)
+
+    paths = sorted(p for p in root.glob(card.audio.glob) if p.is_file())
+    missed = _missed_by_glob(root, card.audio.glob, set(paths))
+    if not paths:
+        hint = f"; found {missed[0][0]} ({missed[0][1]})" if missed else ""
+        raise UserError(f"corpus '{card.name}': no audio found under {root} "
+                        f"matching '{card.audio.glob}' (card {card.path}){hint}")
+    readers = {"table": _read_table, "lines": _read_lines}
+    table = readers[card.labels.source](card, root) if card.labels.source in readers else None
+    sorting = _label_files(card, root, paths, table, mapping, keep)
+    sorting.unmatched = sorted(missed + sorting.unmatched)
+    records, skipped, infos = _probe_files(card, sorting.labelled, min_seconds)
+    warnings = _warnings(card, table, sorting, infos)
     considered = len(records) + len(skipped)
     if considered and len(skipped) / considered > max_bad_share:
-        listing = "\n".join(f"  {p}: {why}" for p, why in skipped[:20])
+        listing = "; ".join(f"{p}: {why}" for p, why in skipped[:3])
         raise UserError(f"corpus '{card.name}': {len(skipped)} of {considered} audio files are "
                         f"unusable ({_counts(reason_counts(skipped))}), more than the allowed "
-                        f"share {max_bad_share:.0%} (max_bad_share):\n{listing}")
+                        f"share {max_bad_share:.0%} (max_bad_share), e.g. {listing}; "
+                        f"python -m transfer.prepare --corpus {card.path} lists them all")
     if not records:
-        raise UserError(f"corpus '{card.name}': no usable audio under {root} after label "
-                        f"filtering (kept labels: {final})")
+        raise UserError(f"corpus '{card.name}': none of the {len(paths)} audio file(s) under "
+                        f"{root} is usable: " + _why_none(sorting, final) + f" (card {card.path})")
     frame = pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS)
     present = [lab for lab in final if lab in set(frame["label"])]
-    return Manifest(card, root, frame, present, skipped, dropped, warnings, unmatched,
-                    without_row, excluded)
+    return Manifest(card, root, frame, present, skipped, sorting.dropped, warnings,
+                    sorting.unmatched, sorting.without_row, sorting.excluded)

@@ -16,7 +16,7 @@ from transfer.common.config import CorpusConfig, FeaturesConfig
 from transfer.data.audio import SegmentSpec
 from transfer.data.cards import Card, load_card
 from transfer.data.corpora import build_manifest
-from transfer.data.features import FeatureSpec, load_features
+from transfer.data.features import FeatureSpec, check_segments, load_features
 from transfer.data.units import unit_ids, unit_labels
 
 log = logging.getLogger(__name__)
@@ -118,19 +118,48 @@ def decision_unit(cfg: CorpusConfig, card: Card) -> str:
     return "subject" if table_by_speaker else "recording"
 
 
+def _check_synthetic(cfg: CorpusConfig, card: Card) -> None:
+    from transfer.data import synth
+
+    if card.name not in synth.MAKERS:
+        raise UserError(f"synthetic corpora exist for {sorted(synth.MAKERS)}, "
+                        f"not for '{card.name}'")
+    if cfg.synthetic not in synth.SIZES[card.name]:
+        raise UserError(f"synthetic must be one of {sorted(synth.SIZES[card.name])}, "
+                        f"not {cfg.synthetic!r}")
+
+
 def corpus_root(cfg: CorpusConfig, card: Card) -> str | None:
     if cfg.synthetic:
         from transfer.data import synth
 
-        kind = card.name
-        if kind not in synth.MAKERS:
-            raise UserError(f"synthetic corpora exist for {sorted(synth.MAKERS)}, "
-                            f"not for '{card.name}'")
-        if cfg.synthetic not in synth.SIZES[kind]:
-            raise UserError(f"synthetic must be one of {sorted(synth.SIZES[kind])}, "
-                            f"not {cfg.synthetic!r}")
-        return str(synth.cached(kind, cfg.synthetic, cfg.synthetic_seed))
+        _check_synthetic(cfg, card)
+        return str(synth.cached(card.name, cfg.synthetic, cfg.synthetic_seed))
     return cfg.root or None
+
+
+def check_corpus(cfg: CorpusConfig, features: FeaturesConfig, base: Path | None = None,
+                 where: str = "target") -> None:
+    """What can be checked of one corpus section without reading audio (``--dry-run``): the
+    card loads, the segment settings (the card's where the recipe leaves them) are valid and
+    give enough feature frames, a synthetic corpus exists in that size, and ``concat`` goes
+    with labels that belong to the subject."""
+    card = load_card(_resolve(cfg.corpus, base))
+    seg = segment_spec(cfg, card, features.sample_rate)
+    spec = feature_spec(features)
+    if spec.kind != "ssl":  # ssl frames need the checkpoint: checked when data is loaded
+        check_segments(seg, spec, f"{where}.segments.seconds", f"corpus '{card.name}': ")
+    if cfg.synthetic:
+        _check_synthetic(cfg, card)
+    _check_concat(cfg, card, seg)
+
+
+def _check_concat(cfg: CorpusConfig, card: Card, seg: SegmentSpec) -> None:
+    kind = decision_unit(cfg, card)
+    if kind != "subject" and seg.mode == "concat":
+        raise UserError(f"corpus '{card.name}': segments.mode = 'concat' joins a subject's "
+                        f"recordings, so the label must belong to the subject (unit = "
+                        f"\"subject\"), not to the {kind}; use mode 'window' or 'pad'")
 
 
 def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progress: bool = True,
@@ -144,18 +173,17 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
         checkpoint_dir(spec.model)
     for cfg in configs:
         card = load_card(_resolve(cfg.corpus, base))
-        manifest = build_manifest(card, corpus_root(cfg, card), label_map=cfg.label_map or None,
-                                  keep=cfg.keep or None, max_bad_share=cfg.max_bad_share)
-        kind = decision_unit(cfg, card)
         seg = segment_spec(cfg, card, features.sample_rate)
+        check_segments(seg, spec, prefix=f"corpus '{card.name}': ")
+        manifest = build_manifest(card, corpus_root(cfg, card), label_map=cfg.label_map or None,
+                                  keep=cfg.keep or None, max_bad_share=cfg.max_bad_share,
+                                  min_seconds=spec.min_samples / features.sample_rate)
+        kind = decision_unit(cfg, card)
+        _check_concat(cfg, card, seg)
         if kind == "subject":  # every file of a subject must carry the subject's label
             unit_labels(manifest.frame["speaker"].to_numpy(str),
                         manifest.frame["label"].to_numpy(str), "subject",
                         where=f"corpus '{card.name}': ")
-        elif seg.mode == "concat":
-            raise UserError(f"corpus '{card.name}': segments.mode = 'concat' joins a subject's "
-                            f"recordings, so the label must belong to the subject (unit = "
-                            f"\"subject\"), not to the {kind}; use mode 'window' or 'pad'")
         kinds.append(kind)
         for warning in manifest.warnings:
             log.warning(f"warning ({card.name}): {warning}")
@@ -167,7 +195,7 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
         keys.append(fs.key)
         label_sets.append(manifest.labels)
         names.append(card.name)
-        positive = positive or card.labels.positive
+        positive = positive or cfg.positive or card.labels.positive
     labels: list[str] = []
     for ls in label_sets:
         labels += [lab for lab in ls if lab not in labels]

@@ -29,12 +29,24 @@ from transfer.common.cache import (
     find_entry,
     store_entry,
 )
+from transfer.common.lifeline import die_with_parent
 from transfer.data.audio import SegmentSpec, cut, load_audio, read_turns
 from transfer.data.corpora import Manifest
 
 FEATURE_VERSION = 1
 KINDS = ("mfcc", "logmel", "ssl")
 _SSL_FIELDS = ("model", "layers", "pool_frames")
+
+#: Frames a segment must give: librosa's smallest delta window is 3 frames, and a model learns
+#: no timing from fewer.
+MIN_FRAMES = 3
+
+#: The receptive field of one frame of the wav2vec 2.0 / HuBERT / WavLM convolutional front
+#: (25 ms at 16 kHz): audio shorter than this gives no ssl frame.
+SSL_MIN_SAMPLES = 400
+
+#: Recordings per extraction job (one subject per job in concat mode).
+JOB_FILES = 16
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,14 @@ class FeatureSpec:
             raise UserError(f"features.kind must be one of {list(KINDS)}, not {self.kind!r}")
         if self.deltas not in (0, 1, 2):
             raise UserError(f"features.deltas must be 0, 1 or 2, not {self.deltas}")
+        for name in ("n_mfcc", "n_fft", "hop", "n_mels", "pool_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"features.{name} must be an integer >= 1, got {value!r}")
+        if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
+            raise UserError(f"features.n_mfcc ({self.n_mfcc}) must be <= features.n_mels "
+                            f"({self.n_mels}): the MFCC are the DCT of n_mels mel bands, so "
+                            "there are at most n_mels of them")
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
         if self.kind == "ssl":
@@ -88,6 +108,77 @@ class FeatureSpec:
 
             return frames(self, samples)
         return 1 + samples // self.hop
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest audio that gives one analysis frame: the STFT window (mfcc, logmel) or
+        the ssl front's receptive field."""
+        return SSL_MIN_SAMPLES if self.kind == "ssl" else self.n_fft
+
+
+def check_segments(seg: SegmentSpec, feat: FeatureSpec, seconds_key: str = "segments.seconds",
+                   prefix: str = "") -> None:
+    """A segment gives at least :data:`MIN_FRAMES` feature frames (else a one-line error that
+    names the settings and the largest ``hop`` or the shortest ``seconds`` that works).
+
+    ``seconds_key``: how the user sets the segment length (``target.segments.seconds``,
+    ``--seconds``); ``prefix``: what the error starts with (the corpus)."""
+    frames = feat.frames(seg.length)
+    if frames >= MIN_FRAMES:
+        return
+    if feat.kind == "ssl":
+        fix = f"use a longer {seconds_key} or a smaller features.pool_frames"
+    else:
+        longest_hop = seg.length // (MIN_FRAMES - 1)
+        shortest = (MIN_FRAMES - 1) * feat.hop / seg.sample_rate
+        fix = (f"use features.hop <= {longest_hop}" if longest_hop >= 1 else "") + (
+            " or " if longest_hop >= 1 else "use ") + f"{seconds_key} >= {shortest:g}"
+    how = f"pool_frames {feat.pool_frames}" if feat.kind == "ssl" else f"hop {feat.hop}"
+    raise UserError(f"{prefix}a segment of {seg.seconds:g} s gives {frames} feature frame(s) "
+                    f"({feat.kind}, {how}); at least {MIN_FRAMES} are needed: {fix}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_memory(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec) -> None:
+    """Refuse, before extracting, features that cannot fit in memory (a segment length of
+    hours): the features of every segment plus one extraction job's audio and spectrogram,
+    a lower bound of what extraction needs."""
+    avail = available_memory()
+    durations = manifest.frame["duration_s"].to_numpy(float)
+    if avail is None or not len(durations):
+        return
+    if seg.mode == "window":
+        hop = seg.seconds - seg.overlap_s
+        per_file = np.maximum(1, np.ceil((durations - seg.overlap_s) / hop))
+    elif seg.mode == "concat":
+        totals = manifest.frame.groupby("speaker")["duration_s"].sum().to_numpy(float)
+        per_file = np.maximum(1, np.ceil(totals / seg.seconds))
+    else:
+        per_file = np.ones(len(durations))
+    frames = feat.frames(seg.length)
+    features = float(per_file.sum()) * feat.dim * frames * 4  # float32
+    # one job: up to JOB_FILES recordings' segments as float32 audio and an STFT of
+    # n_fft // 2 + 1 complex64 bins per frame
+    per_segment = seg.length * 4 + (feat.n_fft // 2 + 1) * frames * 8
+    job = float(np.sort(per_file)[-JOB_FILES:].sum()) * per_segment
+    if features + job > avail:
+        raise UserError(f"corpus '{manifest.name}': {int(per_file.sum())} segments of "
+                        f"{seg.seconds:g} s need about {(features + job) / 2**30:.1f} GiB of memory "
+                        f"to extract and hold ({feat.dim} x {frames} float32 features each), more "
+                        f"than the {avail / 2**30:.1f} GiB available; use shorter segments")
 
 
 def extract(segments: np.ndarray, sample_rate: int, spec: FeatureSpec) -> np.ndarray:
@@ -198,6 +289,7 @@ def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
     audio and the model runs in this process (:func:`transfer.data.ssl.run_jobs`).
     """
     t0 = time.perf_counter()
+    check_segments(seg, feat)
     key = cache_key(manifest, seg, feat)
     folder, stem = (root or cache_dir()) / "features", f"{manifest.name}-{key}"
     cached = _load_cached(folder, stem)  # no lock on the common path: a verified load
@@ -205,6 +297,7 @@ def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
         with entry_lock(folder, stem, f"the features of {manifest.name}"):
             cached = _load_cached(folder, stem)
             if cached is None:
+                check_memory(manifest, seg, feat)
                 x, segments = _extract_all(manifest, seg, feat, workers, progress)
                 store_entry(folder, stem, ".npz", lambda tmp: _save(tmp, x, segments))
                 return FeatureSet(x, segments, key, False, time.perf_counter() - t0)
@@ -249,7 +342,7 @@ def _extract_all(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, worker
         for p, spk, _ in (g for grp in groups for g in grp):
             rel = manifest.card.audio.transcript.format(speaker=spk)
             transcripts[p] = (str(manifest.root / rel), manifest.card.audio.transcript_keep)
-    chunk = 16 if seg.mode != "concat" else 1
+    chunk = JOB_FILES if seg.mode != "concat" else 1
     jobs = [(groups[i:i + chunk], seg, feat, transcripts) for i in range(0, len(groups), chunk)]
     if workers is None:
         workers = min(os.cpu_count() or 1, len(jobs)) if len(groups) >= 64 else 1
@@ -277,7 +370,9 @@ def _run_jobs(jobs: list, workers: int, progress: bool, title: str) -> list:
                 bar.advance(task)
         else:
             # spawn: never fork a parent that may hold torch/OpenMP threads
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                     initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 for i, res in enumerate(pool.map(_job, jobs)):
                     results[i] = res
                     bar.advance(task)

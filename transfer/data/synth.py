@@ -31,8 +31,10 @@ Same kind, size, seed and factors give the same bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
+import logging
 import re
 import zipfile
 from collections.abc import Mapping
@@ -47,6 +49,8 @@ from scipy.signal import butter, lfilter, sosfilt
 from scipy.stats import qmc
 
 from transfer.common.console import console, main_guard
+
+log = logging.getLogger(__name__)
 
 SR = 16000  # synthesis rate; MODMA-like audio is resampled to 44.1 kHz afterwards
 CACHE_VERSION = 4  # bump whenever the generator changes what it writes
@@ -510,8 +514,36 @@ def make(kind: str, out: str | Path, size: Size = "small", seed: int = 0,
     return MAKERS[kind](out, size, seed, factors)
 
 
+def _checksums(folder: Path) -> dict[str, str]:
+    from transfer.common.cache import file_sha256
+
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".complete"}
+
+
+def _damage(target: Path) -> str:
+    """Why the cached corpus ``target`` cannot be used as it is ("" when it can): its
+    ``.complete`` lists every file's SHA-256, as the other cache entries carry theirs."""
+    import json
+
+    try:
+        recorded = json.loads((target / ".complete").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "written by an older version, without checksums"
+    found = _checksums(target)
+    changed = sorted(name for name in set(recorded) | set(found)
+                     if recorded.get(name) != found.get(name))
+    return (f"{len(changed)} file(s) missing, added or changed since it was generated, e.g. "
+            f"{changed[0]}") if changed else ""
+
+
 def cached(kind: str, size: str = "small", seed: int = 0) -> Path:
-    """A synthetic corpus (default factors) in the cache, generated on first use (atomically)."""
+    """A synthetic corpus (default factors) in the cache, generated on first use (atomically).
+
+    Every use checks its files against the checksums written with it: a recording deleted or
+    overwritten is reported in one line and the corpus generated again, never used.
+    """
+    import json
     import os
     import shutil
     import tempfile
@@ -520,13 +552,30 @@ def cached(kind: str, size: str = "small", seed: int = 0) -> Path:
 
     target = cache_dir() / "synth" / f"{kind}-{size}-seed{seed}-v{CACHE_VERSION}"
     if (target / ".complete").is_file():
-        return target
+        damage = _damage(target)
+        if not damage:
+            return target
+        log.warning(f"cache: {target} is damaged or cannot be verified ({damage}); "
+                    "generating it again")
+        gone = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.damaged."))
+        with contextlib.suppress(OSError):  # another process may have moved it already
+            os.replace(target, gone / target.name)
+        shutil.rmtree(gone, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         console.print(f"generating synthetic {kind} corpus ({size}, seed {seed}) into {target}")
-        make(kind, tmp, size, seed)
-        (tmp / ".complete").write_text("ok\n")
+        try:
+            make(kind, tmp, size, seed)
+            (tmp / ".complete").write_text(json.dumps({"files": _checksums(tmp)}))
+        except (OSError, sf.SoundFileError) as err:  # a full or read-only cache disk
+            from transfer import UserError
+
+            free = shutil.disk_usage(target.parent).free / 2**20
+            raise UserError(f"cannot generate the synthetic {kind} corpus in {target.parent}: "
+                            f"{getattr(err, 'strerror', None) or err} ({free:.0f} MiB free "
+                            "there); free space, or set SER_TRANSFER_CACHE to another "
+                            "folder") from None
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from transfer import UserError
+from transfer.common.lifeline import die_with_parent
 from transfer.common.progress import progress_bar
 from transfer.grid.records import write_record
 
@@ -108,7 +109,8 @@ def _sequential(exp, packs: list[list], records_path: Path, progress: bool) -> N
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(experiment: Any, threads: int) -> None:
+def _init_worker(experiment: Any, threads: int, parent: int) -> None:
+    die_with_parent(parent)  # a killed grid leaves no idle worker behind
     experiment.threads = threads  # the parent's: identical numerics to running one by one
     _WORKER["exp"] = experiment
 
@@ -122,7 +124,7 @@ def _processes(exp, packs: list[list], records_path: Path, progress: bool, jobs:
     shipped = exp.for_worker()
     with progress_bar(progress) as bar, ProcessPoolExecutor(
             jobs, mp_context=ctx, initializer=_init_worker,
-            initargs=(shipped, exp.threads)) as pool:
+            initargs=(shipped, exp.threads, os.getpid())) as pool:
         grid = bar.add_task(_grid_label(exp, jobs), total=sum(len(p) for p in packs))
         pending = {pool.submit(_work, pack): pack for pack in packs}
         try:

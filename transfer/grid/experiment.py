@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import os
 import platform
@@ -34,7 +35,7 @@ from transfer.evaluate.metrics import confusion, evaluate, unit_outputs, validat
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
 from transfer.grid import sweep
 from transfer.grid.records import RunRecord, toolkit_info
-from transfer.train.device import pick_device, to_device
+from transfer.train.device import amp_enabled, cpu_has_native_bf16, pick_device, to_device
 from transfer.train.engine import FitResult, Halving, fit_runs
 from transfer.train.infer import embed_runs, predict_runs
 from transfer.train.packs import build_pack, unpack_model
@@ -109,20 +110,72 @@ class Experiment:
         """An experiment on domains already in memory (a benchmark, a notebook, a test)."""
         exp = cls(recipe, base=base, progress=progress, device=device)
         exp.target, exp.source, exp.pretrained = target, source, pretrained
+        exp.check_target()
         exp.splits = {(s.protocol, s.fold, s.seed): s for s in splits}
         return exp
 
     # --- preparation ---------------------------------------------------------------------
     def load(self) -> Experiment:
+        """Read the corpora (:meth:`load_data`, unless done), pretrain on the source where a
+        strategy needs it (or load the cached model), and make the splits."""
         r = self.recipe
-        self.target = load_domain([r.target], r.features, progress=self.progress, base=self.base)
-        if len(self.target.labels) < 2:
-            raise UserError(f"target {self.target.name} has only the label(s) {self.target.labels}")
-        if r.source:
-            self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
+        if self.target is None:
+            self.load_data()
         if any(get_strategy(e.name).needs_source for e in r.strategies):
             self.pretrained = pretrain(r, self.source, self.device)
         return self.build_splits()
+
+    def load_data(self) -> Experiment:
+        """Read the target and source corpora (features from the cache), check the target and
+        that the recipe's backbone can be built on these features: an option that cannot
+        build a model is one error now, not a failure of every run."""
+        r = self.recipe
+        self.target = load_domain([r.target], r.features, progress=self.progress, base=self.base)
+        self.check_target()
+        if r.source:
+            self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
+        make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)(
+            len(self.target.labels))
+        return self
+
+    def check_target(self) -> None:
+        """The target has two labels or more, and a binary one names its positive class:
+        sensitivity and specificity are that class's recall and the other's, so without it
+        they would silently measure whichever label happens to be second."""
+        t = self.target
+        if len(t.labels) < 2:
+            raise UserError(f"target {t.name} has only the label(s) {t.labels}")
+        if len(t.labels) == 2 and t.positive not in t.labels:
+            why = (f"its positive class {t.positive!r} is not one of them" if t.positive else
+                   "it names no positive class")
+            raise UserError(f"target {t.name} is binary ({t.labels[0]!r} vs {t.labels[1]!r}) but "
+                            f"{why}, so sensitivity and specificity would have no meaning: set "
+                            "[target] positive = \"<one of the two labels>\" in the recipe, or "
+                            "[labels] positive in the corpus card")
+
+    def data_identity(self) -> dict[str, Any]:
+        """What the runs are trained on: the target's and the source's feature keys (files with
+        size and mtime, segment and feature settings) and a content hash of the
+        source-pretrained model. A resumed folder must have been recorded on the same."""
+        return {"target": list(self.target.keys) if self.target else [],
+                "source": list(self.source.keys) if self.source else [],
+                "pretrained": self.pretrained_digest()}
+
+    def pretrained_digest(self) -> str | None:
+        """SHA-256 (16 hex digits) of the source-pretrained weights, None without them: a
+        model retrained with the same settings on another machine or torch version has other
+        weights, and runs that start from it are other runs."""
+        if self.pretrained is None:
+            return None
+        if getattr(self, "_pretrained_digest", None) is None:
+            digest = hashlib.sha256()
+            for name in sorted(self.pretrained.state):
+                tensor = self.pretrained.state[name].detach().cpu().contiguous()
+                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16
+                              else tensor.view(torch.int16).numpy().tobytes())
+            self._pretrained_digest = digest.hexdigest()[:16]
+        return self._pretrained_digest
 
     def build_splits(self) -> Experiment:
         """The splits of the target under the recipe's protocol and the compared ones."""
@@ -137,17 +190,24 @@ class Experiment:
                 values: dict[str, Any] | None = None) -> str:
         """What a run's result depends on, hashed: the recipe's result-relevant settings, the
         strategy and its options, the fold, seed and protocol, a sweep draw's values, and the
-        data. (``sweep.*`` itself is not part of it: a rerun with more draws reuses the draws
-        already trained.)"""
+        data: the target's and the source's (the source's enters every record through the
+        domain-gap diagnostics) and, for a strategy that starts from it, the pretrained
+        model's weights. (``sweep.*`` itself is not part of it: a rerun with more draws reuses
+        the draws already trained.)"""
         data = self.recipe.to_dict()
         for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export",
                   "sweep"):
             data.pop(k, None)
         data["protocol"].pop("compare", None)  # a run is keyed by the protocol it runs under
         data["protocol"]["name"] = protocol or data["protocol"]["name"]
+        inputs: list[Any] = [self.target.keys if self.target else None]
+        if self.source is not None:
+            inputs.append({"source": self.source.keys})
+        if get_strategy(entry.name).needs_source and self.pretrained is not None:
+            inputs.append({"pretrained": self.pretrained_digest()})
         keyed = {"recipe": data, "strategy": entry.name,
                  "options": dataclasses.asdict(entry.options), "fold": fold,
-                 "seed": seed, "data": [self.target.keys if self.target else None]}
+                 "seed": seed, "data": inputs}
         if values:
             keyed["draw"] = values
         return content_hash(keyed)
@@ -292,7 +352,7 @@ class Experiment:
                 "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
                 "speaker_dependent": protocol in SPEAKER_DEPENDENT, "unit": self.target.unit,
                 "uses_source": get_strategy(entry.name).needs_source,
-                "labels": self.target.labels,
+                "labels": self.target.labels, "positive": self.target.positive,
                 "sizes": {"train": len(split.train), "val": len(split.val),
                           "test": len(split.test)}, "pack": pack,
                 "draw": spec.draw, "hparams": spec.hparams}
@@ -429,8 +489,12 @@ class Experiment:
 
 def export_best(out: Path, records: list[dict], order: list[str]) -> list[Path]:
     """Per strategy, the run with the best validation UAR at its selected epoch becomes
-    ``models/<strategy>.pt`` (the per-run packages are in ``models/runs/``)."""
+    ``models/<strategy>.pt`` (the per-run packages are in ``models/runs/``). Each is copied
+    to a temporary file and renamed into place, so an interrupted export (Ctrl-C, SIGTERM, a
+    full disk) leaves the old package or none, never a partial one."""
     import shutil
+
+    from transfer.common.cache import atomic_path
 
     written = []
     for label in order:
@@ -444,12 +508,34 @@ def export_best(out: Path, records: list[dict], order: list[str]) -> list[Path]:
                 best, best_score = r, score
         if best is not None:
             target = out / "models" / f"{label}.pt"
-            shutil.copyfile(out / best["model"], target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(out / best["model"], tmp)
             written.append(target)
     return written
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def precision(device: torch.device, amp: bool) -> str:
+    """What a training on ``device`` with ``amp`` computes in: bf16 autocast runs on CUDA and
+    on CPUs with native bf16 only (:func:`transfer.train.engine.amp_enabled`)."""
+    return "bf16 autocast (fp32 weights)" if amp_enabled(device, amp) else "fp32"
+
+
+def environment(device: torch.device, recipe: Recipe | None = None,
+                pretrained: bool = False) -> dict[str, Any]:
+    """What a results folder records about where it ran: versions, the device and its model
+    (CPU model name; GPU name), and the precision pretraining and training ran in, so that a
+    table can be reproduced from its folder. ``pretrained``: whether the recipe pretrains."""
     import librosa
     import sklearn
 
@@ -457,9 +543,14 @@ def environment(device: torch.device) -> dict[str, Any]:
            "platform": platform.platform(), "torch": torch.__version__,
            "numpy": np.__version__, "librosa": librosa.__version__,
            "scikit_learn": sklearn.__version__, "device": str(device),
+           "cpu_model": cpu_model(), "cpu_native_bf16": cpu_has_native_bf16(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    if recipe is not None:
+        env["precision"] = {"train": precision(device, recipe.train.amp)}
+        if pretrained:  # a cached model keeps the precision it was trained in on this machine
+            env["precision"]["pretrain"] = precision(device, recipe.pretrain.amp)
     return env
 
 

@@ -4,7 +4,7 @@ that do not divide evenly among the cluster's CPUs are split: ``Experiment.sched
 The prepared experiment (features, labels, subjects, splits, the source-pretrained model) is
 put in Ray's object store once by the driver; tasks never recompute it, so a cluster needs no
 shared file system. Every run seeds itself, so results match the local executor.
-``ray`` is an optional extra: ``pip install 'ser-transfer[ray]'``.
+``ray`` is an optional extra: ``pip install -e ".[ray]"`` in a checkout (:data:`INSTALL`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,18 @@ from transfer.grid.records import write_record
 
 _EXPERIMENTS: dict[str, Any] = {}  # per worker process: the experiment of a grid, kept once
 
+#: How to install Ray: the ``ray`` extra of a checkout, or the package itself (the toolkit is
+#: not on PyPI, so ``pip install 'ser-transfer[ray]'`` would not find it).
+INSTALL = 'pip install -e ".[ray]" (in the ser-transfer checkout) or pip install "ray>=2.9"'
+
+
+def require_ray() -> None:
+    """A one-line error now, before any data is read or model pretrained, when Ray is missing."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError(f"--executor ray needs Ray, which is not installed: {INSTALL}") from None
+
 
 def _run(key: str, experiment: Any, pack: list) -> list[dict[str, Any]]:
     if key not in _EXPERIMENTS:
@@ -29,10 +41,9 @@ def _run(key: str, experiment: Any, pack: list) -> list[dict[str, Any]]:
 def execute_ray(exp, packs: list[list], records_path: Path, *, address: str | None = None,
                 progress: bool = True, cpus_per_task: int = 1) -> None:
     """Run ``packs`` as Ray tasks (one GPU per task on a GPU: a pack fills it)."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--executor ray needs Ray: pip install 'ser-transfer[ray]'") from None
+    require_ray()
+    import ray
+
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)

@@ -42,7 +42,10 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
             raise UserError(f"strategies[{i}] needs a name; available: {names()}")
         item = dict(item)
         name = item.pop("name")
-        label = str(item.pop("label", name))
+        label = item.pop("label", name)
+        if not isinstance(name, str) or not isinstance(label, str):
+            raise UserError(f"strategies[{i}]: 'name' and 'label' must be strings, got "
+                            f"{name!r} and {label!r}; available: {names()}")
         search = item.pop("search", {})
         if not isinstance(search, dict):
             raise UserError(f"strategy '{label}': 'search' must be a table of option = space, "
@@ -56,26 +59,29 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
     return entries
 
 
+def _sources(sources: Any) -> list[CorpusConfig]:
+    """``[source]`` (one table) or ``[[source]]`` (a list of tables) as corpus configs."""
+    if isinstance(sources, dict):
+        sources = [sources]
+    if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+        raise UserError(f"recipe key 'source' must be a [source] table or [[source]] tables, "
+                        f"got {sources!r}")
+    return [options.build(CorpusConfig, s, options.Naming(
+        prefix=f"source[{i}]" if len(sources) > 1 else "source")) for i, s in enumerate(sources)]
+
+
 def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     """Validate a recipe already read from TOML: every key's type and declared range
     (:mod:`transfer.common.options`), the strategies and their options, the backbone's options,
     and the rules over several keys."""
     recipe = options.build(Recipe, data, skip=_SPECIAL)
-    sources = data.get("source", [])
-    if isinstance(sources, dict):
-        sources = [sources]
-    if not isinstance(sources, list):
-        raise UserError(f"recipe key 'source' must be a table or a list of tables, got {sources!r}")
-    recipe.source = [options.build(CorpusConfig, s, options.Naming(
-        prefix=f"source[{i}]" if len(sources) > 1 else "source")) for i, s in enumerate(sources)]
+    recipe.source = _sources(data.get("source", []))
     recipe.strategies = _strategies(data.get("strategies"))
     recipe.name = recipe.name or name
     if not recipe.target.corpus:
         raise UserError("recipe needs [target] with corpus = \"<card name or path>\"")
-    if recipe.features.kind == "ssl":
-        from transfer.data.domain import feature_spec
-
-        feature_spec(recipe.features)  # the ssl checks of FeatureSpec, before any file access
+    check_name(recipe.name)
+    check_data_settings(recipe)
     from transfer.train.strategies import get_strategy
 
     if any(get_strategy(s.name).needs_source for s in recipe.strategies) and not recipe.source:
@@ -88,6 +94,43 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
         entry.search = sweep.resolve_spaces(recipe, entry, entry.search)
     sweep.check_sweep(recipe)
     return recipe
+
+
+def check_name(name: str) -> None:
+    """A recipe's name is the folder its results go in (``<results-dir>/<name>/``): one folder
+    name, so that no name (``../../x``, ``/abs``) writes outside the results folder."""
+    bad = (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")
+           or name != name.strip())
+    if bad:
+        raise UserError(f"recipe key 'name' must be a folder name (no '/', '\\', NUL or "
+                        f"surrounding spaces; not '.' or '..'), got {name!r}; it names the "
+                        "results folder <results-dir>/<name>/")
+
+
+def check_data_settings(recipe: Recipe) -> None:
+    """Feature and segment settings that each pass their own range but not together
+    (``n_mfcc`` above ``n_mels``, a segment of fewer feature frames than a model needs), at
+    load time; for ssl, the checkpoint checks, before any audio is touched. Segment lengths
+    left to the corpus card are checked when the card is read."""
+    from transfer.data.audio import SegmentSpec
+    from transfer.data.domain import feature_spec
+    from transfer.data.features import check_segments
+
+    spec = feature_spec(recipe.features)
+    corpora = [("target", recipe.target)] + [
+        (f"source[{i}]" if len(recipe.source) > 1 else "source", c)
+        for i, c in enumerate(recipe.source)]
+    for where, c in corpora:
+        s = c.segments
+        if s.seconds is None:
+            continue
+        try:
+            seg = SegmentSpec(seconds=s.seconds, mode=s.mode or "pad", overlap_s=s.overlap_s,
+                              align=s.align, sample_rate=recipe.features.sample_rate)
+        except UserError as err:
+            raise UserError(f"recipe key '{where}.segments': {err}") from None
+        if spec.kind != "ssl":  # ssl frames need the checkpoint: checked when data is loaded
+            check_segments(seg, spec, f"{where}.segments.seconds", f"recipe key '{where}': ")
 
 
 def check_backbone(recipe: Recipe) -> None:
@@ -142,10 +185,9 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no recipe file {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"recipe {path} is not valid TOML: {err}") from None
+    from transfer.data.cards import read_toml
+
+    data = read_toml(path, "recipe")
     for assignment in sets or []:
         apply_set(data, assignment)
     return parse_recipe(data, path.stem)

@@ -4,12 +4,17 @@
   runs (:meth:`RunRecord.ok`, :meth:`RunRecord.failed`), one ``to_dict`` for ``runs.jsonl``.
 - :func:`write_record` appends a finished run's record (and writes its model package);
   :func:`read_records` reads ``runs.jsonl``, ignoring a torn last line (a crash) and reporting
-  any other line that is not a run record, instead of failing on it.
+  any other line that is not a run record (JSON that lacks a field a table needs included),
+  instead of failing on it.
 - :func:`check_resume` refuses to resume a folder recorded with another recipe, naming the keys
-  that differ; :func:`planned` keeps only the records of runs the current plan contains.
-- :func:`results_folder` creates a new results folder and removes it again when the run fails
-  before its first record; errors of a full disk, a read-only folder or missing permissions
-  become one-line :class:`transfer.UserError` messages that say what was kept.
+  that differ; :func:`planned` keeps only the records of runs the current plan contains, and
+  :func:`read_summary` reads ``summary.json``, which names that plan's run keys (``plan``) so
+  that a table rebuilt later (``transfer.report``) uses them only.
+- :func:`results_folder` creates a new results folder exclusively (two runs started in the same
+  second get two folders) and removes it again when the run fails before its first record;
+  :func:`folder_lock` keeps a second writer (a run or a ``--resume``) out of a folder in use.
+  Errors of a full disk, a read-only folder or missing permissions become one-line
+  :class:`transfer.UserError` messages that say what was kept.
 - :func:`toolkit_info` says which ser-transfer wrote the results: version, install location,
   and the commit only when the toolkit itself is a git checkout.
 """
@@ -20,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +36,11 @@ from typing import Any
 from transfer import REPO_ROOT, UserError, __version__
 from transfer.common.cache import append_line
 from transfer.common.console import ENVIRONMENT_ERRORS
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no folder locks
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,7 @@ class RunRecord:
     labels: list[str]
     sizes: dict[str, int]
     pack: int  # runs trained together as one model
+    positive: str = ""  # the positive class of a binary target: what sens/spec refer to
     draw: int = 0  # the sweep draw (0: the recipe's settings)
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # the draw's values
     status: str = "ok"  # "ok" | "failed"
@@ -91,11 +103,38 @@ class RunRecord:
         return {**out, **self.result}
 
 
+#: What every record holds (the table and the resume read them without a default), with its
+#: type; a finished run's record also holds :data:`OK_FIELDS`.
+HEAD_FIELDS: dict[str, type] = {"key": str, "status": str, "strategy": str, "fold": int,
+                                "seed": int, "protocol": str, "speaker_dependent": bool}
+OK_FIELDS: dict[str, type] = {"metrics": dict, "curves": list, "confusion": list,
+                              "best_epoch": int}
+
+
+def record_problem(record: Any) -> str:
+    """Why ``record`` (one parsed line of ``runs.jsonl``) is not a run record; "" when it is."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("status") not in ("ok", "failed"):
+        return f"its status is {record.get('status')!r}, not 'ok' or 'failed'"
+    fields = {**HEAD_FIELDS, **(OK_FIELDS if record["status"] == "ok" else {})}
+    for name, kind in fields.items():
+        if name not in record:
+            return f"it lacks {name!r}"
+        value = record[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"its {name!r} is {type(value).__name__}, not {kind.__name__}"
+    numbers = (isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in record.get("metrics", {}).values())
+    return "" if all(numbers) else "its 'metrics' are not all numbers"
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Every run record of a records file.
 
     A torn last line (a crash in the middle of a write) is ignored silently; any other line
-    that is not a JSON object with ``key`` and ``status`` is reported once and ignored.
+    that is not a run record (:func:`record_problem`: not JSON, or JSON that lacks a field the
+    table needs) is reported once, with the reason, and ignored; a resume redoes its run.
     """
     path = Path(path)
     if not path.is_file():
@@ -107,15 +146,17 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
+            problem = record_problem(record)
         except json.JSONDecodeError:
-            record = None
             if n == len(lines):  # torn last line
                 continue
-        if isinstance(record, dict) and isinstance(record.get("key"), str) and "status" in record:
+            problem = "not JSON"
+        if not problem:
             records.append(record)
         elif (str(path), n) not in _reported:
             _reported.add((str(path), n))
-            log.warning(f"warning: {path} line {n} is not a run record; ignored: {line[:60]!r}")
+            log.warning(f"warning: {path} line {n} is not a run record ({problem}); ignored: "
+                        f"{line[:60]!r}")
     return records
 
 
@@ -140,6 +181,59 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 def planned(records: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
     """The records of the runs whose keys the current plan contains."""
     return [r for r in records if r["key"] in keys]
+
+
+#: summary.json's fields that are read back, with their types.
+SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
+    "title": (str,), "order": (list,), "source": (dict, type(None)), "protocol": (str,),
+    "plan": (list,), "data": (dict,), "spaces": (dict,)}
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    """``summary.json`` of a results folder (``{}`` when there is none), checked: a damaged or
+    edited file is a :class:`UserError` naming the field, never a table with wrong rows.
+
+    ``plan`` lists the run keys of the grid that wrote it (older folders have none);
+    ``order`` the strategy labels in table order; ``data`` what the runs were trained on.
+    """
+    path = out / "summary.json"
+    if not path.exists():
+        return {}
+    fix = f"rewrite it with: python -m transfer.run RECIPE --resume {out}"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}: {err}); {fix}") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{path} must hold a JSON object, not {type(summary).__name__}; {fix}")
+    for name, kinds in SUMMARY_FIELDS.items():
+        if name in summary and not isinstance(summary[name], kinds):
+            raise UserError(f"{path}: {name!r} must be {' or '.join(k.__name__ for k in kinds)}, "
+                            f"got {summary[name]!r}; {fix}")
+    for name in ("order", "plan"):
+        if not all(isinstance(v, str) for v in summary.get(name, [])):
+            raise UserError(f"{path}: {name!r} must be a list of strings, got "
+                            f"{summary[name]!r}; {fix}")
+    return summary
+
+
+#: The files and folders a run writes in its results folder.
+OUTPUT_FILES = ("runs.jsonl", "recipe.json", "environment.json", "summary.json", "table.md",
+                "table.csv", "leak.md", "leak.csv")
+OUTPUT_FOLDERS = ("figures", "models", "models/runs")
+
+
+def check_outputs(out: Path) -> None:
+    """Every output of a run in ``out`` that exists is a file (or a folder) as it should be:
+    a ``runs.jsonl`` that is a folder is an error now, not after the first pack trained."""
+    for name in OUTPUT_FILES:
+        if (out / name).exists() and not (out / name).is_file():
+            raise UserError(f"{out / name} is not a file; a run writes its {name} there: move "
+                            "it away, or start a new run without --resume")
+    for name in OUTPUT_FOLDERS:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UserError(f"{out / name} is not a folder; a run writes its {name}/ there: "
+                            "move it away, or start a new run without --resume")
 
 
 def has_records(out: Path) -> bool:
@@ -174,9 +268,9 @@ def recipe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> lis
     return diffs
 
 
-def check_resume(out: Path, recipe_dict: dict[str, Any]) -> None:
+def check_resume(out: Path, recipe_dict: dict[str, Any]) -> dict[str, Any]:
     """Refuse to resume ``out`` unless it was recorded with the same recipe (up to
-    :data:`NOT_RESULTS`); the error names the keys that differ."""
+    :data:`NOT_RESULTS`); the error names the keys that differ. Returns the recorded recipe."""
     if not out.is_dir():
         raise UserError(f"--resume: no results folder {out}")
     saved = out / "recipe.json"
@@ -187,6 +281,9 @@ def check_resume(out: Path, recipe_dict: dict[str, Any]) -> None:
         recorded = json.loads(saved.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"--resume: {saved} is not valid JSON ({err})") from None
+    if not isinstance(recorded, dict):
+        raise UserError(f"--resume: {saved} must hold a JSON object (the resolved recipe), not "
+                        f"{type(recorded).__name__}")
     current = json.loads(json.dumps(recipe_dict, default=str))  # as recipe.json holds it
     diffs = recipe_differences(recorded, current)
     if diffs:
@@ -195,6 +292,8 @@ def check_resume(out: Path, recipe_dict: dict[str, Any]) -> None:
                         f"mixed with this one's. Differences: {shown}. Undo the change to finish "
                         "that run, or start a new one without --resume")
     check_writable(out)
+    check_outputs(out)
+    return recorded
 
 
 def check_writable(folder: Path) -> None:
@@ -214,30 +313,82 @@ def check_writable(folder: Path) -> None:
 
 
 def new_results_path(results_dir: Path, name: str, stamp: str) -> Path:
-    """``<results_dir>/<name>/<stamp>``, with ``-1``, ``-2``, ... when that exists."""
+    """``<results_dir>/<name>/<stamp>``, with ``-1``, ``-2``, ... when that exists: a first
+    choice; :func:`results_folder` creates it exclusively and takes the next free name when
+    another run created it meanwhile."""
     out, n = results_dir / name / stamp, 1
     while out.exists():
         out, n = results_dir / name / f"{stamp}-{n}", n + 1
     return out
 
 
+def _create_exclusively(out: Path, created: list[Path]) -> Path:
+    """Create ``out`` (and its missing parents), or ``out-1``, ``out-2``, ... when another
+    process created it first: ``mkdir`` either makes a new folder or fails, so no two runs
+    share one. The folders made are appended to ``created``."""
+    for parent in reversed(out.parents):
+        if not parent.exists():
+            with contextlib.suppress(FileExistsError):  # another run may make it meanwhile
+                parent.mkdir()
+                created.append(parent)
+    base, n = out, 0
+    while True:
+        try:
+            out.mkdir()
+        except FileExistsError:
+            n += 1
+            out = base.with_name(f"{base.name}-{n}")
+            continue
+        created.append(out)
+        return out
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of results folder ``out`` (the file ``out/.lock``) for the block.
+
+    A second run or ``--resume`` that would write to the same folder gets a one-line error
+    naming it, instead of redoing the same runs and recording them twice. The kernel drops
+    the lock when its holder dies (``kill -9`` included), so a crash never leaves it locked.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"{out} is in use by another run (process {holder}) that writes its "
+                            "records there; wait for it to end, then resume the folder if it "
+                            "was interrupted") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 @contextlib.contextmanager
 def results_folder(out: Path, *, new: bool) -> Iterator[Path]:
-    """Create (``new``) or reuse the results folder ``out`` for the block.
+    """Create (``new``) or reuse the results folder ``out`` for the block; yields the folder.
 
-    If the block fails before the first run record is written, a new folder is removed again
-    (with the parents it created, when they are left empty): a failed start leaves nothing
-    behind. File-system errors (full disk, read-only folder) become a :class:`UserError` that
-    says which file and what was kept.
+    A new folder is created exclusively (``out``, else ``out-1``, ...) and locked
+    (:func:`folder_lock`) for the block; a reused one (``--resume``) must already be locked
+    by the caller. If the block fails before the first run record is written, a new folder is
+    removed again (with the parents it created, when they are left empty): a failed start
+    leaves nothing behind. File-system errors (full disk, read-only folder) become a
+    :class:`UserError` that says which file and what was kept.
     """
     created: list[Path] = []
     try:
         if new:
-            for parent in reversed([out, *out.parents]):
-                if not parent.exists():
-                    parent.mkdir()
-                    created.append(parent)
-        yield out
+            out = _create_exclusively(out, created)
+            with folder_lock(out):
+                yield out
+        else:
+            yield out
     except BaseException as err:
         kept = has_records(out) if out.is_dir() else False
         if new and not kept:

@@ -8,7 +8,6 @@ records hold several protocols, ``figures/``) for a finished or partial run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from transfer.common.cache import atomic_path, atomic_write_text
 from transfer.common.console import console, main_guard
 from transfer.evaluate.metrics import METRICS
 from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, paired_uar_diff_ci, pooled_uar_ci
-from transfer.grid.records import read_records  # noqa: F401 - the records reader lives there
+from transfer.grid.records import planned, read_records, read_summary
 from transfer.report.sweep import is_sweep, write_sweep
 
 GAP = ["gap_mmd", "gap_a_distance"]
@@ -60,6 +59,11 @@ def primary_protocol(records: list[dict], protocol: str | None = None) -> str:
 def unit_of(records: list[dict]) -> str:
     """The decision unit of the records (records written before units existed: subject)."""
     return next((r["unit"] for r in records if r.get("unit")), "subject")
+
+
+def positive_of(records: list[dict]) -> str:
+    """The positive class of a binary target (what sens/spec refer to); "" when not recorded."""
+    return next((r["positive"] for r in records if r.get("positive")), "")
 
 
 def reference_label(records: list[dict], order: list[str]) -> str | None:
@@ -120,7 +124,7 @@ def build_table(records: list[dict], order: list[str] | None = None,
             row[k] = (source or {}).get(k, math.nan) if uses_source else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
-    table.attrs.update(unit=unit, reference=ref, protocol=protocol)
+    table.attrs.update(unit=unit, reference=ref, protocol=protocol, positive=positive_of(records))
     return table
 
 
@@ -210,6 +214,9 @@ def markdown(table: pd.DataFrame, title: str = "") -> str:
               f"(the test {unit}s resampled {N_BOOTSTRAP} times, the same draw for every seed). "
               "gap: domain gap of `general` features between held-out source and target test "
               "data (MMD; proxy A-distance, 0 = indistinguishable, 2 = separable)."]
+    if table.attrs.get("positive"):
+        lines += ["", f"Positive class: {table.attrs['positive']} (sens is its recall, spec the "
+                  "other class's)."]
     if ref is not None:
         lines += ["", f"Δ vs {ref}: the pooled {unit} UAR minus {ref}'s on the same test "
                   f"{unit}s, with a paired 95 % bootstrap interval (every resample draws the "
@@ -229,7 +236,7 @@ def markdown(table: pd.DataFrame, title: str = "") -> str:
 
 def print_table(table: pd.DataFrame, title: str = "") -> None:
     unit, ref = table.attrs.get("unit", "subject"), table.attrs.get("reference")
-    t = Table(title=title, show_lines=False)
+    t = Table(title=escape(title), show_lines=False)
     for h in headers(unit, ref):
         t.add_column(h, justify="left" if h == "strategy" else "right", no_wrap=True)
     for _, row in table.iterrows():
@@ -238,9 +245,11 @@ def print_table(table: pd.DataFrame, title: str = "") -> None:
     from rich.console import Console
 
     Console(width=max(260, console.width), stderr=False).print(t)
+    if table.attrs.get("positive"):
+        console.print(f"positive class: {table.attrs['positive']} (sens = its recall)")
     if not table.empty and table["speaker_dependent"].any():
-        console.print("[yellow]speaker-dependent rows: random segment split, subjects leak "
-                      "between train and test[/]")
+        console.print("speaker-dependent rows: random segment split, subjects leak between "
+                      "train and test", style="yellow")
 
 
 # --- leak report -----------------------------------------------------------------------------
@@ -365,12 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.results_dir)
+    from transfer import UserError
+
     records = read_records(out / "runs.jsonl")
     if not records:
-        from transfer import UserError
-
         raise UserError(f"no run records in {out / 'runs.jsonl'}")
-    meta = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    meta = read_summary(out)
+    if "plan" in meta:  # only the runs of the grid that wrote the folder (older ones: all)
+        records = planned(records, set(meta["plan"]))
+        if not records:
+            raise UserError(f"none of the records in {out / 'runs.jsonl'} is a run of the plan "
+                            f"that {out / 'summary.json'} lists")
     table = write_outputs(out, records, meta.get("order", []), meta.get("source"),
                           meta.get("title", out.name), plots=not args.no_plots,
                           protocol=meta.get("protocol"), spaces=meta.get("spaces"))

@@ -65,15 +65,69 @@ def load_package(path: str | Path) -> dict[str, Any]:
     if package.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer ser-transfer "
                         f"({package.get('toolkit_version')}); upgrade to read it")
+    problem = package_problem(package)
+    if problem:
+        raise UserError(f"{path} is not a usable model package: {problem}; export one with: "
+                        "python -m transfer.run RECIPE --export")
     return package
 
 
-def build_model(package: dict[str, Any]) -> torch.nn.Module:
+def package_problem(package: dict[str, Any]) -> str:
+    """What makes a package unusable ("" when nothing does): a field of the wrong type, an
+    unknown backbone, fewer than two labels, segment or feature settings out of range, a
+    standardisation that is not finite or divides by zero."""
     import backbones
 
-    model = backbones.create(package["backbone"], **package["options"])
-    # a package of an older version (format 1: ser-transfer 0.1's unfused TIM-Net) holds the
-    # backbone's older layout; the backbone recognises its own old layouts
-    state = backbones.upgrade_state(package["backbone"], package["state"], model.options)
-    model.load_state_dict(state)
+    fields = {"backbone": str, "options": dict, "state": dict, "segments": dict,
+              "features": dict, "labels": list, "norm_mean": torch.Tensor,
+              "norm_std": torch.Tensor}
+    for name, kind in fields.items():
+        if not isinstance(package.get(name), kind):
+            return f"{name!r} must be {kind.__name__}, got {type(package.get(name)).__name__}"
+    if package["backbone"] not in backbones.names():
+        return f"unknown backbone {package['backbone']!r} (known: {', '.join(backbones.names())})"
+    labels = package["labels"]
+    if (len(labels) < 2 or not all(isinstance(v, str) for v in labels)
+            or len(set(labels)) != len(labels) or package.get("positive", "") not in ("", *labels)):
+        return (f"'labels' must name two or more distinct classes and 'positive' one of them "
+                f"(or none), got {labels!r} and {package.get('positive')!r}")
+    if not all(isinstance(v, torch.Tensor) for v in package["state"].values()):
+        return "'state' must map names to tensors"
+    for what, cls in (("segments", SegmentSpec), ("features", FeatureSpec)):
+        try:
+            cls(**package[what])
+        except (TypeError, UserError) as err:
+            return f"{what!r} settings: {err}"
+    return _norm_problem(package["norm_mean"], package["norm_std"])
+
+
+def _norm_problem(mean: torch.Tensor, std: torch.Tensor) -> str:
+    finite = bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all())
+    if mean.shape != std.shape or not finite or not bool((std > 0).all()):
+        return ("the feature standardisation must be finite, with std > 0 and mean and std of "
+                f"one shape (got shapes {tuple(mean.shape)} and {tuple(std.shape)})")
+    return ""
+
+
+def build_model(package: dict[str, Any]) -> torch.nn.Module:
+    """The package's model with its weights, in eval mode; options or weights that do not fit
+    the backbone are a one-line :class:`UserError` (weights of another shape, a missing or
+    extra option or weight)."""
+    import backbones
+
+    name = package["backbone"]
+    try:
+        model = backbones.create(name, **package["options"])
+        # a package of an older version (format 1: ser-transfer 0.1's unfused TIM-Net) holds
+        # the backbone's older layout; the backbone recognises its own old layouts
+        state = backbones.upgrade_state(name, package["state"], model.options)
+        model.load_state_dict(state)
+    except (backbones.OptionError, TypeError, ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"the model package's weights and options do not fit backbone {name!r}: "
+                        f"{first}") from None
+    classes = getattr(getattr(model, "options", None), "num_classes", len(package["labels"]))
+    if classes != len(package["labels"]):
+        raise UserError(f"the model package's backbone has {classes} outputs but "
+                        f"{len(package['labels'])} labels {package['labels']}")
     return model.eval()
