@@ -1,6 +1,9 @@
 """List what is available, with options and defaults, to write a recipe without reading code.
 
 ``python -m transfer.inspect [corpora|features|backbones|strategies]`` (default: all four)
+
+``python -m transfer.inspect folds --corpus NAME [--root DIR] [--out DIR]`` writes EmoBox-style
+leave-one-speaker-out fold files of a corpus (:mod:`transfer.report.emobox`).
 """
 
 from __future__ import annotations
@@ -114,14 +117,33 @@ def show_corpora(console: Console) -> None:
                   "corpus = \"path/to/card.toml\".")
 
 
+def write_fold_files(corpus: str | None, root: str | None, out: str) -> int:
+    """``folds``: EmoBox-style leave-one-speaker-out fold files of one corpus."""
+    from transfer import UserError
+    from transfer.report.emobox import write_folds
+
+    if not corpus:
+        raise UserError("folds needs --corpus NAME (a card name or path)")
+    written = write_folds(corpus, root, out)
+    folds = sum(1 for p in written if p.name.endswith(".jsonl")) // 2
+    print(f"wrote {folds} leave-one-speaker-out folds (EmoBox format) to "
+          f"{written[0].parent}")
+    return 0
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?",
-                        choices=["corpora", "features", "backbones", "strategies", "all"],
+                        choices=["corpora", "features", "backbones", "strategies", "all", "folds"],
                         default="all")
+    parser.add_argument("--corpus", help="folds: the corpus card (name or path)")
+    parser.add_argument("--root", help="folds: the corpus folder (default: $<NAME>_ROOT)")
+    parser.add_argument("--out", default="folds", help="folds: where to write (default: folds)")
     args = parser.parse_args(argv)
+    if args.what == "folds":
+        return write_fold_files(args.corpus, args.root, args.out)
     console = Console(width=140)
     shows = {"corpora": show_corpora, "features": show_features, "backbones": show_backbones,
              "strategies": show_strategies}

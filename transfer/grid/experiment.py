@@ -30,6 +30,7 @@ from transfer import UserError
 from transfer.common.cache import content_hash
 from transfer.common.config import Recipe, StrategyEntry
 from transfer.data import Domain, load_domain
+from transfer.evaluate.calibration import run_calibration
 from transfer.evaluate.metrics import confusion, evaluate, unit_outputs
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
 from transfer.grid.records import RunRecord, toolkit_info
@@ -117,7 +118,8 @@ class Experiment:
 
     def run_key(self, entry: StrategyEntry, fold: int, seed: int, protocol: str = "") -> str:
         data = self.recipe.to_dict()
-        for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export"):
+        for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export",
+                  "report", "log"):  # report and log settings change no run's result
             data.pop(k, None)
         data["protocol"].pop("compare", None)  # a run is keyed by the protocol it runs under
         data["protocol"]["name"] = protocol or data["protocol"]["name"]
@@ -250,19 +252,11 @@ class Experiment:
     def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
                         ) -> list[tuple[str, dict[str, Any]]]:
         """Per run: (error or "", what it measured)."""
-        r, d = self.recipe, self._device_data()
-        dev = self.device
+        r, dev = self.recipe, self.device
         torch.set_num_threads(self.threads)
         splits = [self.split_of(s) for s in specs]
         seeds = [s.seed for s in specs]
-        trains = [to_device(sp.train, dev) for sp in splits]
-        norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
-        target = DomainTensors(d["tx"], d["ty"], norms, trains,
-                               [to_device(sp.val, dev) for sp in splits])
-        source = None
-        if self.source is not None:
-            snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
-            source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+        target, source, norms = self._domain_tensors(splits)
         if cls.needs_source and source is None:
             raise UserError(f"strategy {entry.label} needs a source corpus")
         factory = make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)
@@ -272,36 +266,87 @@ class Experiment:
         strategy = build_pack(cls, ctx, entry.options, seeds)
         results = fit_runs(strategy, target, source, r.train, seeds, dev, on_epoch)
         tests = [to_device(sp.test, dev) for sp in splits]
-        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
+        probs = self._predict(strategy, target, tests)
+        # the validation speakers' outputs: the report's threshold and temperature come from
+        # these alone, never from the test fold
+        val_probs = self._predict(strategy, target, target.val)
         gaps: list[dict | None] = [None] * len(specs)
         if source is not None and r.diagnostics.enabled:
             gaps = self._gaps(strategy, source, target, tests, specs)
         records = []
-        for k, (spec, split, result, prob) in enumerate(zip(specs, splits, results, probs,
-                                                            strict=True)):
+        for k, (spec, split, result, prob, val_prob) in enumerate(
+                zip(specs, splits, results, probs, val_probs, strict=True)):
             if result.diverged:
                 records.append((f"FloatingPointError: training diverged (non-finite loss) at "
                                 f"epoch {result.epochs_run}",
                                 {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}))
                 continue
-            y_test, units = self.target.y[split.test], self.target.unit_ids[split.test]
-            metrics = evaluate(y_test, prob, units, self.target.positive_index, self.target.unit)
-            record: dict[str, Any] = {
-                "metrics": metrics,
-                "units": unit_outputs(y_test, prob, units, self.target.unit),  # for CIs and tests
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
-                "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
-                            for k2, v in row.items()} for row in result.curves],
-                "confusion": confusion(y_test, prob, len(self.target.labels)),
-            }
+            record = self._measured(split, result, prob, val_prob)
             if gaps[k] is not None:
                 record["gap"] = gaps[k]
             if r.export and spec.protocol in ("", r.protocol.name):  # not compared protocols
                 record["_model"] = self._package(unpack_model(strategy, k), norms[k], spec,
-                                                 metrics)
+                                                 record["metrics"])
             records.append(("", record))
         return records
+
+    def _domain_tensors(self, splits: list[Split]
+                        ) -> tuple[DomainTensors, DomainTensors | None, list[Standardizer]]:
+        """The target for the pack's runs (each normalised by its own training segments), the
+        source (normalised by its pretraining split) and the target runs' normalisers."""
+        r, d, dev = self.recipe, self._device_data(), self.device
+        per_corpus = r.features.normalize == "corpus"
+        trains = [to_device(sp.train, dev) for sp in splits]
+        norms = [Standardizer.fit(d["tx"], t, per_corpus) for t in trains]
+        target = DomainTensors(d["tx"], d["ty"], norms, trains,
+                               [to_device(sp.val, dev) for sp in splits])
+        source = None
+        if self.source is not None:
+            snorm = Standardizer.fit(d["sx"], d["s_train"], per_corpus)
+            source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+        return target, source, norms
+
+    def _predict(self, strategy, target: DomainTensors, sets: list) -> list[np.ndarray]:
+        """Each run's class probabilities on its own index set: K arrays (n_k, C)."""
+        return [p.cpu().numpy() for p in predict_runs(strategy, target, sets,
+                                                      amp=self.recipe.train.amp)]
+
+    def _measured(self, split: Split, result, prob: np.ndarray, val_prob: np.ndarray
+                  ) -> dict[str, Any]:
+        """What a finished run measured: metrics, per-unit outputs, curves, confusion."""
+        t = self.target
+        y_test, units = t.y[split.test], t.unit_ids[split.test]
+        return {
+            "metrics": evaluate(y_test, prob, units, t.positive_index, t.unit),
+            "positive": t.positive,
+            **self._outputs(split, prob, val_prob),  # per unit: for CIs, subgroups, ...
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+            "curves": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
+                       for row in result.curves],
+            "confusion": confusion(y_test, prob, len(t.labels)),
+        }
+
+    def _outputs(self, split: Split, prob: np.ndarray, val_prob: np.ndarray) -> dict[str, Any]:
+        """A run's compact per-unit outputs: the test units (id, label, mean probabilities, the
+        same after temperature scaling, subject covariates), the validation units (id, label,
+        mean probabilities) and the segments' calibration counts (:mod:`~transfer.evaluate.
+        calibration`; the temperature is fitted on the validation segments)."""
+        t, kind = self.target, self.target.unit
+        y_test, test_units = t.y[split.test], t.unit_ids[split.test]
+        y_val, val_units = t.y[split.val], t.unit_ids[split.val]
+        calibration, scaled = run_calibration(val_prob, y_val, prob, y_test, t.positive_index)
+        units = unit_outputs(y_test, prob, test_units, kind)
+        units["prob_ts"] = unit_outputs(y_test, scaled, test_units, kind)["prob"]
+        covariates = t.unit_covariates(units["id"])
+        if covariates:
+            units["covariates"] = covariates
+        out: dict[str, Any] = {"units": units, "calibration": calibration}
+        if not covariates:
+            out["covariates_note"] = t.covariates_note or "the target has no subject covariates"
+        if len(split.val):
+            out["val_units"] = unit_outputs(y_val, val_prob, val_units, kind)
+        return out
 
     def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
               tests: list, specs: list[RunSpec]) -> list[dict]:

@@ -23,6 +23,7 @@ from transfer import UserError
 from transfer.common.config import (
     CorpusConfig,
     Recipe,
+    ReportConfig,
     StrategyEntry,
     TrainConfig,
 )
@@ -206,6 +207,15 @@ def check_ranges(recipe: Recipe) -> None:
                  and abs(sum(p.split) - 1) <= 1e-6, "protocol.split",
                  "three shares > 0 (train, validation, test) that sum to 1", p.split)
     _at_least(recipe.diagnostics.max_samples, 2, "diagnostics.max_samples")
+    _check_report(recipe.report)
+
+
+def _check_report(report: ReportConfig) -> None:
+    _share(report.specificity, "report.specificity", open_low=True, open_high=True)
+    for name, edges in report.bands.items():
+        _require(bool(edges) and all(math.isfinite(e) for e in edges)
+                 and list(edges) == sorted(set(edges)), f"report.bands.{name}",
+                 "a non-empty list of increasing numbers (band edges)", edges)
 
 
 def _parse_value(text: str) -> Any:

@@ -34,7 +34,7 @@ from transfer.common.console import ENVIRONMENT_ERRORS
 log = logging.getLogger(__name__)
 
 #: Recipe keys that do not change what a run computes: a resume may differ in them.
-NOT_RESULTS = ("name", "description", "jobs", "device", "export")
+NOT_RESULTS = ("name", "description", "jobs", "device", "export", "report", "log")
 
 #: File-system errors that are the user's environment, not a bug.
 DISK_ERRORS = ENVIRONMENT_ERRORS
