@@ -1,6 +1,6 @@
 """List what is available, with options and defaults, to write a recipe without reading code.
 
-``python -m transfer.inspect [corpora|features|backbones|strategies]`` (default: all four)
+``python -m transfer.inspect [corpora|features|backbones|strategies|report]`` (default: all)
 
 ``python -m transfer.inspect folds --corpus NAME [--root DIR] [--out DIR]`` writes EmoBox-style
 leave-one-speaker-out fold files of a corpus (:mod:`transfer.report.emobox`).
@@ -77,6 +77,16 @@ def show_features(console: Console) -> None:
     console.print(options_table(escape("[features]"), FeaturesConfig))
 
 
+def show_report(console: Console) -> None:
+    from transfer.common.config import LogConfig, ReportConfig
+
+    console.print("\n[bold]report[/]  what report.html adds to the table (operating points, "
+                  "calibration, subgroups); none of it changes a run, so "
+                  "python -m transfer.report DIR --set report.KEY=VALUE rebuilds with others")
+    console.print(options_table(escape("[report]"), ReportConfig))
+    console.print(options_table(escape("[log]"), LogConfig))
+
+
 def show_strategies(console: Console) -> None:
     from transfer.train.strategies import get_strategy, names
 
@@ -136,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?",
-                        choices=["corpora", "features", "backbones", "strategies", "all", "folds"],
+                        choices=["corpora", "features", "backbones", "strategies", "report",
+                                 "all", "folds"],
                         default="all")
     parser.add_argument("--corpus", help="folds: the corpus card (name or path)")
     parser.add_argument("--root", help="folds: the corpus folder (default: $<NAME>_ROOT)")
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return write_fold_files(args.corpus, args.root, args.out)
     console = Console(width=140)
     shows = {"corpora": show_corpora, "features": show_features, "backbones": show_backbones,
-             "strategies": show_strategies}
+             "strategies": show_strategies, "report": show_report}
     for key, show in shows.items():
         if args.what in (key, "all"):
             show(console)

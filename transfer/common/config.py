@@ -173,8 +173,8 @@ class LogConfig:
 
     Args:
         tensorboard: write every run's curves (training loss, alignment losses, validation UAR
-            and loss, per epoch) as TensorBoard event files (needs the optional ``tensorboard``
-            package: ``pip install -e ".[tensorboard]"``).
+            and loss, per epoch) as TensorBoard event files; needs the optional package
+            (``pip install -e ".[tensorboard]"``).
         tensorboard_dir: where; "" = ``tensorboard/`` in the results folder.
     """
 

@@ -1,8 +1,10 @@
 """The comparison table, the leak report and figures, built from the run records alone.
 
 ``python -m transfer.report RESULTS_DIR`` rebuilds them (``table.md``/``table.csv`` with the
-confidence intervals and the tests against ``scratch``, ``leak.md``/``leak.csv`` where the
-records hold several protocols, ``figures/``) for a finished or partial run.
+confidence intervals, the tests against ``scratch`` and sensitivity/specificity at the
+validation thresholds, ``leak.md``/``leak.csv`` where the records hold several protocols,
+``figures/``, and through :mod:`transfer.report.build` the report's sections and
+``report.html``) for a finished or partial run.
 """
 
 from __future__ import annotations
