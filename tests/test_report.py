@@ -195,6 +195,8 @@ def test_temperature_scaling_fitted_on_validation_lowers_the_overconfident_ece()
     # the test labels only count: the temperature comes from the validation data alone
     other, _ = run_calibration(val_p, val_y, test_p, 1 - test_y, positive=1)
     assert other["temperature"] == record["temperature"]
+    right = val_p.argmax(1) == val_y  # every validation prediction right: no best T exists
+    assert fit_temperature(val_p[right], val_y[right]) == 1.0
     calibrated_p, calibrated_y = _overconfident(3000, 2, sharpen=1.0)
     assert ece(reliability(calibrated_p, calibrated_y)) < 0.03
     # pooled over runs, as the report shows it

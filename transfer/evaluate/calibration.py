@@ -60,14 +60,17 @@ def nll(prob: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
 def fit_temperature(prob: np.ndarray, y: np.ndarray) -> float:
     """The temperature that minimises the NLL of ``y`` under ``prob`` (held-out data only).
 
-    Returns 1.0 (no scaling) when the data cannot fit it: no predictions, or labels of one
-    class only (any sharpening then looks better, whatever the model is worth).
+    Returns 1.0 (no scaling) when the data cannot fit it: no predictions, labels of one class
+    only, or every prediction right. In the last two cases the NLL falls without end as T
+    shrinks (there is no best temperature; the fit would run to the sharpest one searched), so
+    such data say nothing about how confident the model should be: with a few validation
+    speakers this is common.
 
     Shape:
         prob: (N, K); y: (N,)
     """
     y = np.asarray(y, dtype=np.int64)
-    if len(y) == 0 or len(np.unique(y)) < 2:
+    if len(y) == 0 or len(np.unique(y)) < 2 or (np.asarray(prob).argmax(1) == y).all():
         return 1.0
     res = minimize_scalar(lambda log_t: nll(prob, y, math.exp(log_t)),
                           bounds=tuple(math.log(t) for t in T_RANGE), method="bounded")

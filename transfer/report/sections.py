@@ -167,8 +167,10 @@ def calibration_markdown(table: pd.DataFrame, unit: str, report: ReportConfig) -
                  "on its validation segments (the validation speakers, never the test fold; "
                  "T > 1 softens over-confident probabilities, T < 1 sharpens timid ones) and "
                  "divides its log-probabilities by it. T changes no decision, so accuracy, UAR "
-                 "and AUC stay as they are. A run whose validation segments hold one class "
-                 "keeps T = 1.")
+                 "and AUC stay as they are. A run whose validation segments hold one class, or "
+                 "are all classified right, keeps T = 1 (no best T exists). With a few "
+                 "validation speakers per run T is a noisy estimate: when the after column is "
+                 "worse, the validation set is too small to calibrate on.")
     return "\n".join(_table_md(head, rows) + ["", text])
 
 
