@@ -29,6 +29,7 @@ from transfer.evaluate.operating import operating_point, positive_index
 from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, paired_uar_diff_ci, pooled_uar_ci
 from transfer.grid.records import read_records  # noqa: F401 - the records reader lives there
 from transfer.report.sections import RULE_TEXT
+from transfer.report.sweep import is_sweep, write_sweep
 
 GAP = ["gap_mmd", "gap_a_distance"]
 
@@ -416,14 +417,20 @@ def print_leak(out_dir: Path) -> None:
 
 def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: dict | None,
                   title: str, plots: bool = True, protocol: str | None = None,
-                  report: ReportConfig | None = None, tensorboard: Path | None = None
-                  ) -> pd.DataFrame:
+                  report: ReportConfig | None = None, tensorboard: Path | None = None,
+                  spaces: dict[str, list] | None = None) -> pd.DataFrame:
     """Everything a results folder shows, from its records: table.md/table.csv (and
     leak.md/leak.csv where several protocols ran), figures, the report's sections
-    (operating points, calibration, subgroups, EmoBox predictions) and report.html; with
-    ``tensorboard``, the runs' curves as TensorBoard event files there."""
+    (operating points, calibration, subgroups, EmoBox predictions) and report.html; for a
+    sweep also sweep.md/sweep.csv, and the table and sections are the tuned ones (each run's
+    draw selected on its validation subjects); with ``tensorboard``, the runs' curves as
+    TensorBoard event files there."""
     records = latest(records)
+    all_records = records
     protocol = primary_protocol(records, protocol)
+    if is_sweep(records):
+        records = write_sweep(out_dir, records, order, protocol, spaces, title, plots)
+        title += " - tuned: each fold's draw selected on validation subjects (sweep.md)"
     report = report or ReportConfig()
     table = build_table(records, order, source, protocol, report)
     with atomic_path(out_dir / "table.csv") as tmp:  # no table.csv.tmp left on a full disk
@@ -453,7 +460,7 @@ def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: 
     if tensorboard is not None:
         from transfer.report.tensorboard import write_tensorboard
 
-        write_tensorboard(tensorboard, records)
+        write_tensorboard(tensorboard, all_records)
     return table
 
 
@@ -498,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     table = write_outputs(out, records, meta.get("order", []), meta.get("source"),
                           meta.get("title", out.name), plots=not args.no_plots,
                           protocol=meta.get("protocol"), report=report_settings(out, args.set),
-                          tensorboard=Path(args.tensorboard) if args.tensorboard else None)
+                          tensorboard=Path(args.tensorboard) if args.tensorboard else None,
+                          spaces=meta.get("spaces"))
     print_table(table, meta.get("title", ""))
     print_leak(out)
     console.print(f"report: {out / 'report.html'}")

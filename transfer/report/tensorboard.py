@@ -2,7 +2,8 @@
 
 ``[log] tensorboard = true`` in a recipe (or ``python -m transfer.run ... --tensorboard DIR``,
 ``python -m transfer.report RESULTS_DIR --tensorboard DIR``) writes, per run, one event-file
-folder ``<dir>/<strategy>/<protocol>/fold<f>-seed<s>`` with every curve the run recorded per
+folder ``<dir>/<strategy>/<protocol>/fold<f>-seed<s>`` (``-draw<d>`` for a sweep's other
+draws) with every curve the run recorded per
 epoch: ``train/loss`` (the target loss), the strategy's own losses (``train/align_mmd``,
 ``train/adv``, ...) and ``val/uar``, ``val/loss``. They are written from the run records as
 each grid (or rebuild) ends; ``tensorboard --logdir DIR`` shows them.
@@ -43,8 +44,9 @@ def write_tensorboard(logdir: Path, records: list[dict]) -> list[Path]:
     for r in records:
         if r.get("status") != "ok" or not r.get("curves"):
             continue
+        draw = f"-draw{r['draw']}" if r.get("draw") else ""  # a sweep's other settings
         run_dir = (Path(logdir) / r["strategy"] / (r.get("protocol") or "protocol")
-                   / f"fold{r['fold']}-seed{r['seed']}")
+                   / f"fold{r['fold']}-seed{r['seed']}{draw}")
         if run_dir.exists():
             shutil.rmtree(run_dir)
         with SummaryWriter(str(run_dir)) as writer:

@@ -118,6 +118,9 @@ class Strategy(nn.Module):
     needs_source: ClassVar[bool] = False
     uses_source_batches: ClassVar[bool] = False
     model: nn.Module
+    #: each run's options, set by :func:`transfer.train.packs.build_pack` (a pack rebuilt
+    #: without its finished runs needs them)
+    run_options: list[Any] | None = None
 
     def __init__(self, ctx: Context, opts: Any) -> None:
         super().__init__()
