@@ -83,10 +83,10 @@ def _figures(out_dir: Path, records: list[dict], order: list[str], bins: dict,
 def _other_figures(out_dir: Path, order: list[str]) -> list[Path]:
     """The per-strategy figures, kind by kind (curves, confusion, features) in table order,
     then any other figure in the folder."""
-    from transfer.report.plots import safe_name
+    from transfer.report.plots import _safe
 
     folder = out_dir / "figures"
-    ordered = [folder / f"{kind}_{safe_name(label)}.png" for kind in ("curves", "confusion",
+    ordered = [folder / f"{kind}_{_safe(label)}.png" for kind in ("curves", "confusion",
                                                                    "features")
                for label in order]
     ordered = [p for p in ordered if p.is_file()]

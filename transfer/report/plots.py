@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 
-def safe_name(name: str) -> str:
+def _safe(name: str) -> str:
     """A strategy label as a file-name part."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -59,7 +59,7 @@ def _curves(fig_dir: Path, label: str, ok: list[dict]) -> Path:
         ax.set_xlabel("epoch")
     fig.suptitle(f"{label}: {len(ok)} runs (grey: selected epochs)")
     fig.tight_layout()
-    return _save(fig, fig_dir / f"curves_{safe_name(label)}.png")
+    return _save(fig, fig_dir / f"curves_{_safe(label)}.png")
 
 
 def _confusion(fig_dir: Path, label: str, ok: list[dict]) -> Path:
@@ -77,7 +77,7 @@ def _confusion(fig_dir: Path, label: str, ok: list[dict]) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"{label} (test segments, all runs)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, fig_dir / f"confusion_{safe_name(label)}.png")
+    return _save(fig, fig_dir / f"confusion_{_safe(label)}.png")
 
 
 def _projection(fig_dir: Path, label: str, proj: dict) -> Path:
@@ -90,7 +90,7 @@ def _projection(fig_dir: Path, label: str, proj: dict) -> Path:
     ax.legend()
     ax.set_title(f"{label}: general features (PCA)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, fig_dir / f"features_{safe_name(label)}.png")
+    return _save(fig, fig_dir / f"features_{_safe(label)}.png")
 
 
 def _grid(n: int, size: tuple[float, float] = (3.2, 3.0)):
