@@ -146,7 +146,7 @@ def test_emodb_style_target_runs_with_recording_level_table(tmp_path):
     assert table["units_tested"].iloc[0] == 36  # 6 speakers x 2 texts x 3 emotions
     head = (out / "table.md").read_text()
     assert "recording UAR pooled [95% CI]" in head and "Decision unit: the recording" in head
-    assert "Positive class: low (sens is its recall" in head
+    assert "recall of the positive class, low" in head
 
 
 def test_shipped_emodb_recipe_is_recording_level():

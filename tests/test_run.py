@@ -30,7 +30,10 @@ def test_each_strategy_end_to_end(tmp_path, name):
     assert len(records[0]["units"]["id"]) == len(records[0]["units"]["prob"])
     assert {"gap_mmd", "gap_a_distance"} <= set(records[0]["gap"])
     assert records[0]["best_epoch"] >= 1 and records[0]["curves"][0]["epoch"] == 1
-    for f in ("recipe.json", "environment.json", "table.md", "table.csv", "summary.json"):
+    assert records[0]["val_units"]["id"] and records[0]["calibration"]["n"] > 0  # for the report
+    assert set(records[0]["units"]["covariates"]) == {"gender", "age"}  # from the modma card
+    for f in ("recipe.json", "environment.json", "table.md", "table.csv", "summary.json",
+              "report.html", "operating_points.csv", "calibration.csv", "subgroups.csv"):
         assert (out / f).is_file(), f
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {f"curves_{name}.png", f"confusion_{name}.png", f"features_{name}.png"} <= figs

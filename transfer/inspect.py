@@ -1,6 +1,10 @@
 """List what is available, with options and defaults, to write a recipe without reading code.
 
-``python -m transfer.inspect [corpora|features|training|backbones|strategies]`` (default: all)
+``python -m transfer.inspect [corpora|features|training|backbones|strategies|report]``
+(default: all)
+
+``python -m transfer.inspect folds --corpus NAME [--root DIR] [--out DIR]`` writes EmoBox-style
+leave-one-speaker-out fold files of a corpus (:mod:`transfer.report.emobox`).
 """
 
 from __future__ import annotations
@@ -93,6 +97,16 @@ def show_features(console: Console) -> None:
     console.print(options_table(escape("[features]"), FeaturesConfig))
 
 
+def show_report(console: Console) -> None:
+    from transfer.common.config import LogConfig, ReportConfig
+
+    console.print("\n[bold]report[/]  what report.html adds to the table (operating points, "
+                  "calibration, subgroups); none of it changes a run, so "
+                  "python -m transfer.report DIR --set report.KEY=VALUE rebuilds with others")
+    console.print(options_table(escape("[report]"), ReportConfig))
+    console.print(options_table(escape("[log]"), LogConfig))
+
+
 def show_strategies(console: Console) -> None:
     from transfer.train.strategies import get_strategy, names
 
@@ -136,18 +150,37 @@ def show_corpora(console: Console) -> None:
                   "corpus = \"path/to/card.toml\".")
 
 
+def write_fold_files(corpus: str | None, root: str | None, out: str) -> int:
+    """``folds``: EmoBox-style leave-one-speaker-out fold files of one corpus."""
+    from transfer import UserError
+    from transfer.report.emobox import write_folds
+
+    if not corpus:
+        raise UserError("folds needs --corpus NAME (a card name or path)")
+    written = write_folds(corpus, root, out)
+    folds = sum(1 for p in written if p.name.endswith(".jsonl")) // 2
+    print(f"wrote {folds} leave-one-speaker-out folds (EmoBox format) to "
+          f"{written[0].parent}")
+    return 0
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?",
                         choices=["corpora", "features", "training", "backbones", "strategies",
-                                 "all"],
+                                 "report", "all", "folds"],
                         default="all")
+    parser.add_argument("--corpus", help="folds: the corpus card (name or path)")
+    parser.add_argument("--root", help="folds: the corpus folder (default: $<NAME>_ROOT)")
+    parser.add_argument("--out", default="folds", help="folds: where to write (default: folds)")
     args = parser.parse_args(argv)
+    if args.what == "folds":
+        return write_fold_files(args.corpus, args.root, args.out)
     console = Console(width=140)
     shows = {"corpora": show_corpora, "features": show_features, "training": show_training,
-             "backbones": show_backbones, "strategies": show_strategies}
+             "backbones": show_backbones, "strategies": show_strategies, "report": show_report}
     for key, show in shows.items():
         if args.what in (key, "all"):
             show(console)

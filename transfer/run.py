@@ -5,8 +5,11 @@
 
 Writes ``<results-dir>/<recipe name>/<timestamp>/``: ``recipe.json`` (resolved),
 ``environment.json``, ``runs.jsonl`` (one line per finished run, appended atomically),
-``table.md``/``table.csv``, ``summary.json`` and ``figures/``; with ``protocol.compare`` (or
-``--leak-report``) the compared protocols' runs too, and ``leak.md``/``leak.csv``.
+``table.md``/``table.csv``, ``summary.json``, ``figures/`` and ``report.html`` (every table,
+figure, the recipe and environment on one self-contained page; with operating points,
+calibration and subgroups, ``*.csv`` of each, and EmoBox-style ``predictions/``); with
+``protocol.compare`` (or ``--leak-report``) the compared protocols' runs too, and
+``leak.md``/``leak.csv``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ from transfer.grid.records import (
 )
 from transfer.grid.sweep import space_table
 from transfer.report.tables import latest, print_leak, print_table, write_outputs
+from transfer.report.tensorboard import require_tensorboard
+
+
+def tensorboard_dir(recipe: Recipe, out: Path) -> Path | None:
+    """Where the runs' TensorBoard event files go (None: not asked for)."""
+    if not recipe.log.tensorboard:
+        return None
+    return Path(recipe.log.tensorboard_dir) if recipe.log.tensorboard_dir else out / "tensorboard"
 
 log = logging.getLogger("transfer.run")
 
@@ -89,6 +100,8 @@ def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
         from transfer.grid.ray_executor import require_ray
 
         require_ray()
+    if recipe.log.tensorboard:  # a missing optional package is an error now, not after hours
+        require_tensorboard()
     with contextlib.ExitStack() as stack:
         if resume is not None:
             out = resume
@@ -205,7 +218,9 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
     finally:  # also on Ctrl-C: the table of what finished (of this plan's runs only)
         records = planned(read_records(records_path), keys)
         table = write_outputs(out, records, summary["order"], source, summary["title"],
-                              protocol=recipe.protocol.name, spaces=summary.get("spaces"))
+                              protocol=recipe.protocol.name, report=recipe.report,
+                              tensorboard=tensorboard_dir(recipe, out),
+                              spaces=summary.get("spaces"))
         if recipe.export:
             for path in export_best(out, latest(records), summary["order"]):
                 console.print(f"exported {path}")
@@ -259,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leak-report", action="store_true", help="also run the speaker-"
                         "leaky segment-random protocol and write leak.md (protocol.compare)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--tensorboard", metavar="DIR", help="write the runs' curves as "
+                        "TensorBoard event files into DIR ([log] tensorboard; needs the "
+                        "tensorboard extra)")
     args = parser.parse_args(argv)
     if args.address and args.executor != "ray":
         raise UserError("--address is the address of a Ray cluster: it needs --executor ray")
@@ -275,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.export:
         recipe.export = True
+    if args.tensorboard:
+        recipe.log.tensorboard, recipe.log.tensorboard_dir = True, args.tensorboard
     out, table, failed = run_recipe(
         recipe, results_dir=Path(args.results_dir),
         resume=Path(args.resume) if args.resume else None, base=Path(args.recipe).parent,

@@ -165,6 +165,52 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What the report adds to the comparison table; none of it changes what a run computes,
+    so a results folder can be rebuilt with other settings (``python -m transfer.report``).
+
+    Args:
+        threshold: how the decision threshold on the positive class's probability is chosen on
+            each run's validation speakers (never the test fold): ``youden`` maximises
+            sensitivity + specificity - 1; ``specificity`` takes the lowest threshold whose
+            validation specificity reaches ``specificity``.
+        specificity: the target specificity of ``threshold = "specificity"``.
+        bands: per numeric subject covariate, the band edges of its subgroups (``age = [40]``:
+            under 40 and 40 or more); a numeric covariate without bands is split at its median.
+        temperature: show calibration after temperature scaling (fitted on each run's
+            validation segments) beside the raw probabilities.
+    """
+
+    threshold: Literal["youden", "specificity"] = "youden"
+    specificity: float = opt(0.8, gt=0, lt=1)
+    bands: dict[str, list[float]] = field(default_factory=lambda: {"age": [40.0]})
+    temperature: bool = True
+
+    def validate(self) -> None:
+        """Band edges: finite and increasing."""
+        for name, edges in self.bands.items():
+            if not edges or not all(math.isfinite(e) for e in edges) \
+                    or list(edges) != sorted(set(edges)):
+                raise FieldError(f"bands.{name}", "must be a non-empty list of increasing "
+                                 f"numbers (band edges), got {edges!r}")
+
+
+@dataclass
+class LogConfig:
+    """Optional logs next to the results.
+
+    Args:
+        tensorboard: write every run's curves (training loss, alignment losses, validation UAR
+            and loss, per epoch) as TensorBoard event files; needs the optional package
+            (``pip install -e ".[tensorboard]"``).
+        tensorboard_dir: where; "" = ``tensorboard/`` in the results folder.
+    """
+
+    tensorboard: bool = False
+    tensorboard_dir: str = ""
+
+
+@dataclass
 class SweepConfig:
     """Random search over every strategy's hyperparameters (``[sweep]``; DomainBed's protocol).
 
@@ -225,6 +271,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     strategies: list[StrategyEntry] = field(default_factory=list)
 

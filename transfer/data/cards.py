@@ -11,6 +11,8 @@ A card is data, never code. ``datasets/README.md`` documents every key; in short
   (names kept after mapping), ``positive`` (for binary tasks), ``unit`` (what a label
   belongs to: ``subject``, ``recording`` or ``segment``).
 - ``[segments]``: default segmenting for this corpus (seconds, mode).
+- ``[covariates]``: subject covariates (gender, age, ...) as columns of the label table, for
+  subgroup reports (:mod:`transfer.data.covariate_spec`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from transfer import REPO_ROOT, UserError
 from transfer.common import options
+from transfer.data.covariate_spec import CovariateSpec, check_covariates, parse_covariates
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -93,6 +96,7 @@ class Card:
     segments: SegmentDefaults = SegmentDefaults()
     root_env: str = ""
     path: str = ""
+    covariates: tuple[CovariateSpec, ...] = ()
 
     @property
     def env_var(self) -> str:
@@ -112,7 +116,8 @@ class Card:
 
 
 _SECTIONS = {"audio": AudioSpec, "labels": LabelSpec, "segments": SegmentDefaults}
-_TOP_KEYS = {"name", "description", "task", "sample_rate", "root_env"} | set(_SECTIONS)
+_TOP_KEYS = ({"name", "description", "task", "sample_rate", "root_env", "covariates"}
+             | set(_SECTIONS))
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -223,15 +228,18 @@ def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:
         raise UserError(f"card {path}: labels.unit must be 'subject', 'recording' or 'segment', "
                         f"not {labels.unit!r}")
     _check_card(data, sections, path)
-    return Card(
+    card = Card(
         name=str(data["name"]),
         description=str(data.get("description", "")),
         task=str(data.get("task", "emotion")),
         sample_rate=int(data["sample_rate"]),
         root_env=str(data.get("root_env", "")),
         path=path,
+        covariates=parse_covariates(data.get("covariates", {}), path),
         **sections,
     )
+    check_covariates(card)
+    return card
 
 
 def available_cards() -> list[str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from transfer import UserError
 from transfer.common.cache import content_hash
@@ -16,6 +17,7 @@ from transfer.common.config import CorpusConfig, FeaturesConfig
 from transfer.data.audio import SegmentSpec
 from transfer.data.cards import Card, load_card
 from transfer.data.corpora import build_manifest
+from transfer.data.covariates import read_covariates
 from transfer.data.features import FeatureSpec, check_segments, load_features
 from transfer.data.units import unit_ids, unit_labels
 
@@ -29,7 +31,9 @@ class Domain:
     ``x``: (N, F, T) float32; ``y``: (N,) class indices into ``labels``; ``groups``: (N,) the
     speaker/subject of each segment; ``files``: (N,) source file of each segment; ``unit``: what
     a label belongs to (subject | recording | segment); ``units``: (N,) the decision unit of
-    each segment (None = the speaker).
+    each segment (None = the speaker); ``covariates``: per speaker (index) the subject
+    covariates the corpus card names (gender, age, ...), or None with ``covariates_note``
+    saying why there are none.
     """
 
     name: str
@@ -43,17 +47,22 @@ class Domain:
     unit: str = "subject"
     units: np.ndarray | None = None
     stacked_layers: int = 0  # ssl with layers = "all": x is (N, L * dim, T), L layers stacked
+    covariates: pd.DataFrame | None = None
+    covariates_note: str = ""
 
     @classmethod
     def from_arrays(cls, x: np.ndarray, y: np.ndarray, speakers: np.ndarray, *,
                     labels: list[str] | None = None, positive: str = "", name: str = "arrays",
-                    files: np.ndarray | None = None, unit: str = "subject") -> Domain:
+                    files: np.ndarray | None = None, unit: str = "subject",
+                    covariates: pd.DataFrame | None = None) -> Domain:
         """A domain from features already in memory (a notebook's own arrays), no files read.
 
         ``x``: (N, F, T) frame features; ``y``: (N,) label strings, or class indices into
         ``labels``; ``speakers``: (N,) the speaker of each segment; ``files``: (N,) the
         recording of each segment (only needed for ``unit = "recording"``). Labels must agree
         with ``unit`` (one label per speaker for ``"subject"``), as for a corpus.
+        ``covariates``: subject covariates for subgroup reports, one row per speaker (index)
+        and one column per covariate (strings are groups, numbers are banded).
         """
         x = np.asarray(x, dtype=np.float32)
         y, speakers = np.asarray(y), np.asarray(speakers).astype(str)
@@ -81,7 +90,9 @@ class Domain:
         unit_labels(speakers if units is None else units, y, unit, labels, f"{name}: ")
         key = content_hash({"x": hashlib.sha256(x.tobytes()).hexdigest(), "shape": x.shape,
                             "y": y.tolist(), "speakers": speakers.tolist()})
-        return cls(name, x, y, speakers, files, labels, [key], positive, unit, units)
+        table, note = _given_covariates(covariates)
+        return cls(name, x, y, speakers, files, labels, [key], positive, unit, units,
+                   covariates=table, covariates_note=note)
 
     @property
     def unit_ids(self) -> np.ndarray:
@@ -91,6 +102,27 @@ class Domain:
     @property
     def positive_index(self) -> int:
         return self.labels.index(self.positive) if self.positive in self.labels else -1
+
+    def unit_covariates(self, ids: list[str]) -> dict[str, list]:
+        """The covariates of the decision units ``ids`` (through each unit's speaker): name ->
+        one value per unit (a string, a number, or None where the table has none); {} without
+        covariates."""
+        if self.covariates is None or self.covariates.empty:
+            return {}
+        speaker_of = dict(zip(self.unit_ids.tolist(), self.groups.tolist()))
+        rows = self.covariates.reindex([speaker_of.get(u, "") for u in ids])
+        return {str(name): [None if pd.isna(v) else (float(v) if isinstance(v, (int, float))
+                                                     else str(v)) for v in rows[name]]
+                for name in rows.columns}
+
+
+def _given_covariates(covariates: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
+    """Covariates handed to :meth:`Domain.from_arrays` (index: speaker), or why none."""
+    if covariates is None:
+        return None, "no covariates were given (Domain.from_arrays(covariates=...))"
+    table = pd.DataFrame(covariates)
+    table.index = table.index.astype(str)
+    return table, ""
 
 
 def feature_spec(cfg: FeaturesConfig) -> FeatureSpec:
@@ -165,7 +197,7 @@ def _check_concat(cfg: CorpusConfig, card: Card, seg: SegmentSpec) -> None:
 def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progress: bool = True,
                 base: Path | None = None) -> Domain:
     """Load one domain from one or several corpora (several: their union, labels pooled)."""
-    parts, keys, label_sets, names, positive, kinds = [], [], [], [], "", []
+    parts, keys, label_sets, names, positive, kinds, covs = [], [], [], [], "", [], []
     spec = feature_spec(features)
     if spec.kind == "ssl":  # a missing checkpoint fails before any audio is touched
         from transfer.data.ssl import checkpoint_dir
@@ -191,6 +223,7 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
             log.warning(f"{card.name}: skipped {len(manifest.skipped)} unusable file(s), e.g. "
                         f"{manifest.skipped[0][0]}: {manifest.skipped[0][1]}")
         fs = load_features(manifest, seg, spec, progress=progress)
+        covs.append(read_covariates(card, manifest.root))
         parts.append((card.name, fs))
         keys.append(fs.key)
         label_sets.append(manifest.labels)
@@ -221,8 +254,19 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
         from transfer.data.ssl import stacked_layers
 
         stacked = stacked_layers(spec)
+    table, note = _pooled_covariates(covs, names)
     return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units,
-                  stacked)
+                  stacked, table, note)
+
+
+def _pooled_covariates(covs: list, names: list[str]) -> tuple[pd.DataFrame | None, str]:
+    """The covariates of one or several corpora (speakers prefixed as in ``groups``)."""
+    tables = [(name, c.table) for name, c in zip(names, covs) if c.table is not None]
+    if not tables:
+        return None, "; ".join(c.note for c in covs)
+    if len(names) == 1:
+        return tables[0][1], ""
+    return pd.concat([t.set_axis(name + ":" + t.index) for name, t in tables]), ""
 
 
 def _resolve(corpus: str, base: Path | None) -> str:

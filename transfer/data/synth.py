@@ -17,6 +17,11 @@ factors and their sizes are the fields of :class:`Factors`; every generated corp
    MODMA-like target, depressed subjects sit ``depression_shift`` higher on the same factor
    than healthy ones, but the subjects of each group spread around their mean and every
    recording adds its own noise, so the target alone shows it only weakly and noisily.
+   **Designed subgroup difference:** depression shows more in the women's voices than in the
+   men's: depressed women sit ``gender_gap / 2`` above ``depression_shift``, depressed men as
+   far below it (healthy subjects are not affected), so a model that reads the prosodic factor
+   finds depressed women more easily than depressed men. Age (uniform 18-55, in the subject
+   table) has no designed effect.
 2. **Identity factor.** Every speaker has a voice (F0 level, vocal tract length, formant
    idiosyncrasies, speaking-rate, range, level, tilt and pause habits); ``identity`` scales
    how far speakers differ. Identity is strong, consistent within a speaker and unrelated to
@@ -53,7 +58,7 @@ from transfer.common.console import console, main_guard
 log = logging.getLogger(__name__)
 
 SR = 16000  # synthesis rate; MODMA-like audio is resampled to 44.1 kHz afterwards
-CACHE_VERSION = 4  # bump whenever the generator changes what it writes
+CACHE_VERSION = 5  # bump whenever the generator changes what it writes
 
 SIZES: dict[str, dict[str, dict]] = {
     "casia": {
@@ -93,6 +98,8 @@ class Factors:
         source_arousal_sd: per-utterance noise on ``a``.
     Target (depression corpus):
         depression_shift: mean ``a`` of depressed minus healthy subjects.
+        gender_gap: the designed subgroup difference: depressed women's shift minus depressed
+            men's (women ``depression_shift + gender_gap / 2``, men ``- gender_gap / 2``).
         subject_sd: spread of ``a`` between the subjects of one group.
         recording_sd: spread of ``a`` between the recordings of one subject.
     Identity factor:
@@ -121,6 +128,9 @@ class Factors:
     source_arousal_sd: float = 0.2
     emotion_extras: float = 1.0
     depression_shift: float = 1.5
+    # large enough that the subgroup report finds it (tests/test_report.py), small enough that
+    # depressed men still differ from healthy subjects (+1.0, women +2.0)
+    gender_gap: float = 1.0
     subject_sd: float = 0.3
     recording_sd: float = 0.8
     identity: float = 1.0
@@ -398,7 +408,8 @@ def make_modma(out: str | Path, size: Size = "small", seed: int = 0,
         female = bool(voice_u[0] < 0.55)
         spk = _speaker(voice_u, female, f)
         tract = spk["tract"] * spk["formants"]
-        a_subject = (f.depression_shift if mdd else 0.0) + srng.normal(0, f.subject_sd)
+        shift = f.depression_shift + (f.gender_gap if female else -f.gender_gap) / 2
+        a_subject = (shift if mdd else 0.0) + srng.normal(0, f.subject_sd)
         z = a_subject / max(f.depression_shift, 1e-6)  # severity in units of the group shift
         phq = int(np.clip(round(5 + 8 * z + srng.normal(0, 3)), 0, 27))
         rows.append({"subject id": int(sid), "type": "MDD" if mdd else "HC",
@@ -453,6 +464,11 @@ def describe(kind: str, size: Size, seed: int, factors: Factors | None = None) -
         f"   - Target (weak and noisy): depressed subjects +{f.depression_shift:g} above "
         f"healthy ones; between-subject sd {f.subject_sd:g} within a group; per-recording sd "
         f"{f.recording_sd:g}.",
+        f"   - Designed subgroup difference (target): depression shows more in women's voices: "
+        f"depressed women +{f.depression_shift + f.gender_gap / 2:g}, depressed men "
+        f"+{f.depression_shift - f.gender_gap / 2:g} (gap {f.gender_gap:g}); healthy subjects "
+        "alike. Subject table: `gender` (F/M, spread evenly over both groups), `age` (uniform "
+        "18-55, no designed effect: a subgroup report should find no age gap).",
         f"2. **Identity factor** (scale {f.identity:g}): every speaker has an F0 level, vocal "
         "tract length, idiosyncratic formant offsets (sd 6 %), and habits of rate, F0 range, "
         "level (+-3 dB), tilt and pauses; consistent within a speaker, unrelated to the labels.",

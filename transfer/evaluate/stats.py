@@ -21,6 +21,7 @@ Both are computed from the run records alone (``python -m transfer.report.tables
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,22 +49,33 @@ class PairedResult:
     exact: bool
 
 
-def pooled_units(records: list[dict]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+PerSeed = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def pooled_units(records: list[dict], predict: Callable[[dict], np.ndarray] | None = None,
+                 keep: Callable[[dict], np.ndarray] | None = None) -> PerSeed:
     """Per seed, the test units of all its folds: (ids, labels, predicted class).
 
-    A unit id that occurs in several folds of one seed (only possible with overlapping test
-    sets) is kept apart per fold.
+    ``predict(record)``: the predicted class of each of the record's test units (default: the
+    argmax of their mean probabilities); ``keep(record)``: which of them count (default: all),
+    e.g. one subgroup. A unit id that occurs in several folds of one seed (only possible with
+    overlapping test sets) is kept apart per fold.
     """
     by_seed: dict[int, list[tuple[str, int, int]]] = {}
     for r in records:
         units = r.get("units")
         if r.get("status") != "ok" or not units:
             continue
-        pred = np.asarray(units["prob"], dtype=float).argmax(1)
+        pred = (np.asarray(units["prob"], dtype=float).argmax(1) if predict is None
+                else np.asarray(predict(r)))
+        mask = np.ones(len(pred), bool) if keep is None else np.asarray(keep(r), bool)
         rows = by_seed.setdefault(int(r["seed"]), [])
-        rows += [(str(i), int(y), int(p)) for i, y, p in zip(units["id"], units["y"], pred)]
+        rows += [(str(i), int(y), int(p)) for i, y, p, m in zip(units["id"], units["y"], pred, mask)
+                 if m]
     out = {}
     for seed, rows in by_seed.items():
+        if not rows:
+            continue
         ids = np.array([i for i, _, _ in rows])
         if len(set(ids.tolist())) < len(ids):  # overlapping test sets: keep them apart
             ids = np.array([f"{k}/{i}" for k, i in enumerate(ids)])
@@ -116,12 +128,23 @@ def _bootstrap(statistic, n: int, level: float, n_resamples: int, seed: int
 def pooled_uar_ci(records: list[dict], level: float = 0.95, n_resamples: int = N_BOOTSTRAP,
                   seed: int = 0) -> Interval:
     """Decision-unit UAR pooled over folds per seed, mean over seeds, with a bootstrap CI."""
-    per_seed = pooled_units(records)
+    return uar_interval(pooled_units(records), level, n_resamples, seed)
+
+
+def _arrays(per_seed: PerSeed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = sorted({i for v in per_seed.values() for i in v[0].tolist()})
+    return _unit_arrays(list(per_seed.values()), ids)
+
+
+def uar_interval(per_seed: PerSeed, level: float = 0.95, n_resamples: int = N_BOOTSTRAP,
+                 seed: int = 0) -> Interval:
+    """The UAR of pooled units (:func:`pooled_units`), mean over seeds, with a percentile
+    bootstrap CI over the units (the same draw for every seed). Over units of one class it is
+    that class's recall: the sensitivity or specificity."""
     if not per_seed:
         return Interval(math.nan, math.nan, math.nan, 0, 0)
-    ids = sorted({i for v in per_seed.values() for i in v[0].tolist()})
-    n, n_seeds = len(ids), len(per_seed)
-    y, present, correct = _unit_arrays(list(per_seed.values()), ids)
+    y, present, correct = _arrays(per_seed)
+    n, n_seeds = len(y), len(per_seed)
     point = float(_uar_matrix(y, present, correct, np.arange(n)[None])[0])
     if n < 2:
         return Interval(point, math.nan, math.nan, n, n_seeds)
@@ -130,6 +153,31 @@ def pooled_uar_ci(records: list[dict], level: float = 0.95, n_resamples: int = N
         return _uar_matrix(y, present, correct, np.moveaxis(np.asarray(idx, np.int64), axis, -1))
 
     return Interval(point, *_bootstrap(statistic, n, level, n_resamples, seed), n, n_seeds)
+
+
+def uar_gap_interval(a: PerSeed, b: PerSeed, level: float = 0.95,
+                     n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> Interval:
+    """UAR of the units ``a`` minus that of the disjoint units ``b`` (two subgroups tested by
+    the same runs), with a bootstrap CI that resamples each group's units on its own."""
+    seeds = [s for s in a if s in b]
+    if not seeds:
+        return Interval(math.nan, math.nan, math.nan, 0, 0)
+    ya, pa, ca = _arrays({s: a[s] for s in seeds})
+    yb, pb, cb = _arrays({s: b[s] for s in seeds})
+
+    def statistic(ia: np.ndarray, ib: np.ndarray, axis: int = -1) -> np.ndarray:
+        ia = np.moveaxis(np.asarray(ia, np.int64), axis, -1)
+        ib = np.moveaxis(np.asarray(ib, np.int64), axis, -1)
+        return _uar_matrix(ya, pa, ca, ia) - _uar_matrix(yb, pb, cb, ib)
+
+    point = float(statistic(np.arange(len(ya))[None], np.arange(len(yb))[None])[0])
+    if min(len(ya), len(yb)) < 2:
+        return Interval(point, math.nan, math.nan, len(ya) + len(yb), len(seeds))
+    res = stats.bootstrap((np.arange(len(ya)), np.arange(len(yb))), statistic, paired=False,
+                          n_resamples=n_resamples, vectorized=True, confidence_level=level,
+                          method="percentile", batch=500, rng=np.random.default_rng(seed))
+    low, high = res.confidence_interval
+    return Interval(point, float(low), float(high), len(ya) + len(yb), len(seeds))
 
 
 def paired_uar_diff_ci(records: list[dict], reference: list[dict], level: float = 0.95,

@@ -31,6 +31,7 @@ from transfer import UserError
 from transfer.common.cache import content_hash
 from transfer.common.config import Recipe, StrategyEntry
 from transfer.data import Domain, load_domain
+from transfer.evaluate.calibration import run_calibration
 from transfer.evaluate.metrics import confusion, evaluate, unit_outputs, validation_scores
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
 from transfer.grid import sweep
@@ -196,7 +197,7 @@ class Experiment:
         the draws already trained.)"""
         data = self.recipe.to_dict()
         for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export",
-                  "sweep"):
+                  "sweep", "report", "log"):  # report and log settings change no result
             data.pop(k, None)
         data["protocol"].pop("compare", None)  # a run is keyed by the protocol it runs under
         data["protocol"]["name"] = protocol or data["protocol"]["name"]
@@ -446,8 +447,8 @@ class Experiment:
         y_test, units = t.y[split.test], t.unit_ids[split.test]
         metrics = evaluate(y_test, prob, units, t.positive_index, t.unit)
         return {
-            "metrics": metrics,
-            "units": unit_outputs(y_test, prob, units, t.unit),  # for CIs and tests
+            "metrics": metrics, "positive": t.positive,
+            **self._outputs(split, prob, val_prob),  # per unit: for CIs, subgroups, ...
             "validation": validation_scores(t.y[split.val], val_prob, t.unit_ids[split.val],
                                             t.positive_index, t.unit),
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
@@ -456,6 +457,28 @@ class Experiment:
                         for k2, v in row.items()} for row in result.curves],
             "confusion": confusion(y_test, prob, len(t.labels)),
         }
+
+    def _outputs(self, split: Split, prob: np.ndarray, val_prob: np.ndarray) -> dict[str, Any]:
+        """A run's compact per-unit outputs: the test units (id, label, mean probabilities, the
+        same after temperature scaling, subject covariates), the validation units (id, label,
+        mean probabilities: the report's thresholds come from these alone) and the segments'
+        calibration counts (:mod:`~transfer.evaluate.calibration`; the temperature is fitted on
+        the validation segments)."""
+        t, kind = self.target, self.target.unit
+        y_test, test_units = t.y[split.test], t.unit_ids[split.test]
+        y_val, val_units = t.y[split.val], t.unit_ids[split.val]
+        calibration, scaled = run_calibration(val_prob, y_val, prob, y_test, t.positive_index)
+        units = unit_outputs(y_test, prob, test_units, kind)
+        units["prob_ts"] = unit_outputs(y_test, scaled, test_units, kind)["prob"]
+        covariates = t.unit_covariates(units["id"])
+        if covariates:
+            units["covariates"] = covariates
+        out: dict[str, Any] = {"units": units, "calibration": calibration}
+        if not covariates:
+            out["covariates_note"] = t.covariates_note or "the target has no subject covariates"
+        if len(split.val):
+            out["val_units"] = unit_outputs(y_val, val_prob, val_units, kind)
+        return out
 
     def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
               tests: list, specs: list[RunSpec]) -> list[dict]:

@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - Windows: no folder locks
 log = logging.getLogger(__name__)
 
 #: Recipe keys that do not change what a run computes: a resume may differ in them.
-NOT_RESULTS = ("name", "description", "jobs", "device", "export", "sweep")
+NOT_RESULTS = ("name", "description", "jobs", "device", "export", "sweep", "report", "log")
 
 #: File-system errors that are the user's environment, not a bug.
 DISK_ERRORS = ENVIRONMENT_ERRORS

@@ -1,4 +1,5 @@
-"""``python -m transfer.report RESULTS_DIR``: rebuild a results folder's tables."""
+"""``python -m transfer.report RESULTS_DIR``: rebuild a results folder's tables, figures and
+report.html from its run records."""
 
 from transfer.report.tables import main
 

@@ -1,13 +1,16 @@
 """The comparison table, the leak report and figures, built from the run records alone.
 
 ``python -m transfer.report RESULTS_DIR`` rebuilds them (``table.md``/``table.csv`` with the
-confidence intervals and the tests against ``scratch``, ``leak.md``/``leak.csv`` where the
-records hold several protocols, ``figures/``) for a finished or partial run.
+confidence intervals, the tests against ``scratch`` and sensitivity/specificity at the
+validation thresholds, ``leak.md``/``leak.csv`` where the records hold several protocols,
+``figures/``, and through :mod:`transfer.report.build` the report's sections and
+``report.html``) for a finished or partial run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,15 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
+from transfer import UserError
 from transfer.common.cache import atomic_path, atomic_write_text
+from transfer.common.config import ReportConfig
 from transfer.common.console import console, main_guard
 from transfer.evaluate.metrics import METRICS
+from transfer.evaluate.operating import operating_point, positive_index
 from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, paired_uar_diff_ci, pooled_uar_ci
 from transfer.grid.records import planned, read_records, read_summary
+from transfer.report.sections import RULE_TEXT
 from transfer.report.sweep import is_sweep, write_sweep
 
 GAP = ["gap_mmd", "gap_a_distance"]
@@ -61,71 +68,115 @@ def unit_of(records: list[dict]) -> str:
     return next((r["unit"] for r in records if r.get("unit")), "subject")
 
 
-def positive_of(records: list[dict]) -> str:
-    """The positive class of a binary target (what sens/spec refer to); "" when not recorded."""
-    return next((r["positive"] for r in records if r.get("positive")), "")
-
-
 def reference_label(records: list[dict], order: list[str]) -> str | None:
     """The row every other strategy is tested against: the first ``scratch`` entry."""
     names = {r["strategy"]: r.get("strategy_name", r["strategy"]) for r in records}
     return next((label for label in order if names.get(label) == "scratch"), None)
 
 
+def positive_name(records: list[dict]) -> str:
+    """The positive class named by the records ('' where the task has none)."""
+    for r in records:
+        pos = positive_index(r)
+        if pos >= 0:
+            return r["labels"][pos]
+    return ""
+
+
 def build_table(records: list[dict], order: list[str] | None = None,
-                source: dict | None = None, protocol: str | None = None) -> pd.DataFrame:
+                source: dict | None = None, protocol: str | None = None,
+                report: ReportConfig | None = None) -> pd.DataFrame:
     """One row per strategy under one protocol (default: :func:`primary_protocol`): mean and
     std over folds x seeds of every metric, the pooled decision-unit UAR with its bootstrap CI,
-    and the paired test against ``scratch``."""
+    the paired test against ``scratch``, and the pooled sensitivity and specificity at the
+    runs' validation thresholds (``report``: how they are chosen)."""
     records = latest(records)
     protocol = primary_protocol(records, protocol)
     records = [r for r in records if r.get("protocol", protocol) == protocol]
     labels = order or list(dict.fromkeys(r["strategy"] for r in records))
     unit = unit_of(records)
     ref = reference_label(records, labels)
+    report = report or ReportConfig()
     ref_ok = [r for r in records if r["strategy"] == ref and r["status"] == "ok"]
-    ref_uar = {(r["fold"], r["seed"]): _metric(r, "unit_uar") for r in ref_ok}
-    rows = []
-    for label in labels:
-        mine = [r for r in records if r["strategy"] == label]
-        ok = [r for r in mine if r["status"] == "ok"]
-        row: dict[str, Any] = {
-            "strategy": label,
+    rows = [_row(label, records, protocol, unit, ref_ok if ref not in (None, label) else None,
+                 report, source) for label in labels]
+    table = pd.DataFrame(rows)
+    table.attrs.update(unit=unit, reference=ref, protocol=protocol,
+                       positive=positive_name(records), threshold=report.threshold,
+                       specificity=report.specificity)
+    return table
+
+
+def _row(label: str, records: list[dict], protocol: str, unit: str,
+         ref_ok: list[dict] | None, report: ReportConfig, source: dict | None) -> dict[str, Any]:
+    """The table row of one strategy (``ref_ok``: the reference's runs, None for the
+    reference itself)."""
+    mine = [r for r in records if r["strategy"] == label]
+    ok = [r for r in mine if r["status"] == "ok"]
+    return {"strategy": label,
             "protocol": mine[0]["protocol"] if mine else protocol,
             "speaker_dependent": bool(mine and mine[0]["speaker_dependent"]),
             "unit": unit, "runs": len(ok), "failed": len(mine) - len(ok),
-        }
-        for level in ("unit", "segment"):
-            for m in METRICS:
-                vals = np.array([_metric(r, f"{level}_{m}") for r in ok], dtype=float)
-                row[f"{level}_{m}_mean"] = _nan(np.nanmean, vals)
-                row[f"{level}_{m}_std"] = _nan(lambda v: np.nanstd(v, ddof=0), vals)
-        ci = pooled_uar_ci(ok)
-        row.update(unit_uar_pooled=ci.point, unit_uar_ci_low=ci.low, unit_uar_ci_high=ci.high,
-                   units_tested=ci.units)
-        test, delta = None, None
-        if ref is not None and label != ref:
-            delta = paired_uar_diff_ci(ok, ref_ok)
-            pairs = [(_metric(r, "unit_uar"), ref_uar[(r["fold"], r["seed"])]) for r in ok
-                     if (r["fold"], r["seed"]) in ref_uar]
-            test = paired_test(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
-        row.update(vs_scratch_diff=test.mean_diff if test else math.nan,
-                   vs_scratch_p=test.p if test else math.nan,
-                   vs_scratch_pairs=test.pairs if test else 0,
-                   vs_scratch_min_p=test.min_p if test else math.nan,
-                   vs_scratch_pooled_diff=delta.point if delta else math.nan,
-                   vs_scratch_diff_ci_low=delta.low if delta else math.nan,
-                   vs_scratch_diff_ci_high=delta.high if delta else math.nan)
-        for g in GAP:
-            vals = np.array([r.get("gap", {}).get(g, math.nan) for r in ok], dtype=float)
-            row[f"{g}_mean"] = _nan(np.nanmean, vals)
-        uses_source = bool(mine and mine[0].get("uses_source"))
-        for k in ("source_acc", "source_uar"):
-            row[k] = (source or {}).get(k, math.nan) if uses_source else math.nan
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table.attrs.update(unit=unit, reference=ref, protocol=protocol, positive=positive_of(records))
-    return table
+            **_metric_cells(ok), **_pooled_cells(ok), **_reference_cells(ok, ref_ok),
+            **_threshold_cells(ok, report), **_gap_cells(ok), **_source_cells(mine, source)}
+
+
+def _metric_cells(ok: list[dict]) -> dict[str, float]:
+    """Mean and std over runs of every metric at both levels."""
+    row = {}
+    for level in ("unit", "segment"):
+        for m in METRICS:
+            vals = np.array([_metric(r, f"{level}_{m}") for r in ok], dtype=float)
+            row[f"{level}_{m}_mean"] = _nan(np.nanmean, vals)
+            row[f"{level}_{m}_std"] = _nan(lambda v: np.nanstd(v, ddof=0), vals)
+    return row
+
+
+def _pooled_cells(ok: list[dict]) -> dict[str, float]:
+    ci = pooled_uar_ci(ok)
+    return {"unit_uar_pooled": ci.point, "unit_uar_ci_low": ci.low, "unit_uar_ci_high": ci.high,
+            "units_tested": ci.units}
+
+
+def _reference_cells(ok: list[dict], ref_ok: list[dict] | None) -> dict[str, float]:
+    """The comparison with the reference row (None: this is the reference, or there is none):
+    the pooled difference with its paired interval and the paired test over runs."""
+    if ref_ok is None:
+        return {"vs_scratch_diff": math.nan, "vs_scratch_p": math.nan, "vs_scratch_pairs": 0,
+                "vs_scratch_min_p": math.nan, "vs_scratch_pooled_diff": math.nan,
+                "vs_scratch_diff_ci_low": math.nan, "vs_scratch_diff_ci_high": math.nan}
+    ref_uar = {(r["fold"], r["seed"]): _metric(r, "unit_uar") for r in ref_ok}
+    delta = paired_uar_diff_ci(ok, ref_ok)
+    pairs = [(_metric(r, "unit_uar"), ref_uar[(r["fold"], r["seed"])]) for r in ok
+             if (r["fold"], r["seed"]) in ref_uar]
+    test = paired_test(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
+    return {"vs_scratch_diff": test.mean_diff, "vs_scratch_p": test.p,
+            "vs_scratch_pairs": test.pairs, "vs_scratch_min_p": test.min_p,
+            "vs_scratch_pooled_diff": delta.point, "vs_scratch_diff_ci_low": delta.low,
+            "vs_scratch_diff_ci_high": delta.high}
+
+
+def _threshold_cells(ok: list[dict], report: ReportConfig) -> dict[str, float]:
+    """Pooled sensitivity and specificity at the runs' validation thresholds."""
+    point = operating_point(ok, report.threshold, report.specificity)
+    row: dict[str, float] = {"threshold_mean": point.threshold_mean if point else math.nan}
+    for key in ("sens", "spec"):
+        ci = getattr(point, key) if point else None
+        row.update({f"unit_{key}_thr": ci.point if ci else math.nan,
+                    f"unit_{key}_thr_low": ci.low if ci else math.nan,
+                    f"unit_{key}_thr_high": ci.high if ci else math.nan})
+    return row
+
+
+def _gap_cells(ok: list[dict]) -> dict[str, float]:
+    return {f"{g}_mean": _nan(np.nanmean, np.array([r.get("gap", {}).get(g, math.nan)
+                                                   for r in ok], dtype=float)) for g in GAP}
+
+
+def _source_cells(mine: list[dict], source: dict | None) -> dict[str, float]:
+    uses_source = bool(mine and mine[0].get("uses_source"))
+    return {k: (source or {}).get(k, math.nan) if uses_source else math.nan
+            for k in ("source_acc", "source_uar")}
 
 
 def _nan(fn, vals: np.ndarray) -> float:
@@ -176,26 +227,57 @@ DISPLAY = [("UAR", "unit_uar"), ("acc", "unit_acc"), ("F1", "unit_f1"), ("sens",
            ("spec", "unit_spec"), ("AUC", "unit_auc")]
 
 
-def headers(unit: str, reference: str | None) -> list[str]:
+def headers(unit: str, reference: str | None, positive: str = "", threshold: str = "youden"
+            ) -> list[str]:
+    """The display table's column names; sensitivity and specificity name the positive class."""
     ref = reference or "scratch"
+    named = ({"sens": f"sens (positive: {positive})", "spec": f"spec (positive: {positive})"}
+             if positive else {})
     return (["strategy", "runs", f"{unit} UAR", f"{unit} UAR pooled [95% CI]",
              f"Δ pooled {unit} UAR vs {ref} [95% CI]", f"p vs {ref}"]
-            + [f"{unit} {h}" for h, _ in DISPLAY[1:]] + ["segment UAR", "gap MMD", "gap A-dist"])
+            + [f"{unit} {named.get(h, h)}" for h, _ in DISPLAY[1:5]]
+            + [f"{unit} sens / spec at threshold ({threshold})", f"{unit} AUC",
+               "segment UAR", "gap MMD", "gap A-dist"])
+
+
+def _at_threshold(row: pd.Series) -> str:
+    if _isnan(row.get("unit_sens_thr", math.nan)):
+        return "-"
+    return f"{row['unit_sens_thr']:.2f} / {row['unit_spec_thr']:.2f}"
 
 
 def _cells(row: pd.Series, reference: str | None) -> list[str]:
     name = row["strategy"] + (" [speaker-dependent]" if row["speaker_dependent"] else "")
     cells = [name, f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")]
     cells += [_pm(row["unit_uar_mean"], row["unit_uar_std"]), _ci(row), *_p(row, reference)]
-    cells += [_pm(row[f"{k}_mean"], row[f"{k}_std"]) for _, k in DISPLAY[1:]]
+    cells += [_pm(row[f"{k}_mean"], row[f"{k}_std"]) for _, k in DISPLAY[1:5]]
+    cells += [_at_threshold(row), _pm(row["unit_auc_mean"], row["unit_auc_std"])]
     cells += [_pm(row["segment_uar_mean"], row["segment_uar_std"])]
     cells += [_f(row["gap_mmd_mean"]), _f(row["gap_a_distance_mean"])]
     return cells
 
 
+def threshold_note(unit: str, positive: str, rule: str, specificity: float) -> str:
+    """What the sensitivity/specificity columns mean."""
+    chosen = RULE_TEXT[rule].format(unit=unit, spec=specificity)
+    return (f"sens / spec: sensitivity (recall of the positive class, {positive}) and "
+            f"specificity (recall of the others) at the argmax decision. At threshold: "
+            f"the same at a threshold on the probability of {positive}: {chosen}, applied "
+            f"unchanged to its test fold (the test {unit}s never choose it); pooled over the "
+            f"test {unit}s of a seed, mean over seeds. Intervals, thresholds and ROC/PR "
+            f"curves: report.html (operating points).")
+
+
+def _header_args(table: pd.DataFrame) -> tuple[str, str | None, str, str]:
+    a = table.attrs
+    return a.get("unit", "subject"), a.get("reference"), a.get("positive", ""), \
+        a.get("threshold", "youden")
+
+
 def markdown(table: pd.DataFrame, title: str = "") -> str:
-    unit, ref = table.attrs.get("unit", "subject"), table.attrs.get("reference")
-    hs = headers(unit, ref)
+    """table.md: the display table and what its columns mean."""
+    unit, ref, positive, rule = _header_args(table)
+    hs = headers(unit, ref, positive, rule)
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(hs) + " |", "|" + "---|" * len(hs)]
     lines += ["| " + " | ".join(_cells(row, ref)) + " |" for _, row in table.iterrows()]
@@ -214,9 +296,8 @@ def markdown(table: pd.DataFrame, title: str = "") -> str:
               f"(the test {unit}s resampled {N_BOOTSTRAP} times, the same draw for every seed). "
               "gap: domain gap of `general` features between held-out source and target test "
               "data (MMD; proxy A-distance, 0 = indistinguishable, 2 = separable)."]
-    if table.attrs.get("positive"):
-        lines += ["", f"Positive class: {table.attrs['positive']} (sens is its recall, spec the "
-                  "other class's)."]
+    if positive:
+        lines += ["", threshold_note(unit, positive, rule, table.attrs.get("specificity", 0.8))]
     if ref is not None:
         lines += ["", f"Δ vs {ref}: the pooled {unit} UAR minus {ref}'s on the same test "
                   f"{unit}s, with a paired 95 % bootstrap interval (every resample draws the "
@@ -235,18 +316,17 @@ def markdown(table: pd.DataFrame, title: str = "") -> str:
 
 
 def print_table(table: pd.DataFrame, title: str = "") -> None:
-    unit, ref = table.attrs.get("unit", "subject"), table.attrs.get("reference")
+    """The display table on the console."""
+    unit, ref, positive, rule = _header_args(table)
     t = Table(title=escape(title), show_lines=False)
-    for h in headers(unit, ref):
+    for h in headers(unit, ref, positive, rule):
         t.add_column(h, justify="left" if h == "strategy" else "right", no_wrap=True)
     for _, row in table.iterrows():
         t.add_row(*(escape(c) for c in _cells(row, ref)),
                   style="yellow" if row["speaker_dependent"] else None)
     from rich.console import Console
 
-    Console(width=max(260, console.width), stderr=False).print(t)
-    if table.attrs.get("positive"):
-        console.print(f"positive class: {table.attrs['positive']} (sens = its recall)")
+    Console(width=max(320, console.width), stderr=False).print(t)
     if not table.empty and table["speaker_dependent"].any():
         console.print("speaker-dependent rows: random segment split, subjects leak between "
                       "train and test", style="yellow")
@@ -337,45 +417,83 @@ def print_leak(out_dir: Path) -> None:
 
 def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: dict | None,
                   title: str, plots: bool = True, protocol: str | None = None,
+                  report: ReportConfig | None = None, tensorboard: Path | None = None,
                   spaces: dict[str, list] | None = None) -> pd.DataFrame:
-    """table.md/table.csv (and leak.md/leak.csv where several protocols ran) and figures; for a
-    sweep also sweep.md/sweep.csv, and the table is the tuned one (each run's draw selected on
-    its validation subjects)."""
-    protocol = primary_protocol(latest(records), protocol)
-    if is_sweep(latest(records)):
-        records = write_sweep(out_dir, latest(records), order, protocol, spaces, title, plots)
+    """Everything a results folder shows, from its records: table.md/table.csv (and
+    leak.md/leak.csv where several protocols ran), figures, the report's sections
+    (operating points, calibration, subgroups, EmoBox predictions) and report.html; for a
+    sweep also sweep.md/sweep.csv, and the table and sections are the tuned ones (each run's
+    draw selected on its validation subjects); with ``tensorboard``, the runs' curves as
+    TensorBoard event files there."""
+    records = latest(records)
+    all_records = records
+    protocol = primary_protocol(records, protocol)
+    if is_sweep(records):
+        records = write_sweep(out_dir, records, order, protocol, spaces, title, plots)
         title += " - tuned: each fold's draw selected on validation subjects (sweep.md)"
-    table = build_table(records, order, source, protocol)
+    report = report or ReportConfig()
+    table = build_table(records, order, source, protocol, report)
     with atomic_path(out_dir / "table.csv") as tmp:  # no table.csv.tmp left on a full disk
         table.to_csv(tmp, index=False)
     text = markdown(table, title)
     leak = leak_table(records, order, protocol)
+    leak_text = ""
     if leak is not None:
         with atomic_path(out_dir / "leak.csv") as tmp:
             leak.to_csv(tmp, index=False)
-        atomic_write_text(out_dir / "leak.md", leak_markdown(leak, title))
+        leak_text = leak_markdown(leak, title)
+        atomic_write_text(out_dir / "leak.md", leak_text)
         text += ("\nThe same strategies under " + ", ".join(
             f"`{p}`" for p in dict.fromkeys(leak["compared_protocol"]))
             + ": see leak.md.\n")
     atomic_write_text(out_dir / "table.md", text)
+    honest = [r for r in records if r.get("protocol", protocol) == protocol]
     if plots:
         from transfer.report.plots import write_plots
 
-        write_plots(out_dir, [r for r in latest(records) if r.get("protocol", protocol) == protocol],
-                    order)
+        write_plots(out_dir, honest, order or list(table["strategy"]))
+    from transfer.report.build import write_report
+
+    write_report(out_dir, honest, order, table, report, title or "results", plots=plots,
+                 table_md=text.split("\n", 2)[2] if text.startswith("# ") else text,
+                 leak_md=leak_text)
+    if tensorboard is not None:
+        from transfer.report.tensorboard import write_tensorboard
+
+        write_tensorboard(tensorboard, all_records)
     return table
+
+
+def report_settings(out: Path, sets: list[str]) -> ReportConfig:
+    """The ``[report]`` settings a results folder was run with (its recipe.json), with
+    ``--set report.KEY=VALUE`` overrides checked as in a recipe."""
+    from transfer.grid.recipe import apply_set, parse_recipe
+
+    saved = out / "recipe.json"
+    data = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+    raw = {"report": dict(data.get("report") or {})}
+    for assignment in sets:
+        if not assignment.startswith("report."):
+            raise UserError(f"--set {assignment}: only report.* settings can change in a "
+                            "rebuild (the runs are done)")
+        apply_set(raw, assignment)
+    minimal = {"target": {"corpus": "-"}, "strategies": [{"name": "scratch"}], **raw}
+    return parse_recipe(minimal).report
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.report",
-                                     description="Rebuild the table and figures of a results dir.")
+                                     description="Rebuild the tables, figures and report.html "
+                                                 "of a results dir from its run records.")
     parser.add_argument("results_dir")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="report.KEY=VALUE",
+                        help="another report setting, e.g. report.threshold=specificity")
+    parser.add_argument("--tensorboard", metavar="DIR", help="also write the runs' curves as "
+                        "TensorBoard event files into DIR (needs the tensorboard extra)")
     args = parser.parse_args(argv)
     out = Path(args.results_dir)
-    from transfer import UserError
-
     records = read_records(out / "runs.jsonl")
     if not records:
         raise UserError(f"no run records in {out / 'runs.jsonl'}")
@@ -385,11 +503,18 @@ def main(argv: list[str] | None = None) -> int:
         if not records:
             raise UserError(f"none of the records in {out / 'runs.jsonl'} is a run of the plan "
                             f"that {out / 'summary.json'} lists")
+    if args.tensorboard:
+        from transfer.report.tensorboard import require_tensorboard
+
+        require_tensorboard()
     table = write_outputs(out, records, meta.get("order", []), meta.get("source"),
                           meta.get("title", out.name), plots=not args.no_plots,
-                          protocol=meta.get("protocol"), spaces=meta.get("spaces"))
+                          protocol=meta.get("protocol"), report=report_settings(out, args.set),
+                          tensorboard=Path(args.tensorboard) if args.tensorboard else None,
+                          spaces=meta.get("spaces"))
     print_table(table, meta.get("title", ""))
     print_leak(out)
+    console.print(f"report: {out / 'report.html'}")
     return 0
 
 
