@@ -29,6 +29,10 @@ class CorpusConfig:
     ``synthetic``: instead of ``root``, generate a synthetic corpus of this size (tiny | small |
     demo | full; ``transfer.data.synth.SIZES``) into the cache (casia and modma only).
     ``root`` = "" reads ``$<NAME>_ROOT``.
+    ``labelled`` (target only): ``false`` hides the target's labels from training (the
+    unlabelled mode: unsupervised, source-free and test-time adaptation); the target's classes,
+    after ``label_map`` / ``keep``, must then be the source's, and its labels are read only to
+    score the test folds.
     """
 
     corpus: str = ""
@@ -42,6 +46,7 @@ class CorpusConfig:
     # What a label belongs to (the decision unit): subject | recording | segment; "" = the
     # card's [labels] unit. Checked against the data; metrics are reported per unit.
     unit: Literal["", "subject", "recording", "segment"] = ""
+    labelled: bool = True
 
 
 @dataclass
@@ -55,7 +60,10 @@ class FeaturesConfig:
         sample_rate: every recording is resampled to this rate (16000 for ssl checkpoints).
         n_mfcc, deltas: MFCC coefficients and delta orders (0-2): 13 x 3 = 39 dims.
         n_fft, hop, n_mels: STFT window, hop (samples) and mel bands (mfcc and logmel).
-        normalize: ``corpus`` standardises each corpus by its training statistics; ``none``.
+        normalize: ``corpus`` standardises each corpus by its training statistics; ``speaker``
+            z-scores every speaker's features by that speaker's own mean and standard deviation
+            (over its segments and frames; the classic speaker normalisation for emotion,
+            refused where the label belongs to the subject); ``none``.
         model: ssl: a local folder holding the checkpoint saved with save_pretrained
             (config.json + model.safetensors); nothing is downloaded.
         layers: ssl: a hidden-state index (0 = convolutional features, -1 = last layer), a list
@@ -71,7 +79,7 @@ class FeaturesConfig:
     n_fft: int = 800
     hop: int = 512
     n_mels: int = 128
-    normalize: Literal["corpus", "none"] = "corpus"  # standardise each corpus by its train stats
+    normalize: Literal["corpus", "speaker", "none"] = "corpus"
     model: str = ""
     layers: int | list[int] | Literal["all"] = "all"
     pool_frames: int = 1
@@ -145,6 +153,30 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Test-time adaptation of every trained model to its unlabelled test audio.
+
+    Args:
+        adapt: one table row per entry: ``none`` (the model as trained), ``adabn`` (BatchNorm
+            statistics recomputed on the test audio; Li et al. 2016) and ``tent`` (AdaBN, then
+            the BatchNorm scales and shifts trained by entropy minimisation for ``tent_steps``
+            steps; Wang et al. 2021). A variant's row is labelled ``<strategy>+<adapt>``; the
+            training is shared, only the evaluation differs.
+        per: what one adaptation sees: ``fold`` (all test audio of the fold: a new site) or
+            ``speaker`` (each test speaker alone; refused where the label belongs to the
+            subject, since the speaker's statistics then carry the label).
+        tent_steps, tent_lr: TENT's steps (Adam) over batches of the adapted audio.
+        batch_size: segments per forward pass while adapting.
+    """
+
+    adapt: list[Literal["none", "adabn", "tent"]] = field(default_factory=lambda: ["none"])
+    per: Literal["fold", "speaker"] = "fold"
+    tent_steps: int = 10
+    tent_lr: float = 1e-3
+    batch_size: int = 64
+
+
+@dataclass
 class StrategyEntry:
     name: str
     label: str
@@ -171,6 +203,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     strategies: list[StrategyEntry] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
