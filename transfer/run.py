@@ -90,7 +90,7 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
     source = dict(exp.pretrained.metrics) if exp.pretrained else None
     summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
                         f"{exp.target.name} ({recipe.protocol.name})",
-               "order": [e.label for e in recipe.strategies], "source": source,
+               "order": exp.row_labels(), "source": source,
                "runs_planned": len(plan), "device": str(exp.device),
                "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
                "unit": exp.target.unit}

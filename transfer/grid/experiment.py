@@ -30,6 +30,7 @@ from transfer import UserError
 from transfer.common.cache import content_hash
 from transfer.common.config import Recipe, StrategyEntry
 from transfer.data import Domain, load_domain
+from transfer.data.domain import check_per_speaker
 from transfer.evaluate.metrics import confusion, evaluate, unit_outputs
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
 from transfer.grid.records import RunRecord, toolkit_info
@@ -62,6 +63,20 @@ class RunSpec:
     seed: int
     key: str
     protocol: str = ""  # "" = the recipe's protocol.name; else one of protocol.compare
+    adapt: str = "none"  # test-time adaptation (evaluate.adapt); variants share the training
+    per: str = "fold"  # what one adaptation sees (evaluate.per)
+
+    @property
+    def row(self) -> str:
+        """The table row: the entry's label, with its test-time adaptation if any."""
+        if self.adapt == "none":
+            return self.strategy
+        return f"{self.strategy}+{self.adapt}" + ("@speaker" if self.per == "speaker" else "")
+
+    @property
+    def run(self) -> tuple[str, int, int]:
+        """What is trained: (protocol, fold, seed); the adaptation variants of a run share it."""
+        return self.protocol, self.fold, self.seed
 
 
 class Experiment:
@@ -91,6 +106,7 @@ class Experiment:
         """An experiment on domains already in memory (a benchmark, a notebook, a test)."""
         exp = cls(recipe, base=base, progress=progress, device=device)
         exp.target, exp.source, exp.pretrained = target, source, pretrained
+        exp.check_domains()
         exp.splits = {(s.protocol, s.fold, s.seed): s for s in splits}
         return exp
 
@@ -102,9 +118,26 @@ class Experiment:
             raise UserError(f"target {self.target.name} has only the label(s) {self.target.labels}")
         if r.source:
             self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
+        self.check_domains()
         if any(get_strategy(e.name).needs_source for e in r.strategies):
             self.pretrained = pretrain(r, self.source, self.device)
         return self.build_splits()
+
+    def check_domains(self) -> None:
+        """What the recipe asks of the loaded domains: in the unlabelled mode the target's
+        classes put in the source's order (the target is scored with the source's head);
+        per-speaker test-time adaptation refused where the label belongs to the subject."""
+        r = self.recipe
+        if not r.target.labelled and self.source is not None:
+            self.target = self.target.with_label_order(self.source.labels,
+                                                       f"the source {self.source.name}")
+        if r.evaluate.per == "speaker" and any(a != "none" for a in r.evaluate.adapt):
+            check_per_speaker(self.target.unit, 'evaluate.per = "speaker"',
+                              f"the target {self.target.name}")
+        if r.export and r.features.normalize == "speaker":
+            raise UserError('--export with features.normalize = "speaker": an exported model '
+                            "would need each new speaker's statistics, which transfer.predict "
+                            "does not compute; normalise per corpus to export")
 
     def build_splits(self) -> Experiment:
         """The splits of the target under the recipe's protocol and the compared ones."""
@@ -115,12 +148,16 @@ class Experiment:
                 self.splits[(name, split.fold, split.seed)] = split
         return self
 
-    def run_key(self, entry: StrategyEntry, fold: int, seed: int, protocol: str = "") -> str:
+    def run_key(self, entry: StrategyEntry, fold: int, seed: int, protocol: str = "",
+                adapt: str = "none") -> str:
         data = self.recipe.to_dict()
         for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export"):
             data.pop(k, None)
         data["protocol"].pop("compare", None)  # a run is keyed by the protocol it runs under
         data["protocol"]["name"] = protocol or data["protocol"]["name"]
+        evaluate = data.pop("evaluate")  # a run is keyed by the adaptation it is scored with
+        if adapt != "none":
+            data["adapt"] = {**evaluate, "adapt": adapt}
         return content_hash({"recipe": data, "strategy": entry.name,
                              "options": dataclasses.asdict(entry.options), "fold": fold,
                              "seed": seed, "data": [self.target.keys if self.target else None]})
@@ -134,8 +171,15 @@ class Experiment:
         return clone
 
     def plan(self) -> list[RunSpec]:
-        return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed, protocol), protocol)
-                for e in self.recipe.strategies for (protocol, fold, seed) in self.splits]
+        ev = self.recipe.evaluate
+        return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed, protocol, adapt),
+                        protocol, adapt, ev.per)
+                for e in self.recipe.strategies for (protocol, fold, seed) in self.splits
+                for adapt in ev.adapt]
+
+    def row_labels(self) -> list[str]:
+        """The table's rows in order: every entry, with its test-time adaptation variants."""
+        return list(dict.fromkeys(s.row for s in self.plan()))
 
     def split_of(self, spec: RunSpec) -> Split:
         return self.splits[(spec.protocol or self.recipe.protocol.name, spec.fold, spec.seed)]
@@ -180,27 +224,31 @@ class Experiment:
         fewer training segments than a batch trains with smaller batches); a group larger than
         the pack size is split into packs of nearly equal size."""
         size = self.pack_size()
-        groups: dict[tuple[str, int], list[RunSpec]] = {}
-        for spec in todo:
+        groups: dict[tuple[str, int], dict[tuple, list[RunSpec]]] = {}
+        for spec in todo:  # a run's adaptation variants stay together: trained once
             n_train = len(self.split_of(spec).train)
             batch = min(self.recipe.train.batch_size, n_train)
-            groups.setdefault((spec.strategy, batch), []).append(spec)
+            groups.setdefault((spec.strategy, batch), {}).setdefault(spec.run, []).append(spec)
         out = []
         for group in groups.values():
-            n_packs = -(-len(group) // size)
-            out += split_evenly(group, n_packs)
+            runs = list(group.values())
+            n_packs = -(-len(runs) // size)
+            out += [[s for run in part for s in run] for part in split_evenly(runs, n_packs)]
         return out
 
     def pack_cost(self, pack: list[RunSpec]) -> int:
-        """A pack's relative cost for ordering work: its runs, twice over for a strategy that
-        also steps through the source corpus."""
-        return len(pack) * (2 if get_strategy(self.entries[pack[0].strategy].name).needs_source
-                            else 1)
+        """A pack's relative cost for ordering work: its trained runs, twice over for a
+        strategy that also steps through the source corpus."""
+        runs = len({s.run for s in pack})
+        return runs * (2 if get_strategy(self.entries[pack[0].strategy].name).needs_source
+                       else 1)
 
     def schedule(self, packs: list[list[RunSpec]], slots: int) -> list[list[RunSpec]]:
         """The packs in the order ``slots`` parallel workers should take them (:func:`spread`);
-        on a GPU, where a pack fills the device, ordered but never split."""
-        return spread(packs, slots if self.device.type == "cpu" else 1, self.pack_cost)
+        on a GPU, where a pack fills the device, ordered but never split. A split keeps a run's
+        adaptation variants together."""
+        return spread(packs, slots if self.device.type == "cpu" else 1, self.pack_cost,
+                      unit=lambda spec: spec.run)
 
     def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
         """Train and evaluate one run (a pack of one)."""
@@ -221,9 +269,9 @@ class Experiment:
             return self.failed_records(specs, f"{type(err).__name__}: {err}",
                                        traceback.format_exc(limit=8), time.perf_counter() - t0)
         seconds = time.perf_counter() - t0
-        out = []
+        out, pack = [], len({s.run for s in specs})
         for spec, (error, result) in zip(specs, records, strict=True):
-            head = self._base(spec, len(specs))
+            head = self._base(spec, pack)
             out.append(RunRecord.failed(head, error, seconds=seconds, result=result) if error
                        else RunRecord.ok(head, result, seconds))
         return [rec.to_dict() for rec in out]
@@ -233,8 +281,8 @@ class Experiment:
         entry = self.entries[spec.strategy]
         split = self.split_of(spec)
         protocol = spec.protocol or self.recipe.protocol.name
-        return {"key": spec.key, "strategy": spec.strategy, "strategy_name": entry.name,
-                "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
+        return {"key": spec.key, "strategy": spec.row, "strategy_name": entry.name,
+                "adapt": spec.adapt, "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
                 "speaker_dependent": protocol in SPEAKER_DEPENDENT, "unit": self.target.unit,
                 "uses_source": get_strategy(entry.name).needs_source,
                 "labels": self.target.labels,
@@ -244,64 +292,134 @@ class Experiment:
     def failed_records(self, specs: list[RunSpec], error: str, tb: str = "",
                        seconds: float = 0.0) -> list[dict[str, Any]]:
         """Records of runs that failed (a raising pack, a lost worker)."""
-        return [RunRecord.failed(self._base(s, len(specs)), error, tb, seconds).to_dict()
-                for s in specs]
+        pack = len({s.run for s in specs})
+        return [RunRecord.failed(self._base(s, pack), error, tb, seconds).to_dict() for s in specs]
 
     def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
                         ) -> list[tuple[str, dict[str, Any]]]:
-        """Per run: (error or "", what it measured)."""
-        r, d = self.recipe, self._device_data()
-        dev = self.device
+        """Per spec: (error or "", what it measured). A run's test-time adaptation variants
+        share its training: each (protocol, fold, seed) trains once."""
+        r, dev = self.recipe, self.device
         torch.set_num_threads(self.threads)
-        splits = [self.split_of(s) for s in specs]
-        seeds = [s.seed for s in specs]
-        trains = [to_device(sp.train, dev) for sp in splits]
-        norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
-        target = DomainTensors(d["tx"], d["ty"], norms, trains,
-                               [to_device(sp.val, dev) for sp in splits])
-        source = None
-        if self.source is not None:
-            snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
-            source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+        runs = list({s.run: s for s in reversed(specs)}.values())[::-1]  # first spec per run
+        splits = [self.split_of(s) for s in runs]
+        seeds = [s.seed for s in runs]
+        target, norms = self._target_tensors(splits)
+        source = self._source_tensors()
         if cls.needs_source and source is None:
             raise UserError(f"strategy {entry.label} needs a source corpus")
         factory = make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)
         ctx = Context(factory, len(self.target.labels),
                       len(self.source.labels) if self.source else 0,
                       self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
+        if not r.target.labelled:
+            ctx = ctx.unlabelled()
         strategy = build_pack(cls, ctx, entry.options, seeds)
-        results = fit_runs(strategy, target, source, r.train, seeds, dev, on_epoch)
+        # a strategy with neither source batches nor phases never gets the source (source-free)
+        source_free = not (strategy.uses_source_batches or strategy.phases())
+        results = fit_runs(strategy, target, None if source_free else source, r.train, seeds,
+                           dev, on_epoch)
         tests = [to_device(sp.test, dev) for sp in splits]
         probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
-        gaps: list[dict | None] = [None] * len(specs)
+        gaps: list[dict | None] = [None] * len(runs)
         if source is not None and r.diagnostics.enabled:
-            gaps = self._gaps(strategy, source, target, tests, specs)
+            gaps = self._gaps(strategy, source, target, tests, runs)
+        scores: list[dict | None] = [None] * len(runs)
+        if not r.target.labelled and source is not None:
+            scores = self._selection_scores(strategy, target, source, splits)
         records = []
-        for k, (spec, split, result, prob) in enumerate(zip(specs, splits, results, probs,
-                                                            strict=True)):
+        for spec in specs:
+            k = next(i for i, run in enumerate(runs) if run.run == spec.run)
+            result, split = results[k], splits[k]
             if result.diverged:
                 records.append((f"FloatingPointError: training diverged (non-finite loss) at "
                                 f"epoch {result.epochs_run}",
                                 {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}))
                 continue
-            y_test, units = self.target.y[split.test], self.target.unit_ids[split.test]
-            metrics = evaluate(y_test, prob, units, self.target.positive_index, self.target.unit)
-            record: dict[str, Any] = {
-                "metrics": metrics,
-                "units": unit_outputs(y_test, prob, units, self.target.unit),  # for CIs and tests
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
-                "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
-                            for k2, v in row.items()} for row in result.curves],
-                "confusion": confusion(y_test, prob, len(self.target.labels)),
-            }
+            prob = (probs[k] if spec.adapt == "none"
+                    else self._adapted_probs(strategy, k, split, norms[k], spec))
+            record = self._record(result, split, prob)
+            record["source_free"] = source_free
             if gaps[k] is not None:
                 record["gap"] = gaps[k]
-            if r.export and spec.protocol in ("", r.protocol.name):  # not compared protocols
+            if scores[k] is not None and spec.adapt == "none":
+                record["selection"] = scores[k]
+            if (r.export and spec.protocol in ("", r.protocol.name)  # not compared protocols
+                    and spec.adapt == "none"):
                 record["_model"] = self._package(unpack_model(strategy, k), norms[k], spec,
-                                                 metrics)
+                                                 record["metrics"])
             records.append(("", record))
         return records
+
+    def _target_tensors(self, splits: list[Split]) -> tuple[DomainTensors, list[Standardizer]]:
+        """The target on the device for the runs of ``splits``; in the unlabelled mode its
+        labels are -1 (a loss that reads them fails loudly) and no validation labels exist."""
+        r, d, dev = self.recipe, self._device_data(), self.device
+        trains = [to_device(sp.train, dev) for sp in splits]
+        norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
+        if r.target.labelled:
+            return DomainTensors(d["tx"], d["ty"], norms, trains,
+                                 [to_device(sp.val, dev) for sp in splits]), norms
+        hidden = torch.full_like(d["ty"], -1)
+        return DomainTensors(d["tx"], hidden, norms, trains, None), norms
+
+    def _source_tensors(self) -> DomainTensors | None:
+        if self.source is None:
+            return None
+        r, d = self.recipe, self._device_data()
+        snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
+        return DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+
+    def _record(self, result, split: Split, prob: np.ndarray) -> dict[str, Any]:
+        """What a run measured on its test split, from its test probabilities."""
+        t = self.target
+        y_test, units = t.y[split.test], t.unit_ids[split.test]
+        metrics = evaluate(y_test, prob, units, t.positive_index, t.unit)
+        return {
+            "metrics": metrics,
+            "units": unit_outputs(y_test, prob, units, t.unit),  # for CIs and tests
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+            "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
+                        for k2, v in row.items()} for row in result.curves],
+            "confusion": confusion(y_test, prob, len(t.labels)),
+        }
+
+    def _adapted_probs(self, strategy, k: int, split: Split, norm: Standardizer,
+                       spec: RunSpec) -> np.ndarray:
+        """Test probabilities of run ``k`` after test-time adaptation to its test audio."""
+        from transfer.train.adapt import adapt_predict
+
+        ev, d = self.recipe.evaluate, self._device_data()
+        model = unpack_model(strategy, k).to(self.device)
+        x = norm(d["tx"][to_device(split.test, self.device)])  # (N, F, T), as in training
+        return adapt_predict(model, x, self.target.groups[split.test], spec.adapt, spec.per,
+                             ev.tent_steps, ev.tent_lr, ev.batch_size)
+
+    def _selection_scores(self, strategy, target: DomainTensors, source: DomainTensors,
+                          splits: list[Split]) -> list[dict[str, float]]:
+        """Per run, every label-free selection rule's score (:mod:`transfer.evaluate.selection`)
+        from the run's outputs on its target validation audio (labels unread) and on the
+        held-out source speakers; and, for the selection report only, the UAR on the target
+        validation labels (what a few target labels would give)."""
+        from transfer.evaluate.selection import label_free_scores, uar
+
+        dev, k = self.device, len(splits)
+        vals = [to_device(sp.val, dev) for sp in splits]
+        held = source.val[0]
+        src_k = source.for_runs(k)
+        p_t = predict_runs(strategy, target, vals, amp=self.recipe.train.amp)
+        p_s = predict_runs(strategy, src_k, [held] * k, amp=self.recipe.train.amp)
+        z_t = embed_runs(strategy, target, vals)
+        z_s = embed_runs(strategy, src_k, [held] * k)
+        y_s = source.y[held].cpu().numpy()
+        out = []
+        for j, sp in enumerate(splits):
+            scores = label_free_scores(p_t[j].cpu().numpy(), p_s[j].cpu().numpy(), y_s,
+                                       z_t[j].cpu().numpy(), z_s[j].cpu().numpy(), seed=sp.seed)
+            scores["target_val_uar"] = uar(self.target.y[sp.val], p_t[j].cpu().numpy())
+            out.append(scores)
+        return out
 
     def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
               tests: list, specs: list[RunSpec]) -> list[dict]:
@@ -369,11 +487,13 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def spread(packs: list[list], jobs: int, cost: Callable[[list], float] = len) -> list[list]:
+def spread(packs: list[list], jobs: int, cost: Callable[[list], float] = len,
+           unit: Callable[[Any], Any] | None = None) -> list[list]:
     """The packs in the order ``jobs`` workers should take them: costliest first (each worker
     takes the next when it is free), and the ``len(packs) % jobs`` cheapest split into ``jobs``
     parts each (as far as they have runs), so that the workers finish together instead of one
     training the last pack alone; a single pack on two cores runs as two halves at once.
+    ``unit``: items with the same ``unit(item)`` (consecutive in a pack) stay in one part.
 
     A run gives the same result in a pack of any size, so splitting changes no result; on a
     CPU a pack's throughput hardly depends on its size (2-core AMD EPYC, TIM-Net, fp32, one
@@ -385,7 +505,16 @@ def spread(packs: list[list], jobs: int, cost: Callable[[list], float] = len) ->
     if r == 0:
         return order
     whole, tail = order[:len(order) - r], order[len(order) - r:]
-    parts = [part for pack in tail for part in split_evenly(pack, min(jobs, len(pack)))]
+    parts = []
+    for pack in tail:
+        runs: list[list] = [[item] for item in pack]
+        if unit is not None:
+            grouped: dict[Any, list] = {}
+            for item in pack:
+                grouped.setdefault(unit(item), []).append(item)
+            runs = list(grouped.values())
+        parts += [[item for run in part for item in run]
+                  for part in split_evenly(runs, min(jobs, len(runs)))]
     return whole + sorted(parts, key=cost, reverse=True)
 
 

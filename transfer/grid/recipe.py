@@ -93,8 +93,9 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
         cls = get_strategy(name)
         try:
             opts = build_options(cls.Options, item, f"strategy '{label}'")
-        except OptionError as err:
-            raise UserError(str(err)) from None
+        except OptionError as err:  # a range check (validate) does not know the strategy
+            prefix = "" if str(err).startswith(f"strategy '{label}'") else f"strategy '{label}': "
+            raise UserError(prefix + str(err)) from None
         if label in labels:
             raise UserError(f"two strategies are labelled {label!r}: give one a 'label'")
         labels.add(label)
@@ -104,6 +105,9 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
 
 def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     """Validate a recipe already read from TOML."""
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, dict) and isinstance(evaluate.get("adapt"), str):
+        data = {**data, "evaluate": {**evaluate, "adapt": [evaluate["adapt"]]}}  # one variant
     recipe = _from_dict(Recipe, data, "")
     sources = data.get("source", [])
     if isinstance(sources, dict):
@@ -125,6 +129,7 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     if any(get_strategy(s.name).needs_source for s in recipe.strategies) and not recipe.source:
         needing = [s.label for s in recipe.strategies if get_strategy(s.name).needs_source]
         raise UserError(f"strategies {needing} need a [source] corpus")
+    _check_label_mode(recipe, data)
     try:
         import backbones
 
@@ -133,6 +138,31 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
         raise UserError(f"backbone.name: {err}") from None
     check_ranges(recipe)
     return recipe
+
+
+def _check_label_mode(recipe: Recipe, data: dict[str, Any]) -> None:
+    """The unlabelled mode (``[target] labelled = false``): a source to learn the classes from,
+    strategies that can run without target labels, and the last epoch kept (choosing an epoch
+    by the target's validation labels would read them). With a labelled target, strategies
+    that classify with the source's head are refused."""
+    from transfer.train.strategies import check_label_mode, get_strategy
+
+    for i, c in enumerate(recipe.source):
+        _require(c.labelled, f"source[{i}].labelled" if len(recipe.source) > 1
+                 else "source.labelled", "true (a source teaches with its labels)", c.labelled)
+    labelled = recipe.target.labelled
+    for entry in recipe.strategies:
+        check_label_mode(get_strategy(entry.name), labelled, entry.label)
+    if labelled:
+        return
+    if not recipe.source:
+        raise UserError("[target] labelled = false needs a [source] corpus whose classes the "
+                        "target shares (map them with label_map / keep)")
+    train = data.get("train")
+    given = train.get("select") if isinstance(train, dict) else None
+    _require(given in (None, "last"), "train.select", '"last" with [target] labelled = false',
+             given, "the other rules read the target's validation labels")
+    recipe.train.select = "last"
 
 
 def _require(ok: bool, key: str, rule: str, value: Any, hint: str = "") -> None:
@@ -206,6 +236,12 @@ def check_ranges(recipe: Recipe) -> None:
                  and abs(sum(p.split) - 1) <= 1e-6, "protocol.split",
                  "three shares > 0 (train, validation, test) that sum to 1", p.split)
     _at_least(recipe.diagnostics.max_samples, 2, "diagnostics.max_samples")
+    ev = recipe.evaluate
+    _require(bool(ev.adapt) and len(set(ev.adapt)) == len(ev.adapt), "evaluate.adapt",
+             'distinct values of "none", "adabn", "tent" (at least one)', ev.adapt)
+    _at_least(ev.tent_steps, 1, "evaluate.tent_steps")
+    _above(ev.tent_lr, 0, "evaluate.tent_lr")
+    _at_least(ev.batch_size, 1, "evaluate.batch_size")
 
 
 def _parse_value(text: str) -> Any:

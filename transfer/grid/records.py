@@ -53,7 +53,7 @@ class RunRecord:
     """
 
     key: str
-    strategy: str  # the strategy entry's label
+    strategy: str  # the table row: the strategy entry's label (+ its test-time adaptation)
     strategy_name: str
     fold: int
     seed: int
@@ -64,6 +64,7 @@ class RunRecord:
     labels: list[str]
     sizes: dict[str, int]
     pack: int  # runs trained together as one model
+    adapt: str = "none"  # test-time adaptation before testing (evaluate.adapt)
     status: str = "ok"  # "ok" | "failed"
     error: str = ""
     traceback: str = ""

@@ -62,9 +62,15 @@ def unit_of(records: list[dict]) -> str:
 
 
 def reference_label(records: list[dict], order: list[str]) -> str | None:
-    """The row every other strategy is tested against: the first ``scratch`` entry."""
-    names = {r["strategy"]: r.get("strategy_name", r["strategy"]) for r in records}
-    return next((label for label in order if names.get(label) == "scratch"), None)
+    """The row every other strategy is tested against: the first ``scratch`` entry, else (an
+    unlabelled target) the first ``source_only`` entry, the unadapted source model."""
+    kinds = {r["strategy"]: (r.get("strategy_name", r["strategy"]), r.get("adapt", "none"))
+             for r in records}  # a test-time adapted row is no reference
+    for reference in ("scratch", "source_only"):
+        label = next((label for label in order if kinds.get(label) == (reference, "none")), None)
+        if label is not None:
+            return label
+    return None
 
 
 def build_table(records: list[dict], order: list[str] | None = None,
@@ -341,6 +347,11 @@ def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: 
         text += ("\nThe same strategies under " + ", ".join(
             f"`{p}`" for p in dict.fromkeys(leak["compared_protocol"]))
             + ": see leak.md.\n")
+    from transfer.report.selection import write_selection
+
+    if write_selection(out_dir, [r for r in latest(records) if r.get("protocol", protocol)
+                                 == protocol], order):
+        text += "\nLabel-free model selection, each rule's regret: see selection.md.\n"
     atomic_write_text(out_dir / "table.md", text)
     if plots:
         from transfer.report.plots import write_plots
