@@ -112,3 +112,29 @@ def tiny_recipe(path: Path, strategies: list[str], name: str = "tiny", extra: st
     blocks = "\n".join(f'[[strategies]]\nname = "{s}"\n' for s in strategies)
     path.write_text(TINY_RECIPE.format(name=name, strategies=blocks) + extra)
     return path
+
+
+UNLABELLED_TARGET = """
+[target]
+corpus = "emodb"
+synthetic = "tiny"
+labelled = false
+label_map = {{ anger = "angry", happiness = "happy", sadness = "sad" }}
+keep = {emotions}
+segments = {{ seconds = 2.0, mode = "pad" }}
+"""
+
+
+def tiny_unlabelled_recipe(path: Path, strategies: list[str], name: str = "tiny",
+                           extra: str = "") -> Path:
+    """The tiny recipe with the same-label-space pair: the synthetic CASIA-like source (its
+    five emotions shared with EmoDB) and an unlabelled synthetic EmoDB-like target."""
+    emotions = '["angry", "fear", "happy", "neutral", "sad"]'
+    text = TINY_RECIPE.format(name=name, strategies="\n".join(
+        f'[[strategies]]\nname = "{s}"\n' for s in strategies))
+    head, rest = text.split("[target]", 1)
+    rest = rest.split("[backbone]", 1)[1]
+    source = head.replace('synthetic = "tiny"\n', f'synthetic = "tiny"\nkeep = {emotions}\n', 1)
+    path.write_text(source + UNLABELLED_TARGET.format(emotions=emotions).lstrip("\n")
+                    + "[backbone]" + rest + extra)
+    return path

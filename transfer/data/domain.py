@@ -117,6 +117,17 @@ def check_per_speaker(unit: str, what: str, corpus: str = "the target") -> None:
                         "adapt per fold (a new site) instead")
 
 
+def _normalized(x: np.ndarray, groups: np.ndarray, normalize: str, unit: str, corpus: str
+                ) -> np.ndarray:
+    """``x`` as ``features.normalize`` asks before training: z-scored per speaker for
+    ``speaker`` (where the label does not belong to the subject); else as it is (``corpus``
+    standardises per run, by the training segments' statistics)."""
+    if normalize != "speaker":
+        return x
+    check_per_speaker(unit, 'features.normalize = "speaker"', corpus)
+    return speaker_zscores(x, groups)
+
+
 def speaker_zscores(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Every speaker's features z-scored by that speaker's own mean and standard deviation per
     feature, over its segments and frames (speaker normalisation; no labels read).
@@ -233,9 +244,7 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
         from transfer.data.ssl import stacked_layers
 
         stacked = stacked_layers(spec)
-    if features.normalize == "speaker":
-        check_per_speaker(unit, "features.normalize = \"speaker\"", "+".join(names))
-        x = speaker_zscores(x, groups)
+    x = _normalized(x, groups, features.normalize, unit, "+".join(names))
     return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units,
                   stacked)
 

@@ -303,9 +303,49 @@ class Experiment:
         torch.set_num_threads(self.threads)
         runs = list({s.run: s for s in reversed(specs)}.values())[::-1]  # first spec per run
         splits = [self.split_of(s) for s in runs]
-        seeds = [s.seed for s in runs]
         target, norms = self._target_tensors(splits)
         source = self._source_tensors()
+        strategy, results, source_free = self._fit(entry, cls, target, source, runs, on_epoch)
+        tests = [to_device(sp.test, dev) for sp in splits]
+        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
+        extra: list[dict[str, Any]] = [{"source_free": source_free} for _ in runs]
+        if source is not None and r.diagnostics.enabled:
+            for k, gap in enumerate(self._gaps(strategy, source, target, tests, runs)):
+                extra[k]["gap"] = gap
+        if not r.target.labelled and source is not None:
+            for k, scores in enumerate(self._selection_scores(strategy, target, source, splits)):
+                extra[k]["selection"] = scores
+        index = {run.run: k for k, run in enumerate(runs)}
+        return [self._spec_record(strategy, spec, index[spec.run], splits[index[spec.run]],
+                                  norms[index[spec.run]], results[index[spec.run]],
+                                  probs[index[spec.run]], extra[index[spec.run]])
+                for spec in specs]
+
+    def _spec_record(self, strategy, spec: RunSpec, k: int, split: Split, norm: Standardizer,
+                     result, prob: np.ndarray, extra: dict[str, Any]
+                     ) -> tuple[str, dict[str, Any]]:
+        """(error or "", what ``spec`` measured) for run ``k`` of the trained pack; ``prob``:
+        its test probabilities as trained (a test-time adaptation variant adapts first)."""
+        r = self.recipe
+        if result.diverged:
+            return (f"FloatingPointError: training diverged (non-finite loss) at epoch "
+                    f"{result.epochs_run}",
+                    {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+        if spec.adapt != "none":  # the selection scores are the trained model's, not this one's
+            prob = self._adapted_probs(strategy, k, split, norm, spec)
+            extra = {key: v for key, v in extra.items() if key != "selection"}
+        record = {**self._record(result, split, prob), **extra}
+        if r.export and spec.protocol in ("", r.protocol.name) and spec.adapt == "none":
+            record["_model"] = self._package(unpack_model(strategy, k), norm, spec,
+                                             record["metrics"])  # the model as trained
+        return "", record
+
+    def _fit(self, entry: StrategyEntry, cls, target: DomainTensors,
+             source: DomainTensors | None, runs: list[RunSpec], on_epoch):
+        """Build the pack of ``runs`` and train it: (strategy, results, source_free). A
+        strategy with neither source batches nor phases is trained without the source at all
+        (source-free: the engine gets none)."""
+        r = self.recipe
         if cls.needs_source and source is None:
             raise UserError(f"strategy {entry.label} needs a source corpus")
         factory = make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)
@@ -314,42 +354,12 @@ class Experiment:
                       self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
         if not r.target.labelled:
             ctx = ctx.unlabelled()
+        seeds = [s.seed for s in runs]
         strategy = build_pack(cls, ctx, entry.options, seeds)
-        # a strategy with neither source batches nor phases never gets the source (source-free)
         source_free = not (strategy.uses_source_batches or strategy.phases())
         results = fit_runs(strategy, target, None if source_free else source, r.train, seeds,
-                           dev, on_epoch)
-        tests = [to_device(sp.test, dev) for sp in splits]
-        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
-        gaps: list[dict | None] = [None] * len(runs)
-        if source is not None and r.diagnostics.enabled:
-            gaps = self._gaps(strategy, source, target, tests, runs)
-        scores: list[dict | None] = [None] * len(runs)
-        if not r.target.labelled and source is not None:
-            scores = self._selection_scores(strategy, target, source, splits)
-        records = []
-        for spec in specs:
-            k = next(i for i, run in enumerate(runs) if run.run == spec.run)
-            result, split = results[k], splits[k]
-            if result.diverged:
-                records.append((f"FloatingPointError: training diverged (non-finite loss) at "
-                                f"epoch {result.epochs_run}",
-                                {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}))
-                continue
-            prob = (probs[k] if spec.adapt == "none"
-                    else self._adapted_probs(strategy, k, split, norms[k], spec))
-            record = self._record(result, split, prob)
-            record["source_free"] = source_free
-            if gaps[k] is not None:
-                record["gap"] = gaps[k]
-            if scores[k] is not None and spec.adapt == "none":
-                record["selection"] = scores[k]
-            if (r.export and spec.protocol in ("", r.protocol.name)  # not compared protocols
-                    and spec.adapt == "none"):
-                record["_model"] = self._package(unpack_model(strategy, k), norms[k], spec,
-                                                 record["metrics"])
-            records.append(("", record))
-        return records
+                           self.device, on_epoch)
+        return strategy, results, source_free
 
     def _target_tensors(self, splits: list[Split]) -> tuple[DomainTensors, list[Standardizer]]:
         """The target on the device for the runs of ``splits``; in the unlabelled mode its

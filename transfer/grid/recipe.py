@@ -105,9 +105,7 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
 
 def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     """Validate a recipe already read from TOML."""
-    evaluate = data.get("evaluate")
-    if isinstance(evaluate, dict) and isinstance(evaluate.get("adapt"), str):
-        data = {**data, "evaluate": {**evaluate, "adapt": [evaluate["adapt"]]}}  # one variant
+    data = _one_adapt_as_list(data)
     recipe = _from_dict(Recipe, data, "")
     sources = data.get("source", [])
     if isinstance(sources, dict):
@@ -138,6 +136,14 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
         raise UserError(f"backbone.name: {err}") from None
     check_ranges(recipe)
     return recipe
+
+
+def _one_adapt_as_list(data: dict[str, Any]) -> dict[str, Any]:
+    """``evaluate.adapt = "tent"`` means ``["tent"]``."""
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, dict) and isinstance(evaluate.get("adapt"), str):
+        return {**data, "evaluate": {**evaluate, "adapt": [evaluate["adapt"]]}}
+    return data
 
 
 def _check_label_mode(recipe: Recipe, data: dict[str, Any]) -> None:
