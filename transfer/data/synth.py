@@ -526,19 +526,22 @@ class SiteShift:
     Channel shift (the site, every recording):
         band_hz: low-pass edge (4th-order Butterworth).
         level_db: level change of the site.
+        tilt: the coefficient c of the site's first-order spectral tilt 1 - c z^-1 (c < 0: a
+            darker microphone; added to each speaker's own c).
         snr_db: noise floor below the speech of an average speaker at the site's level, in dB.
     Per-speaker offsets (each speaker's microphone and distance; constant within a speaker,
     unrelated to the emotions):
         speaker_gain_sd_db: standard deviation of a speaker's level offset, in dB.
-        speaker_tilt_sd: standard deviation of the coefficient c of a speaker's first-order
-            spectral tilt 1 - c z^-1 (c > 0 brighter, c < 0 darker), clipped to +-0.9.
+        speaker_tilt_sd: standard deviation of a speaker's offset to the site's tilt
+            coefficient c (c > 0 brighter, c < 0 darker; the sum clipped to +-0.9).
     """
 
     band_hz: float = 3400.0
     level_db: float = -6.0
+    tilt: float = -0.5
     snr_db: float = 30.0
-    speaker_gain_sd_db: float = 6.0
-    speaker_tilt_sd: float = 0.4
+    speaker_gain_sd_db: float = 8.0
+    speaker_tilt_sd: float = 0.5
 
 
 def _channel_site(rng: np.random.Generator, x: np.ndarray, shift: SiteShift, gain_db: float,
@@ -573,7 +576,7 @@ def make_emodb(out: str | Path, size: Size = "small", seed: int = 0,
         spk = _speaker(srng.random(VOICE_PARAMS), female, f)
         tract = spk["tract"] * spk["formants"]
         gain_db = float(srng.normal(0, shift.speaker_gain_sd_db))
-        tilt = float(np.clip(srng.normal(0, shift.speaker_tilt_sd), -0.9, 0.9))
+        tilt = float(np.clip(shift.tilt + srng.normal(0, shift.speaker_tilt_sd), -0.9, 0.9))
         for e_idx, (emotion, (letter, _)) in enumerate(EMODB_SHARED.items()):
             for t_idx in range(cfg["texts"]):
                 text = EMODB_TEXTS[t_idx % len(EMODB_TEXTS)]
@@ -616,13 +619,14 @@ def describe_emodb(size: Size, seed: int, factors: Factors | None = None,
         "boredom (`L`) and disgust (`E`) are not generated. Map them onto the source with "
         "`label_map = { anger = \"angry\", happiness = \"happy\", sadness = \"sad\" }`.", "",
         "## What differs from the source, and by how much", "",
-        f"1. **Channel shift** (every recording): low-passed at {shift.band_hz:g} Hz, level "
-        f"{shift.level_db:+g} dB, noise floor {shift.snr_db:g} dB below speech (the source: "
-        f"clean wideband, noise {SOURCE_SNR_DB:g} dB below).",
+        f"1. **Channel shift** (every recording): spectral tilt 1 - c z^-1 with c = "
+        f"{shift.tilt:+g}, low-passed at {shift.band_hz:g} Hz, level {shift.level_db:+g} dB, "
+        f"noise floor {shift.snr_db:g} dB below speech (the source: clean wideband, noise "
+        f"{SOURCE_SNR_DB:g} dB below).",
         f"2. **Per-speaker offsets**: each speaker's level offset drawn with sd "
-        f"{shift.speaker_gain_sd_db:g} dB and spectral tilt 1 - c z^-1 with c drawn with sd "
-        f"{shift.speaker_tilt_sd:g} (clipped to +-0.9); constant within a speaker, unrelated to "
-        "the emotions. `latents.csv` lists every file's speaker offsets and arousal.",
+        f"{shift.speaker_gain_sd_db:g} dB and an offset to the tilt's c drawn with sd "
+        f"{shift.speaker_tilt_sd:g} (c clipped to +-0.9); constant within a speaker, unrelated "
+        "to the emotions. `latents.csv` lists every file's speaker level offset and tilt c.",
         "3. **Prosody and identity** as in the source: per unit of low arousal `a`, F0 "
         f"{f.f0_st:+g} semitones, rate x{np.exp(f.rate_log):.2f}, energy {f.energy_db:+g} dB; "
         f"`a` per emotion {', '.join(f'{e} {a:+g}' for e, a in f.emotion_arousal)}.", "",

@@ -86,6 +86,8 @@ def tent(model: nn.Module, x: Tensor, steps: int = 10, lr: float = 1e-3, batch: 
 
     Shape: x (N, F, T).
     """
+    from transfer.train.engine import FlatParams, PackedOptimizer
+
     adapted = adabn(model, x, batch)
     layers = batchnorm_layers(adapted)
     for p in adapted.parameters():
@@ -93,16 +95,19 @@ def tent(model: nn.Module, x: Tensor, steps: int = 10, lr: float = 1e-3, batch: 
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
+    # the engine's Adam (torch.optim's first step would import torch._dynamo: seconds)
+    flat = FlatParams(adapted, 1)
+    opt = PackedOptimizer(flat, [{"params": params}], "adam", lr)
+    active = torch.ones(1, dtype=torch.bool, device=x.device)
     chunks = x.split(batch)
     for m in layers:
         m.train()  # batch statistics, as TENT; dropout stays off
     for step in range(steps):
         p = torch.softmax(adapted(chunks[step % len(chunks)]).float(), -1)  # (B, C)
         loss = -(p * torch.log(p.clamp_min(1e-8))).sum(-1).mean()
-        opt.zero_grad()
+        flat.grad.zero_()
         loss.backward()
-        opt.step()
+        opt.step(active)
     for p in params:
         p.requires_grad_(False)
     return adabn(adapted.eval(), x, batch)
