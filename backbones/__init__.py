@@ -25,8 +25,6 @@ from backbones.registry import (
     Backbone,
     OptionError,
     _check_name,
-    _describe,
-    _type_ok,
     build_options,
     create,
     names,
@@ -40,5 +38,5 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name != "registry":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["Backbone", "OptionError", "_check_name", "_describe", "_type_ok", "build_options", "create",
+__all__ = ["Backbone", "OptionError", "_check_name", "build_options", "create",
            "names", "options_of", "packable", "register"]

@@ -1,24 +1,21 @@
-"""The backbone registry: names -> (class, options dataclass), and typed option checking.
+"""The backbone registry: names -> (class, options dataclass).
 
+Options are checked by :mod:`transfer.common.options` (types, declared ranges, ``validate()``).
 Backbone files import :func:`register` and :class:`OptionError` from here;
 :mod:`backbones` re-exports everything and imports the backbone files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from transfer.common.options import OptionError, build
+
 _REGISTRY: dict[str, tuple[type, type]] = {}
-
-
-class OptionError(ValueError):
-    """An unknown option or a value of the wrong type."""
 
 
 def register(name: str, options: type) -> Callable[[type], type]:
@@ -53,51 +50,10 @@ def _check_name(name: str) -> None:
         raise OptionError(f"unknown backbone {name!r}; available: {', '.join(names())}")
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if origin is list:
-        (inner,) = typing.get_args(hint) or (typing.Any,)
-        return isinstance(value, list) and (inner is typing.Any
-                                            or all(_type_ok(v, inner) for v in value))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is type(None):
-        return value is None
-    return isinstance(value, hint)
-
-
 def build_options(cls: type, values: dict[str, Any], what: str) -> Any:
-    """Validate ``values`` against the dataclass ``cls`` and build it."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise OptionError(f"{what}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
-    for key, value in values.items():
-        if not _type_ok(value, hints[key]):
-            raise OptionError(f"{what}: option {key!r} must be {_describe(hints[key])}, "
-                              f"got {value!r}")
-    opts = cls(**{k: (float(v) if hints[k] is float else v) for k, v in values.items()})
-    check = getattr(opts, "validate", None)
-    if check:
-        check()
-    return opts
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is list:
-        return "a list of " + " or ".join(_describe(h) for h in typing.get_args(hint))
-    return getattr(hint, "__name__", str(hint))
+    """Validate ``values`` against the options dataclass ``cls`` (types, declared ranges, its
+    ``validate()``) and build it; ``what`` names the owner in errors."""
+    return build(cls, values, what)
 
 
 @typing.runtime_checkable

@@ -85,7 +85,7 @@ class LayerWeightedSum(nn.Module):
 def validate(opts: Any) -> None:
     """``layer_weights`` must be 0 or divide ``in_features``."""
     n = opts.layer_weights
-    if n < 0 or (n and opts.in_features % n):
+    if n and opts.in_features % n:
         raise OptionError(f"layer_weights ({n}) must be 0 or divide in_features "
                           f"({opts.in_features}): the features stack layer_weights layers")
 
@@ -101,6 +101,7 @@ def make_stem(make: Callable[[Any], nn.Module], opts: Any, runs: int = 1) -> nn.
 
     Shape: (K, B, F, T) in, whatever ``make``'s stem gives out.
     """
+    validate(opts)
     stem = make(per_layer(opts))
     return nn.Sequential(LayerWeightedSum(runs, opts.layer_weights), stem) \
         if opts.layer_weights else stem

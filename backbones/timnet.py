@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from backbones import ssl_front
 from backbones.layers import RunBatchNorm, RunDropout, RunLinear, RunModule, TemporalConv, gate_mean
 from backbones.registry import OptionError, register
+from transfer.common.options import opt
 
 
 @dataclass
@@ -64,32 +65,30 @@ class TimNetOptions:
             ``general``; set automatically with features.kind = "ssl", layers = "all". 0 = off.
     """
 
-    in_features: int = 39
-    num_classes: int = 2
-    filters: int = 39
-    blocks: int = 8
-    kernel_size: int = 2
-    dropout: float = 0.1
-    split: int = 3
+    in_features: int = opt(39, ge=1)
+    num_classes: int = opt(2, ge=1)
+    filters: int = opt(39, ge=1)
+    blocks: int = opt(8, ge=1)
+    kernel_size: int = opt(2, ge=1)
+    dropout: float = opt(0.1, ge=0, lt=1, per_run=False)
+    split: int = opt(3, ge=0)
     residual: Literal["mul", "add"] = "mul"
     stem: Literal["none", "bn", "bn_relu"] = "none"
     fusion: Literal["weight", "diff"] = "weight"
     attention: Literal["none", "mha"] = "none"
-    d_model: int = 128
-    heads: int = 4
-    bn_momentum: float = 0.1
-    layer_weights: int = 0
+    d_model: int = opt(128, ge=1)
+    heads: int = opt(4, ge=1)
+    # 0 would freeze the running statistics at their start (mean 0, variance 1), 1 keeps only
+    # the last batch's: evaluation then normalises by something the training never used.
+    bn_momentum: float = opt(0.1, gt=0, lt=1, per_run=False)
+    layer_weights: int = opt(0, ge=0)
 
     def validate(self) -> None:
-        ssl_front.validate(self)
-        if not 0 <= self.split <= self.blocks:
+        """Cross-field rules the user's options decide (the single-field ranges are declared
+        above; whether ``layer_weights`` divides the data's ``in_features`` is checked when the
+        model is built)."""
+        if self.split > self.blocks:
             raise OptionError(f"split must be between 0 and blocks={self.blocks}, got {self.split}")
-        if self.blocks < 1 or self.filters < 1 or self.in_features < 1 or self.num_classes < 1:
-            raise OptionError("blocks, filters, in_features and num_classes must be positive")
-        if self.kernel_size < 1:
-            raise OptionError(f"kernel_size must be at least 1, got {self.kernel_size}")
-        if not 0 <= self.dropout < 1:
-            raise OptionError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention == "mha" and self.d_model % self.heads:
             raise OptionError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
 
@@ -258,7 +257,7 @@ class TimNet(nn.Module):
         c, k = opts.filters, opts.split
         blocks = [TemporalAwareBlock(runs, c, 2 ** i, opts) for i in range(opts.blocks)]
         self.general = nn.ModuleDict({
-            "stem": ssl_front.make_stem(self._make_stem, opts, runs),  # = _make_stem by default
+            "stem": ssl_front.make_stem(self._make_stem, opts, runs),  # checks layer_weights
             "inputs": InputConv(runs, self._stem_features(ssl_front.per_layer(opts)), c),
             "blocks": nn.ModuleList(blocks[:k]),
         })

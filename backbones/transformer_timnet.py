@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from backbones.registry import OptionError, register
 from backbones.timnet import TimNet, TimNetOptions
+from transfer.common.options import opt
 
 
 @dataclass
@@ -28,11 +29,11 @@ class TransformerTimNetOptions(TimNetOptions):
         tf_layers, tf_heads, tf_ff, tf_dropout: encoder depth, heads, feed-forward width, dropout.
     """
 
-    tf_dim: int = 64
-    tf_layers: int = 2
-    tf_heads: int = 4
-    tf_ff: int = 128
-    tf_dropout: float = 0.1
+    tf_dim: int = opt(64, ge=1)
+    tf_layers: int = opt(2, ge=1)
+    tf_heads: int = opt(4, ge=1)
+    tf_ff: int = opt(128, ge=1)
+    tf_dropout: float = opt(0.1, ge=0, lt=1, per_run=False)
 
     def validate(self) -> None:
         super().validate()

@@ -56,7 +56,7 @@ def test_unknown_option_names_allowed_ones():
         backbones.create("timnet", filterz=3)
     with pytest.raises(backbones.OptionError, match="must be one of 'mul', 'add'"):
         backbones.create("timnet", residual="plus")
-    with pytest.raises(backbones.OptionError, match="must be int"):
+    with pytest.raises(backbones.OptionError, match="must be an integer"):
         backbones.create("timnet", filters=3.5)
     with pytest.raises(backbones.OptionError, match="unknown backbone"):
         backbones.create("resnet")

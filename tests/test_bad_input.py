@@ -26,7 +26,7 @@ from transfer.data.synth import make
 from transfer.evaluate.protocols import make_splits
 from transfer.grid.recipe import apply_set, parse_recipe
 from transfer.grid.records import read_records
-from transfer.train.engine import pick_device
+from transfer.train.device import pick_device
 
 
 @pytest.fixture(autouse=True)
@@ -287,7 +287,7 @@ BASE = {"target": {"corpus": "modma"}, "strategies": [{"name": "scratch"}]}
     ("jobs=-2", r"'jobs' must be >= 0"),
     ("features.hop=0", r"'features\.hop' must be >= 1"),
     ("diagnostics.max_samples=1", r"'diagnostics\.max_samples' must be >= 2"),
-    ("target.label_map.a=1", r"'target\.label_map\.a' must be str, got 1"),
+    ("target.label_map.a=1", r"'target\.label_map\.a' must be a string, got 1"),
 ])
 def test_numeric_recipe_values_are_range_checked_at_load(assignment, message):
     data = json.loads(json.dumps(BASE))

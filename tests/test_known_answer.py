@@ -32,8 +32,10 @@ import backbones
 from transfer.common.config import CorpusConfig, FeaturesConfig, SegmentsConfig, TrainConfig
 from transfer.data import Domain, load_domain, synth
 from transfer.evaluate.diagnostics import domain_gap
-from transfer.train.engine import DomainTensors, Standardizer, embed, fit
+from transfer.train.engine import fit
+from transfer.train.infer import embed
 from transfer.train.strategies import Context, get_strategy
+from transfer.train.tensors import DomainTensors, Standardizer
 
 # Under 64 files per corpus after `keep`, so features are extracted in-process (no workers).
 SOURCE_SIZE = {"speakers": 4, "texts": 4, "seconds": (2.0, 2.5)}

@@ -39,15 +39,11 @@ from transfer.common.config import CorpusConfig, FeaturesConfig, SegmentsConfig,
 from transfer.data import Domain, load_domain, synth
 from transfer.train.adapt import adapt_predict
 from transfer.train.alignment import coral_loss
-from transfer.train.engine import (
-    DomainTensors,
-    Standardizer,
-    embed,
-    fit,
-    predict_proba,
-    unpack_model,
-)
+from transfer.train.engine import fit
+from transfer.train.infer import embed, predict_proba
+from transfer.train.packs import unpack_model
 from transfer.train.strategies import Context, get_strategy
+from transfer.train.tensors import DomainTensors, Standardizer
 
 # Under 64 files per corpus after `keep`, so features are extracted in-process (no workers).
 SOURCE_SIZE = {"speakers": 4, "texts": 4, "seconds": (2.0, 2.5)}

@@ -29,7 +29,7 @@ def test_unknown_key_names_key_and_allowed():
 
 
 def test_wrong_type_names_key():
-    with pytest.raises(UserError, match=r"'train\.epochs' must be int, got 'ten'"):
+    with pytest.raises(UserError, match=r"'train\.epochs' must be an integer, got 'ten'"):
         parse_recipe({**BASE, "train": {"epochs": "ten"}})
     with pytest.raises(UserError, match=r"'protocol\.name' must be one of 'subject-kfold'"):
         parse_recipe({**BASE, "protocol": {"name": "random"}})

@@ -228,7 +228,8 @@ def test_schedule_weighs_source_strategies_double_and_never_splits_on_a_gpu():
     assert Experiment.pack_cost(fake, runs) == 3 and Experiment.pack_cost(fake, ddg) == 4
     for device, order in [("cuda", ["dd", "sss"]), ("cpu", ["d", "d", "s", "s", "s"])]:
         exp = SimpleNamespace(device=torch.device(device),
-                              pack_cost=lambda p: Experiment.pack_cost(fake, p))
+                              pack_cost=lambda p: Experiment.pack_cost(fake, p),
+                              unit_of=lambda spec: spec)
         packs = Experiment.schedule(exp, [runs, ddg], 3)  # the ddg pack costs more: first
         assert ["".join(r.strategy for r in p) for p in packs] == order
 

@@ -7,17 +7,13 @@ import torch
 
 import backbones
 from transfer.common.config import TrainConfig
-from transfer.train.engine import (
-    DomainTensors,
-    Standardizer,
-    build_pack,
-    fit,
-    fit_runs,
-    predict_runs,
-)
+from transfer.train.engine import fit, fit_runs
+from transfer.train.infer import predict_runs
+from transfer.train.packs import build_pack
 from transfer.train.strategies import Context, get_strategy
 from transfer.train.strategies import names as strategy_names
 from transfer.train.strategies.scratch import Scratch, ScratchOptions
+from transfer.train.tensors import DomainTensors, Standardizer
 
 
 def _domains(seed: int, n: int = 300, f: int = 8, t: int = 40, strength: float = 1.0):

@@ -1,7 +1,8 @@
 """Benchmarks: feature extraction, training throughput, grid wall time, fraction of peak.
 
 ``python -m transfer.bench [--quick] [--json] [--device cpu|cuda] [--fp32] [--pack K]
-[--grid-epochs E] [--grid-runs N] [--compile] [--jobs N] [--skip features train grid]``
+[--grid-epochs E] [--grid-runs N] [--compile] [--jobs N] [--sweep-draws D] [--sweep-epochs E]
+[--skip features train grid sweep]``
 
 Writes ``results/bench/<timestamp>.json`` and ``.md`` (after every section, with
 ``"partial": true`` until the bench has finished) and prints a summary:
@@ -18,8 +19,11 @@ Writes ``results/bench/<timestamp>.json`` and ``.md`` (after every section, with
   or in ``--quick`` mode a reduced grid that the output states; ``--grid-epochs E`` times E
   epochs of every pack, ``--grid-runs N`` the first N runs of every strategy, and the result
   is extrapolated (stated in the output);
+- a sweep of one strategy (``--sweep-draws`` draws x folds): packed vs the same runs one by
+  one, in draws trained per hour, and what successive halving saves and how often it stops
+  the draw that full training selects;
 - achieved fraction of the device's peak: model FLOPs per segment x segments per second /
-  the peak FLOP/s assumed for the device (stated).
+  the peak FLOP/s of the device (stated; on a CPU from the instruction sets it reports).
 """
 
 from __future__ import annotations
@@ -46,23 +50,51 @@ PEAKS = {  # dense peak FLOP/s assumed per device kind (stated in the output)
 }
 
 
-def cpu_peak() -> tuple[float, str]:
-    """fp32 FMA peak: cores x GHz x FLOPs/cycle (32 with two 256-bit FMA pipes)."""
-    cores = os.cpu_count() or 1
-    ghz = 3.0
+def cpu_flops_per_cycle(flags: set[str], bf16: bool = False) -> tuple[int, str]:
+    """Peak FLOPs per cycle and core from the instruction sets the CPU reports (two FMA pipes
+    assumed, as on current server cores): fp32 64 with AVX-512, 32 with AVX2 + FMA, 16 with
+    AVX, 8 with SSE; with ``bf16``, 1024 with AMX-BF16 tiles and 128 with AVX512-BF16 dot
+    products (else the fp32 figure: bf16 then runs no faster)."""
+    if bf16 and "amx_bf16" in flags:
+        return 1024, "AMX-BF16"
+    if bf16 and "avx512_bf16" in flags:
+        return 128, "AVX512-BF16"
+    if "avx512f" in flags:
+        return 64, "AVX-512 FMA"
+    if "avx2" in flags and "fma" in flags:
+        return 32, "AVX2 FMA"
+    if "avx" in flags:
+        return 16, "AVX"
+    return 8, "SSE"
+
+
+def _cpuinfo() -> tuple[float, set[str]]:
+    ghz, flags = 3.0, set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
+            if line.startswith("cpu MHz") and ghz == 3.0:
                 ghz = float(line.split(":")[1]) / 1000
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return cores * ghz * 1e9 * 32, f"{cores} cores x {ghz:.2f} GHz x 32 fp32 FLOP/cycle (FMA)"
+    return ghz, flags
+
+
+def cpu_peak(bf16: bool = False) -> tuple[float, str]:
+    """The CPU's dense peak FLOP/s: cores x GHz x FLOPs per cycle (:func:`cpu_flops_per_cycle`,
+    fp32, or bf16 where the run used bf16)."""
+    cores = os.cpu_count() or 1
+    ghz, flags = _cpuinfo()
+    per_cycle, isa = cpu_flops_per_cycle(flags, bf16)
+    kind = "bf16" if bf16 and per_cycle > 64 else "fp32"
+    return (cores * ghz * 1e9 * per_cycle,
+            f"{cores} cores x {ghz:.2f} GHz x {per_cycle} {kind} FLOP/cycle ({isa})")
 
 
 def cpu_model() -> str:
     """The CPU's model name and whether it has native bf16 (cpuinfo)."""
-    from transfer.train.engine import cpu_has_native_bf16
+    from transfer.train.device import cpu_has_native_bf16
 
     name = "cpu"
     try:
@@ -76,14 +108,15 @@ def cpu_model() -> str:
     return f"{name} ({os.cpu_count()} cores, {bf16})"
 
 
-def device_peak(device: torch.device) -> tuple[float, str]:
+def device_peak(device: torch.device, bf16: bool = False) -> tuple[float, str]:
+    """The peak FLOP/s the fraction of peak is taken against (stated in the output)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, value in PEAKS.items():
             if key in name:
                 return value
         return 989e12, f"{name}: assumed 989 TFLOP/s bf16 (H100-class)"
-    return cpu_peak()
+    return cpu_peak(bf16)
 
 
 def _sync(device: torch.device) -> None:
@@ -164,9 +197,11 @@ def engine_loop(x: torch.Tensor, y: torch.Tensor, device: torch.device, epochs: 
     64 each): features resident on the device, batches by index, no per-step sync, the step
     captured in a CUDA graph on CUDA. Returns segment-steps per second summed over runs."""
     from transfer.common.config import TrainConfig
-    from transfer.train.engine import DomainTensors, Standardizer, build_pack, fit_runs
+    from transfer.train.engine import fit_runs
+    from transfer.train.packs import build_pack
     from transfer.train.strategies import Context
     from transfer.train.strategies.scratch import Scratch, ScratchOptions
+    from transfer.train.tensors import DomainTensors, Standardizer
 
     xd, yd = x.to(device), y.to(device)
     idx = torch.arange(len(y), device=device)
@@ -253,9 +288,10 @@ def bench_training(device: torch.device, n: int, epochs: int, pack: int, compile
                     engine_workers(x, y, epochs, pack, workers, amp))
     ref, one, packed = max(refs), max(ones), max(packs)
     flops = flops_per_segment(device)
-    peak, peak_note = device_peak(device)
     from backbones import kernels
-    from transfer.train.engine import amp_enabled
+    from transfer.train.device import amp_enabled
+
+    peak, peak_note = device_peak(device, bf16=amp_enabled(device, amp))
 
     return {"train_segments": n, "train_epochs_timed": epochs,
             "precision": "bf16 autocast" if amp_enabled(device, amp) else "fp32",
@@ -414,6 +450,74 @@ def bench_grid(device: torch.device, quick: bool, jobs: int | None, epochs_slice
             "grid_seconds": round(total, 1), "grid_extrapolated": True}
 
 
+def bench_sweep(device: torch.device, quick: bool, draws: int = 8, epochs: int = 0,
+                 strategy: str = "finetune", report: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
+    """A sweep of one strategy on MODMA-sized synthetic features, three ways on the same device
+    in this process: the draws packed (x folds, as the grid packs them), the same runs one by
+    one (``train.pack = 1``), and packed with successive halving. Reports draws trained per
+    hour (draw x fold runs of the timed epochs, per hour), the packed speedup, what halving
+    saves and how often it stopped the draw that full training selects."""
+    from transfer.evaluate.protocols import make_splits
+    from transfer.grid.executors import execute_all
+    from transfer.grid.experiment import Experiment
+    from transfer.grid.recipe import parse_recipe
+    from transfer.grid.records import read_records
+    from transfer.report.sweep import selected
+    from transfer.train.pretrain import pretrain
+
+    folds, subjects, per = (2, 52, 8) if quick else (5, 52, 67)
+    epochs = epochs or (3 if quick else 6)
+
+    def recipe(pack: int, halving: bool):
+        return parse_recipe({
+            "name": "bench-sweep", "seeds": [0], "target": {"corpus": "modma"},
+            "source": {"corpus": "casia"}, "backbone": {"options": {"split": 3, "stem": "bn"}},
+            "pretrain": {"epochs": 2}, "train": {"epochs": epochs, "batch_size": 32,
+                                                  "pack": pack},
+            "protocol": {"folds": folds}, "diagnostics": {"enabled": False},
+            "sweep": {"draws": draws, "halving": halving, "rungs": [0.34]},
+            "strategies": [{"name": strategy}]})
+
+    target, source = synthetic_domains(subjects, per, 240 if quick else 1200)
+    out: dict[str, Any] = {"sweep": f"{strategy}: {draws} draws x {folds} folds x {epochs} "
+                                    f"epochs on {subjects} subjects x {per} segments"}
+    from transfer.train.strategies import get_strategy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = (pretrain(recipe(0, False), source, device, root=Path(tmp))
+               if get_strategy(strategy).needs_source else None)
+        splits = make_splits(recipe(0, False).protocol, target.groups, target.y, [0])
+        timings, records = {}, {}
+        for name, pack, halving in (("packed", 0, False), ("one_by_one", 1, False),
+                                    ("halving", 0, True)):
+            exp = Experiment.from_domains(recipe(pack, halving), target, source, pre, splits,
+                                          device=device, progress=False)
+            path = Path(tmp) / f"{name}.jsonl"
+            _sync(device)
+            t0 = time.perf_counter()
+            execute_all(exp, exp.plan(), path, progress=False, jobs=1)
+            _sync(device)
+            timings[name] = time.perf_counter() - t0
+            records[name] = read_records(path)
+            runs = len(records[name])
+            if report is not None:
+                report(f"sweep {name}: {runs} runs in {timings[name]:.1f} s "
+                       f"({runs / timings[name] * 3600:.0f} draws per hour)")
+    full = {(r["fold"], r["seed"]): r["draw"] for r in selected(records["packed"])}
+    stopped = {(r["fold"], r["seed"], r["draw"]) for r in records["halving"]
+               if r.get("stopped") == "halving"}
+    dropped = sum(1 for (f, s), d in full.items() if (f, s, d) in stopped)
+    runs = len(records["packed"])
+    return {**out, "sweep_runs": runs,
+            "sweep_draws_per_hour_packed": round(runs / timings["packed"] * 3600),
+            "sweep_draws_per_hour_one_by_one": round(runs / timings["one_by_one"] * 3600),
+            "sweep_packed_speedup": round(timings["one_by_one"] / timings["packed"], 2),
+            "sweep_halving_seconds": round(timings["halving"], 1),
+            "sweep_halving_saving": round(1 - timings["halving"] / timings["packed"], 3),
+            "sweep_halving_dropped_the_selected_draw": f"{dropped} of {len(full)} folds"}
+
+
 def extrapolate(one: float, longer: float, extra_epochs: int, epochs: int, runs_factor: float
                 ) -> tuple[float, float, float]:
     """A slice timed for 1 epoch (``one`` s) and for 1 + ``extra_epochs`` (``longer`` s) ->
@@ -432,6 +536,35 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += ["", "Where a training step's time goes:", "", "| op | share |", "|---|---|"]
         lines += [f"| {p['op']} | {p['share']:.1%} |" for p in result["profile"]]
     return "\n".join(lines) + "\n"
+
+
+def _sections(args: argparse.Namespace, device: torch.device, result: dict[str, Any],
+              save: Callable[[bool], None], heard: Callable[[str], None]) -> None:
+    """Run the bench's sections (all but ``--skip``), saving after each."""
+    if "features" not in args.skip:
+        console.print("feature extraction ...")
+        result.update(bench_features("medium" if args.quick else "full"))
+        save(True)
+    if "train" not in args.skip:
+        console.print("training throughput ...")
+        n = 256 if args.quick and device.type == "cpu" else 2048
+        from transfer.grid.executors import default_jobs
+
+        workers = args.workers or default_jobs(device)
+        result.update(bench_training(device, n, 1 if args.quick else 3, args.pack, args.compile,
+                                     amp=not args.fp32, workers=workers, report=heard))
+        save(True)
+        result["profile"] = profile_step(device)
+        save(True)
+    if "grid" not in args.skip:
+        console.print("grid ...")
+        result.update(bench_grid(device, args.quick, args.jobs, args.grid_epochs,
+                                 amp=not args.fp32, runs_slice=args.grid_runs, report=heard))
+        save(True)
+    if "sweep" not in args.skip:
+        console.print("sweep ...")
+        result.update(bench_sweep(device, args.quick, args.sweep_draws, args.sweep_epochs,
+                                  report=heard))
 
 
 @main_guard
@@ -456,11 +589,18 @@ def main(argv: list[str] | None = None) -> int:
                              "threaded worker processes, as the grid runs them (0 = one per "
                              "core; 1 = off)")
     parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["features", "train", "grid"])
+    parser.add_argument("--sweep-draws", type=int, default=8, metavar="D",
+                        help="draws of the sweep measure (one strategy, packed vs one by one)")
+    parser.add_argument("--sweep-epochs", type=int, default=0, metavar="E",
+                        help="epochs of every run of the sweep measure (default 6; quick 3)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["features", "train", "grid", "sweep"])
     args = parser.parse_args(argv)
     if args.grid_epochs < 0 or args.grid_runs < 0:
         parser.error("--grid-epochs and --grid-runs take a positive number (0: the whole grid)")
-    from transfer.train.engine import pick_device
+    if args.sweep_draws < 2 or args.sweep_epochs < 0:
+        parser.error("--sweep-draws takes 2 or more, --sweep-epochs a positive number")
+    from transfer.train.device import pick_device
 
     device = pick_device(args.device or "auto")
     result: dict[str, Any] = {"timestamp": dt.datetime.now().isoformat(timespec="seconds"),
@@ -480,25 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     def heard(message: str) -> None:
         console.print(f"  {message}")
 
-    if "features" not in args.skip:
-        console.print("feature extraction ...")
-        result.update(bench_features("medium" if args.quick else "full"))
-        save(partial=True)
-    if "train" not in args.skip:
-        console.print("training throughput ...")
-        n = 256 if args.quick and device.type == "cpu" else 2048
-        from transfer.grid.executors import default_jobs
-
-        workers = args.workers or default_jobs(device)
-        result.update(bench_training(device, n, 1 if args.quick else 3, args.pack, args.compile,
-                                     amp=not args.fp32, workers=workers, report=heard))
-        save(partial=True)
-        result["profile"] = profile_step(device)
-        save(partial=True)
-    if "grid" not in args.skip:
-        console.print("grid ...")
-        result.update(bench_grid(device, args.quick, args.jobs, args.grid_epochs,
-                                 amp=not args.fp32, runs_slice=args.grid_runs, report=heard))
+    _sections(args, device, result, save, heard)
     save(partial=False)
     if args.json:
         print(json.dumps(result))

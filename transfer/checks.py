@@ -27,9 +27,12 @@ from transfer.data.audio import SegmentSpec
 from transfer.data.corpora import build_manifest
 from transfer.data.features import FeatureSpec, load_features
 from transfer.evaluate.metrics import classification
-from transfer.train.engine import DomainTensors, Standardizer, fit, pick_device, predict_proba, to_device
+from transfer.train.device import pick_device, to_device
+from transfer.train.engine import fit
+from transfer.train.infer import predict_proba
 from transfer.train.strategies import Context
 from transfer.train.strategies.scratch import Scratch, ScratchOptions
+from transfer.train.tensors import DomainTensors, Standardizer
 
 OFFICIAL_SEGMENT = SegmentSpec(seconds=88000 / 22050, mode="pad", align="center",
                                sample_rate=22050)

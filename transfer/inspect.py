@@ -1,6 +1,6 @@
 """List what is available, with options and defaults, to write a recipe without reading code.
 
-``python -m transfer.inspect [corpora|features|backbones|strategies]`` (default: all four)
+``python -m transfer.inspect [corpora|features|training|backbones|strategies]`` (default: all)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from transfer.common.console import main_guard
+from transfer.common.options import Bounds, field_info, is_per_run
 
 
 def option_docs(cls: type) -> dict[str, str]:
@@ -38,8 +39,10 @@ def option_docs(cls: type) -> dict[str, str]:
 
 
 def options_table(title: str, cls: type) -> Table:
+    """An options dataclass as a table: each option's type, default, valid range, the search
+    space a sweep draws it from (and whether draws that differ in it share a pack), meaning."""
     table = Table(title=title, title_justify="left", show_header=True, expand=False)
-    for col in ("option", "type", "default", "meaning"):
+    for col in ("option", "type", "default", "valid", "sweep", "meaning"):
         table.add_column(col, overflow="fold")
     hints = typing.get_type_hints(cls)
     docs = option_docs(cls)
@@ -47,10 +50,16 @@ def options_table(title: str, cls: type) -> Table:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
         type_name = _type_name(hints[f.name])
-        table.add_row(f.name, escape(type_name), escape(repr(default)),
-                      escape(docs.get(f.name, "").replace("``", "")))
+        info = field_info(f)
+        valid = info.bounds.describe() if info.bounds != Bounds() else ""
+        swept = ""
+        if info.search is not None:
+            swept = info.search.describe() + ("" if is_per_run(cls, f.name)
+                                              else " (packed apart)")
+        table.add_row(f.name, escape(type_name), escape(repr(default)), escape(valid),
+                      escape(swept), escape(docs.get(f.name, "").replace("``", "")))
     if not dataclasses.fields(cls):
-        table.add_row("(none)", "", "", "")
+        table.add_row("(none)", "", "", "", "", "")
     return table
 
 
@@ -63,6 +72,16 @@ def _type_name(hint: Any) -> str:
     if origin is not None:
         return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", str(hint))
+
+
+def show_training(console: Console) -> None:
+    """The shared training settings (``[train]``), with what a sweep tunes by default."""
+    from transfer.common.config import SweepConfig, TrainConfig
+
+    console.print("\n[bold]train[/]  training settings of every strategy; a sweep tunes the "
+                  "ones with a space (" + escape("[sweep.train]") + " narrows or turns them off)")
+    console.print(options_table(escape("[train]"), TrainConfig))
+    console.print(options_table(escape("[sweep]"), SweepConfig))
 
 
 def show_features(console: Console) -> None:
@@ -119,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?",
-                        choices=["corpora", "features", "backbones", "strategies", "all"],
+                        choices=["corpora", "features", "training", "backbones", "strategies",
+                                 "all"],
                         default="all")
     args = parser.parse_args(argv)
     console = Console(width=140)
-    shows = {"corpora": show_corpora, "features": show_features, "backbones": show_backbones,
-             "strategies": show_strategies}
+    shows = {"corpora": show_corpora, "features": show_features, "training": show_training,
+             "backbones": show_backbones, "strategies": show_strategies}
     for key, show in shows.items():
         if args.what in (key, "all"):
             show(console)

@@ -34,20 +34,26 @@ from transfer.grid.records import (
     read_records,
     results_folder,
 )
+from transfer.grid.sweep import space_table
 from transfer.report.tables import latest, print_leak, print_table, write_outputs
 
 
 def _print_dry_run(recipe: Recipe) -> None:
     print(json.dumps(recipe.to_dict(), indent=2, default=str))
     p = recipe.protocol
+    draws = recipe.sweep.draws
     for name in protocols(p):
         folds = {"subject-kfold": str(p.folds), "segment-random": "1",
                  "loso": "one per target subject"}[name]
-        print(f"\nplanned runs: {len(recipe.strategies)} strategies x {folds} fold(s) x "
+        swept = f" x {draws} draws" if draws > 1 and name == p.name else ""
+        print(f"\nplanned runs: {len(recipe.strategies)} strategies{swept} x {folds} fold(s) x "
               f"{len(recipe.seeds)} seed(s), protocol {name}"
               + (" (speaker-dependent!)" if name in SPEAKER_DEPENDENT else ""))
     for e in recipe.strategies:
         print(f"  {e.label:<14} {e.name:<10} {dataclasses.asdict(e.options)}")
+        if draws > 1:
+            for field, space in space_table(e):
+                print(f"  {'':<14} tunes {field}: {space}")
 
 
 def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
@@ -87,13 +93,8 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
     if done:
         console.print(f"resuming {out}: {len(plan) - len(todo)} of {len(plan)} runs already "
                       "recorded")
-    source = dict(exp.pretrained.metrics) if exp.pretrained else None
-    summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
-                        f"{exp.target.name} ({recipe.protocol.name})",
-               "order": exp.row_labels(), "source": source,
-               "runs_planned": len(plan), "device": str(exp.device),
-               "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
-               "unit": exp.target.unit}
+    summary = _summary(exp, plan)
+    source = summary["source"]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     from transfer.grid.executors import execute_all
 
@@ -102,12 +103,34 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
     finally:  # also on Ctrl-C: the table of what finished (of this plan's runs only)
         records = planned(read_records(records_path), keys)
         table = write_outputs(out, records, summary["order"], source, summary["title"],
-                              protocol=recipe.protocol.name)
+                              protocol=recipe.protocol.name, spaces=summary.get("spaces"))
         if recipe.export:
             for path in export_best(out, latest(records), summary["order"]):
                 console.print(f"exported {path}")
-    failed = sum(1 for r in latest(records) if r["status"] != "ok")
+    failed = sum(1 for r in latest(records) if r["status"] != "ok" and not _bad_draw(r))
     return out, table, failed
+
+
+def _summary(exp: Experiment, plan: list[RunSpec]) -> dict[str, Any]:
+    """What ``summary.json`` says of a run: title, strategy order, source scores, the plan's
+    size, device, protocols, decision unit and, for a sweep, every strategy's search space."""
+    recipe = exp.recipe
+    summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
+                        f"{exp.target.name} ({recipe.protocol.name})",
+               "order": exp.row_labels(),  # with test-time adaptation variants
+               "source": dict(exp.pretrained.metrics) if exp.pretrained else None,
+               "runs_planned": len(plan), "device": str(exp.device),
+               "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),
+               "unit": exp.target.unit}
+    if recipe.sweep.draws > 1:
+        summary["spaces"] = {e.label: space_table(e) for e in recipe.strategies}
+    return summary
+
+
+def _bad_draw(record: dict) -> bool:
+    """A sweep draw (not the recipe's settings) that diverged: a bad setting, which selection
+    passes over, not a failure of the grid."""
+    return bool(record.get("draw")) and "diverged" in record.get("error", "")
 
 
 def _terminate(signum: int, frame: Any) -> None:

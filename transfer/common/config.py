@@ -8,17 +8,20 @@ recipe file is :mod:`transfer.grid.recipe`'s job.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from transfer.common.options import FieldError, LogUniform, opt
 
 
 @dataclass
 class SegmentsConfig:
     """Segmenting of one corpus; unset values come from the corpus card."""
 
-    seconds: float | None = None  # absent = the card's default
+    seconds: float | None = opt(None, gt=0, hint="leave it out to use the corpus card's length")
     mode: str = ""  # "" = the card's default; pad | window | concat
-    overlap_s: float = 2.5
+    overlap_s: float = opt(2.5, ge=0)
     align: Literal["start", "center"] = "start"
 
 
@@ -38,10 +41,10 @@ class CorpusConfig:
     corpus: str = ""
     root: str = ""
     synthetic: str = ""
-    synthetic_seed: int = 0
+    synthetic_seed: int = opt(0, ge=0, le=2**31 - 1)
     label_map: dict[str, str] = field(default_factory=dict)
     keep: list[str] = field(default_factory=list)
-    max_bad_share: float = 0.05
+    max_bad_share: float = opt(0.05, ge=0, le=1)
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     # What a label belongs to (the decision unit): subject | recording | segment; "" = the
     # card's [labels] unit. Checked against the data; metrics are reported per unit.
@@ -73,16 +76,16 @@ class FeaturesConfig:
     """
 
     kind: Literal["mfcc", "logmel", "ssl"] = "mfcc"
-    sample_rate: int = 16000
-    n_mfcc: int = 13
-    deltas: int = 2
-    n_fft: int = 800
-    hop: int = 512
-    n_mels: int = 128
+    sample_rate: int = opt(16000, ge=1000)
+    n_mfcc: int = opt(13, ge=1)
+    deltas: int = opt(2, ge=0, le=2)
+    n_fft: int = opt(800, ge=1)
+    hop: int = opt(512, ge=1)
+    n_mels: int = opt(128, ge=1)
     normalize: Literal["corpus", "speaker", "none"] = "corpus"
     model: str = ""
     layers: int | list[int] | Literal["all"] = "all"
-    pool_frames: int = 1
+    pool_frames: int = opt(1, ge=1)
 
 
 @dataclass
@@ -95,23 +98,26 @@ class BackboneConfig:
 class TrainConfig:
     """Optimisation of a target run (and, in ``[pretrain]``, of source pretraining)."""
 
-    epochs: int = 60
-    batch_size: int = 32
+    epochs: int = opt(60, ge=1, hint="0 epochs would report an untrained model")
+    batch_size: int = opt(32, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.93, 0.98])
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    lr: float = opt(1e-3, gt=0, hint="a learning rate of 0 or less trains nothing",
+                    search=LogUniform(1e-4, 1e-2))
+    betas: list[float] = opt(ge=0, lt=1, length=2, factory=lambda: [0.93, 0.98])
+    momentum: float = opt(0.9, ge=0, per_run=False)
+    weight_decay: float = opt(0.0, ge=0, search=LogUniform(1e-6, 1e-2))
     schedule: Literal["none", "step", "cosine"] = "none"
-    step_size: int = 30
-    gamma: float = 0.3
-    label_smoothing: float = 0.1
-    grad_clip: float = 0.0  # 0 = off
-    patience: int = 0  # early stopping on the validation metric; 0 = off
+    step_size: int = opt(30, ge=1)
+    gamma: float = opt(0.3, gt=0, per_run=False)
+    # cross_entropy takes one smoothing for the whole batch: draws that differ never share a pack
+    label_smoothing: float = opt(0.1, ge=0, lt=1, per_run=False)
+    grad_clip: float = opt(0.0, ge=0, hint="0 turns clipping off", per_run=False)
+    patience: int = opt(0, ge=0, hint="0 turns early stopping off")  # on the validation metric
     select: Literal["val_uar", "val_loss", "last"] = "val_uar"
     amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX)
     compile: bool = False  # torch.compile the model
-    pack: int = 0  # runs of one strategy trained together as one model; 0 = by device, 1 = off
+    # runs of one strategy trained together as one model; 0 = by device, 1 = off
+    pack: int = opt(0, ge=0)
     cuda_graph: bool = True  # on CUDA, capture the training step once and replay it
 
 
@@ -119,9 +125,9 @@ class TrainConfig:
 class PretrainConfig(TrainConfig):
     """Source pretraining: a speaker-independent hold-out selects the epoch."""
 
-    epochs: int = 40
-    batch_size: int = 64
-    val_fraction: float = 0.25  # share of source speakers held out
+    epochs: int = opt(40, ge=1, hint="0 epochs would report an untrained model")
+    batch_size: int = opt(64, ge=1)
+    val_fraction: float = opt(0.25, gt=0, lt=1)  # share of source speakers held out
     seed: int = 0
 
 
@@ -136,11 +142,23 @@ class ProtocolConfig:
     """
 
     name: Literal["subject-kfold", "loso", "segment-random"] = "subject-kfold"
-    folds: int = 5
-    val_fraction: float = 0.2  # share of training subjects used for model selection
+    folds: int = opt(5, ge=1)
+    val_fraction: float = opt(0.2, gt=0, lt=1)  # share of training subjects for model selection
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
     split_seed: int = 34
     compare: list[Literal["subject-kfold", "loso", "segment-random"]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Rules that depend on the protocol."""
+        if self.name == "subject-kfold" and self.folds < 2:
+            raise FieldError("folds", f"must be >= 2, got {self.folds}; subject-kfold needs a "
+                             "training and a test part; for one held-out subject per fold use "
+                             'protocol.name = "loso"')
+        if self.name == "segment-random" and not (
+                len(self.split) == 3 and all(math.isfinite(v) and v > 0 for v in self.split)
+                and abs(sum(self.split) - 1) <= 1e-6):
+            raise FieldError("split", "must be three shares > 0 (train, validation, test) that "
+                             f"sum to 1, got {self.split!r}")
 
 
 @dataclass
@@ -148,7 +166,7 @@ class DiagnosticsConfig:
     """Domain gap of ``general`` features after training (MMD, proxy A-distance)."""
 
     enabled: bool = True
-    max_samples: int = 400  # per domain
+    max_samples: int = opt(400, ge=2)  # per domain
     plot: bool = True
 
 
@@ -171,29 +189,75 @@ class EvaluateConfig:
 
     adapt: list[Literal["none", "adabn", "tent"]] = field(default_factory=lambda: ["none"])
     per: Literal["fold", "speaker"] = "fold"
-    tent_steps: int = 10
-    tent_lr: float = 1e-3
-    batch_size: int = 64
+    tent_steps: int = opt(10, ge=1)
+    tent_lr: float = opt(1e-3, gt=0)
+    batch_size: int = opt(64, ge=1)
+
+    def validate(self) -> None:
+        """At least one variant, none twice."""
+        if not self.adapt or len(set(self.adapt)) != len(self.adapt):
+            raise FieldError("adapt", f"must list distinct values of 'none', 'adabn', 'tent' "
+                                      f"(at least one), got {self.adapt!r}")
+
+
+@dataclass
+class SweepConfig:
+    """Random search over every strategy's hyperparameters (``[sweep]``; DomainBed's protocol).
+
+    Draw 0 of a strategy is its recipe settings; draws 1..N-1 are drawn from the search spaces
+    (declared beside each option, narrowed or replaced in the recipe), the same for every fold
+    and seed. Per (strategy, fold, seed) the draw with the best validation score is selected.
+
+    Args:
+        draws: settings per strategy (1 = no sweep: the recipe's settings only).
+        seed: the draws' seed (a draw's values depend on it, the strategy's label and the draw).
+        halving: successive halving inside a pack: at each rung the worse half of the draws of
+            a (fold, seed) stops (draw 0 never does).
+        rungs: the rungs, as fractions of ``train.epochs``.
+        train: search spaces of the shared training settings (``lr = [1e-4, 1e-2]`` narrows
+            the declared space, ``{log_uniform = [a, b]}`` replaces it, ``false`` keeps the
+            recipe value).
+        backbone: search spaces of the backbone's options, the same way.
+        select: what selects a draw: ``validation`` (the target's validation subjects: unit
+            UAR, ties by loss) or, with ``[target] labelled = false``, a label-free rule of
+            :mod:`transfer.evaluate.selection` (``source_acc``, ``iwv``, ``dev``, ``entropy``,
+            ``info_max``, ``snd``; the selection report shows how far each can be trusted).
+    """
+
+    draws: int = opt(1, ge=1, le=10000)
+    seed: int = opt(0, ge=0, le=2**31 - 1)
+    halving: bool = False
+    rungs: list[float] = opt(gt=0, lt=1, factory=lambda: [0.25, 0.5])
+    train: dict[str, Any] = field(default_factory=dict)
+    backbone: dict[str, Any] = field(default_factory=dict)
+    select: Literal["validation", "source_acc", "iwv", "dev", "entropy", "info_max",
+                    "snd"] = "validation"
 
 
 @dataclass
 class StrategyEntry:
+    """One ``[[strategies]]`` entry: the strategy, its label in tables, its options, and its
+    search space (field -> :class:`~transfer.common.options.Space`; ``train.lr``,
+    ``backbone.dropout`` and the strategy's own options), resolved from the declarations and
+    the recipe's ``[sweep]`` and ``search`` tables."""
+
     name: str
     label: str
     options: Any
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Recipe:
     name: str = ""
     description: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = opt(ge=0, le=2**31 - 1, factory=lambda: [0, 1, 2])
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    jobs: int = 0  # packs at once (worker processes); 0 = choose from the device
+    jobs: int = opt(0, ge=0, hint="0 chooses from the device")  # packs at once (workers)
     # CPU threads per run (0 = torch's default). Runs are small models: on a CPU, one thread
     # per run and one worker process per core is several times faster than threads inside
     # one run, most of all on a busy machine. Results depend on it (reduction order).
-    threads: int = 1
+    threads: int = opt(1, ge=0, hint="0 uses torch's default")
     export: bool = False
     source: list[CorpusConfig] = field(default_factory=list)
     target: CorpusConfig = field(default_factory=CorpusConfig)
@@ -204,10 +268,22 @@ class Recipe:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     strategies: list[StrategyEntry] = field(default_factory=list)
 
+    def validate(self) -> None:
+        """Rules over several keys."""
+        if len(set(self.seeds)) != len(self.seeds):
+            raise FieldError("seeds", f"must be distinct seeds, got {self.seeds!r}")
+        if not self.seeds:
+            raise FieldError("seeds", "must list at least one seed")
+
     def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (``recipe.json``)."""
         data = dataclasses.asdict(self)
         data["strategies"] = [{"name": s.name, "label": s.label, **dataclasses.asdict(s.options)}
                               for s in self.strategies]
+        if self.sweep.draws > 1:
+            for entry, out in zip(self.strategies, data["strategies"], strict=True):
+                out["search"] = {k: v.describe() for k, v in entry.search.items()}
         return data

@@ -15,17 +15,15 @@ A card is data, never code. ``datasets/README.md`` documents every key; in short
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 import string
 import sys
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transfer import REPO_ROOT, UserError
+from transfer.common import options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,47 +115,10 @@ _SECTIONS = {"audio": AudioSpec, "labels": LabelSpec, "segments": SegmentDefault
 _TOP_KEYS = {"name", "description", "task", "sample_rate", "root_env"} | set(_SECTIONS)
 
 
-def _type_error(value: Any, hint: Any) -> str:
-    """'' when ``value`` fits the card field type ``hint``, else what was expected."""
-    origin = typing.get_origin(hint)
-    if hint is str:
-        return "" if isinstance(value, str) else "a string"
-    if hint is int:
-        return "" if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return "" if ok else "a number"
-    if origin is tuple:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return "" if ok else "a list of strings"
-    if origin is dict:
-        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-        return "" if ok else "a table of strings (key = \"value\")"
-    return ""  # pragma: no cover - every card field has one of the types above
-
-
 def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a table, got {data!r}")
-    allowed = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        expected = _type_error(value, hints[key])
-        if expected:
-            raise UserError(f"{where}: '{key}' must be {expected}, got {value!r}")
-        if isinstance(value, list):
-            value = tuple(value)
-        if hints[key] is float:
-            value = float(value)
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise UserError(f"{where}: {err}") from None
+    """A card section (a dataclass) from its TOML table, checked like every options dataclass
+    (:func:`transfer.common.options.build`)."""
+    return options.build(cls, data, options.Naming(where, noun="key"))
 
 
 def _regex(text: str, where: str) -> re.Pattern:

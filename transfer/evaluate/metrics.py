@@ -100,3 +100,18 @@ def unit_outputs(y: np.ndarray, prob: np.ndarray, units: np.ndarray, kind: str =
 
 def confusion(y: np.ndarray, prob: np.ndarray, n_classes: int) -> list[list[int]]:
     return confusion_matrix(y, prob.argmax(1), labels=range(n_classes)).tolist()
+
+
+def validation_scores(y: np.ndarray, prob: np.ndarray, units: np.ndarray, positive: int = -1,
+                      kind: str = "unit") -> dict[str, float]:
+    """What a run scored on its validation subjects (never the test fold): the decision-unit
+    UAR and accuracy, the segment UAR, and the mean negative log-likelihood of the segments'
+    true classes (``loss``). A sweep selects draws by ``unit_uar``, ties by lower ``loss``.
+    Empty validation sets give NaN."""
+    if len(y) == 0:
+        return {"unit_uar": float("nan"), "unit_acc": float("nan"),
+                "segment_uar": float("nan"), "loss": float("nan")}
+    scores = evaluate(y, prob, units, positive, kind)
+    nll = -np.log(np.clip(prob[np.arange(len(y)), y], 1e-7, None))
+    return {"unit_uar": scores["unit_uar"], "unit_acc": scores["unit_acc"],
+            "segment_uar": scores["segment_uar"], "loss": float(nll.mean())}

@@ -45,9 +45,18 @@ def default_jobs(device: torch.device, threads: int = 1) -> int:
 
 def _pack_label(pack: list) -> str:
     first = pack[0]
+    draws = len({getattr(s, "draw", 0) for s in pack})
     if len(pack) == 1:
-        return f"{first.strategy} fold {first.fold} seed {first.seed}"
-    return f"{first.strategy} ({len(pack)} runs packed)"
+        return (f"{first.strategy} fold {first.fold} seed {first.seed}"
+                + (f" draw {first.draw}" if getattr(first, "draw", 0) else ""))
+    return f"{first.strategy} ({len(pack)} runs packed" + (f", {draws} draws)" if draws > 1
+                                                           else ")")
+
+
+def _grid_label(exp: Any, jobs: int = 1) -> str:
+    draws = exp.recipe.sweep.draws
+    return ("grid" + (f" ({draws} draws per strategy x fold x seed)" if draws > 1 else "")
+            + (f" ({jobs} at once)" if jobs > 1 else ""))
 
 
 def execute_all(exp, todo: list, records_path: Path, *, progress: bool = True,
@@ -78,7 +87,7 @@ def execute_all(exp, todo: list, records_path: Path, *, progress: bool = True,
 def _sequential(exp, packs: list[list], records_path: Path, progress: bool) -> None:
     epochs = exp.recipe.train.epochs
     with progress_bar(progress) as bar:
-        grid = bar.add_task("grid", total=sum(len(p) for p in packs))
+        grid = bar.add_task(_grid_label(exp), total=sum(len(p) for p in packs))
         for pack in packs:
             label = _pack_label(pack)
             task = bar.add_task(label, total=epochs)
@@ -114,7 +123,7 @@ def _processes(exp, packs: list[list], records_path: Path, progress: bool, jobs:
     with progress_bar(progress) as bar, ProcessPoolExecutor(
             jobs, mp_context=ctx, initializer=_init_worker,
             initargs=(shipped, exp.threads)) as pool:
-        grid = bar.add_task(f"grid ({jobs} at once)", total=sum(len(p) for p in packs))
+        grid = bar.add_task(_grid_label(exp, jobs), total=sum(len(p) for p in packs))
         pending = {pool.submit(_work, pack): pack for pack in packs}
         try:
             while pending:

@@ -31,22 +31,17 @@ from transfer.common.cache import content_hash
 from transfer.common.config import Recipe, StrategyEntry
 from transfer.data import Domain, load_domain
 from transfer.data.domain import check_per_speaker
-from transfer.evaluate.metrics import confusion, evaluate, unit_outputs
+from transfer.evaluate.metrics import confusion, evaluate, unit_outputs, validation_scores
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
+from transfer.grid import sweep
 from transfer.grid.records import RunRecord, toolkit_info
-from transfer.train.engine import (
-    DomainTensors,
-    Standardizer,
-    build_pack,
-    embed_runs,
-    fit_runs,
-    pick_device,
-    predict_runs,
-    to_device,
-    unpack_model,
-)
+from transfer.train.device import pick_device, to_device
+from transfer.train.engine import FitResult, Halving, fit_runs
+from transfer.train.infer import embed_runs, predict_runs
+from transfer.train.packs import build_pack, unpack_model
 from transfer.train.pretrain import Pretrained, make_backbone_factory, pretrain, source_split
 from transfer.train.strategies import Context, get_strategy
+from transfer.train.tensors import DomainTensors, Standardizer
 
 # On a CPU a pack's activations stream from memory; beyond ~48 MiB per activation tensor the
 # per-core throughput falls (TIM-Net, 39 x 313 segments, batch 64, one thread on a 2-core AMD
@@ -58,13 +53,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One planned run: a strategy entry (its label) on one fold and seed, under a protocol,
+    with one sweep draw (0: the recipe's settings; ``values``: the draw's settings)."""
+
     strategy: str  # the entry's label
     fold: int
     seed: int
     key: str
     protocol: str = ""  # "" = the recipe's protocol.name; else one of protocol.compare
+    draw: int = 0
+    values: tuple[tuple[str, Any], ...] = ()
     adapt: str = "none"  # test-time adaptation (evaluate.adapt); variants share the training
     per: str = "fold"  # what one adaptation sees (evaluate.per)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The draw's values (empty for draw 0)."""
+        return dict(self.values)
+
+    @property
+    def group(self) -> tuple[str, int, int]:
+        """The draws that compete for selection: one (protocol, fold, seed)."""
+        return (self.protocol, self.fold, self.seed)
+
+    @property
+    def run(self) -> tuple[str, int, int, int]:
+        """What is trained: (protocol, fold, seed, draw); its adaptation variants share it."""
+        return (self.protocol, self.fold, self.seed, self.draw)
 
     @property
     def row(self) -> str:
@@ -72,11 +87,6 @@ class RunSpec:
         if self.adapt == "none":
             return self.strategy
         return f"{self.strategy}+{self.adapt}" + ("@speaker" if self.per == "speaker" else "")
-
-    @property
-    def run(self) -> tuple[str, int, int]:
-        """What is trained: (protocol, fold, seed); the adaptation variants of a run share it."""
-        return self.protocol, self.fold, self.seed
 
 
 class Experiment:
@@ -149,18 +159,26 @@ class Experiment:
         return self
 
     def run_key(self, entry: StrategyEntry, fold: int, seed: int, protocol: str = "",
-                adapt: str = "none") -> str:
+                values: dict[str, Any] | None = None, adapt: str = "none") -> str:
+        """What a run's result depends on, hashed: the recipe's result-relevant settings, the
+        strategy and its options, the fold, seed and protocol, a sweep draw's values, the
+        test-time adaptation it is scored with, and the data. (``sweep.*`` itself is not part
+        of it: a rerun with more draws reuses the draws already trained.)"""
         data = self.recipe.to_dict()
-        for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export"):
+        for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export",
+                  "sweep"):
             data.pop(k, None)
         data["protocol"].pop("compare", None)  # a run is keyed by the protocol it runs under
         data["protocol"]["name"] = protocol or data["protocol"]["name"]
-        evaluate = data.pop("evaluate")  # a run is keyed by the adaptation it is scored with
+        adapting = data.pop("evaluate")  # keyed by its own adaptation, not the recipe's list
+        keyed = {"recipe": data, "strategy": entry.name,
+                 "options": dataclasses.asdict(entry.options), "fold": fold,
+                 "seed": seed, "data": [self.target.keys if self.target else None]}
+        if values:
+            keyed["draw"] = values
         if adapt != "none":
-            data["adapt"] = {**evaluate, "adapt": adapt}
-        return content_hash({"recipe": data, "strategy": entry.name,
-                             "options": dataclasses.asdict(entry.options), "fold": fold,
-                             "seed": seed, "data": [self.target.keys if self.target else None]})
+            keyed["adapt"] = {**adapting, "adapt": adapt}
+        return content_hash(keyed)
 
     def for_worker(self) -> Experiment:
         """A copy to ship to a worker process or a Ray task: the prepared data, splits and
@@ -171,11 +189,22 @@ class Experiment:
         return clone
 
     def plan(self) -> list[RunSpec]:
-        ev = self.recipe.evaluate
-        return [RunSpec(e.label, fold, seed, self.run_key(e, fold, seed, protocol, adapt),
-                        protocol, adapt, ev.per)
-                for e in self.recipe.strategies for (protocol, fold, seed) in self.splits
-                for adapt in ev.adapt]
+        """Every run of the recipe: strategies x sweep draws x (protocol, fold, seed). A sweep
+        tunes under the recipe's protocol; the compared protocols (the leak report) run the
+        recipe's settings (draw 0) only."""
+        r, ev = self.recipe, self.recipe.evaluate
+        out = []
+        for e in r.strategies:
+            for d in range(r.sweep.draws):
+                values = sweep.draw(r, e, d)
+                for protocol, fold, seed in self.splits:
+                    if d and protocol != r.protocol.name:
+                        continue
+                    out += [RunSpec(e.label, fold, seed,
+                                    self.run_key(e, fold, seed, protocol, values, adapt),
+                                    protocol, d, tuple(values.items()), adapt, ev.per)
+                            for adapt in ev.adapt]  # test-time adaptation variants
+        return out
 
     def row_labels(self) -> list[str]:
         """The table's rows in order: every entry, with its test-time adaptation variants."""
@@ -220,21 +249,31 @@ class Experiment:
         return int(min(16, max(1, CPU_PACK_BYTES // per_run)))
 
     def packs(self, todo: list[RunSpec]) -> list[list[RunSpec]]:
-        """Group runs into packs: same strategy entry and the same batch size (a fold with
-        fewer training segments than a batch trains with smaller batches); a group larger than
-        the pack size is split into packs of nearly equal size."""
+        """Group runs into packs: same strategy entry, the same batch size (a fold with fewer
+        training segments than a batch trains with smaller batches) and, in a sweep, the same
+        values of every setting that is not per-run; a group larger than the pack size is
+        split into packs of nearly equal size. With successive halving the draws of one
+        (fold, seed) stay in one pack where the pack size allows (they compete)."""
         size = self.pack_size()
-        groups: dict[tuple[str, int], dict[tuple, list[RunSpec]]] = {}
-        for spec in todo:  # a run's adaptation variants stay together: trained once
+        groups: dict[tuple, list[RunSpec]] = {}
+        for spec in todo:
             n_train = len(self.split_of(spec).train)
             batch = min(self.recipe.train.batch_size, n_train)
-            groups.setdefault((spec.strategy, batch), {}).setdefault(spec.run, []).append(spec)
+            entry = self.entries[spec.strategy]
+            key = (spec.strategy, batch, sweep.pack_key(self.recipe, entry, spec.hparams))
+            groups.setdefault(key, []).append(spec)
         out = []
         for group in groups.values():
-            runs = list(group.values())
-            n_packs = -(-len(runs) // size)
-            out += [[s for run in part for s in run] for part in split_evenly(runs, n_packs)]
+            first = {g: i for i, g in enumerate(dict.fromkeys(s.group for s in group))}
+            group.sort(key=lambda s: (first[s.group], s.draw))  # a (fold, seed)'s draws together
+            n_packs = -(-len(group) // size)
+            out += split_evenly(group, n_packs, self.unit_of)
         return out
+
+    def unit_of(self, spec: RunSpec) -> Any:
+        """What a split keeps together: with successive halving, the competing draws of one
+        (fold, seed); else each trained run with its test-time adaptation variants."""
+        return spec.group if sweep.rung_epochs(self.recipe) else spec.run
 
     def pack_cost(self, pack: list[RunSpec]) -> int:
         """A pack's relative cost for ordering work: its trained runs, twice over for a
@@ -245,10 +284,9 @@ class Experiment:
 
     def schedule(self, packs: list[list[RunSpec]], slots: int) -> list[list[RunSpec]]:
         """The packs in the order ``slots`` parallel workers should take them (:func:`spread`);
-        on a GPU, where a pack fills the device, ordered but never split. A split keeps a run's
-        adaptation variants together."""
+        on a GPU, where a pack fills the device, ordered but never split."""
         return spread(packs, slots if self.device.type == "cpu" else 1, self.pack_cost,
-                      unit=lambda spec: spec.run)
+                      self.unit_of)
 
     def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
         """Train and evaluate one run (a pack of one)."""
@@ -282,12 +320,13 @@ class Experiment:
         split = self.split_of(spec)
         protocol = spec.protocol or self.recipe.protocol.name
         return {"key": spec.key, "strategy": spec.row, "strategy_name": entry.name,
-                "adapt": spec.adapt, "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
+                "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
                 "speaker_dependent": protocol in SPEAKER_DEPENDENT, "unit": self.target.unit,
                 "uses_source": get_strategy(entry.name).needs_source,
                 "labels": self.target.labels,
                 "sizes": {"train": len(split.train), "val": len(split.val),
-                          "test": len(split.test)}, "pack": pack}
+                          "test": len(split.test)}, "pack": pack,
+                "draw": spec.draw, "hparams": spec.hparams, "adapt": spec.adapt}
 
     def failed_records(self, specs: list[RunSpec], error: str, tb: str = "",
                        seconds: float = 0.0) -> list[dict[str, Any]]:
@@ -295,105 +334,124 @@ class Experiment:
         pack = len({s.run for s in specs})
         return [RunRecord.failed(self._base(s, pack), error, tb, seconds).to_dict() for s in specs]
 
-    def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
-                        ) -> list[tuple[str, dict[str, Any]]]:
-        """Per spec: (error or "", what it measured). A run's test-time adaptation variants
-        share its training: each (protocol, fold, seed) trains once."""
-        r, dev = self.recipe, self.device
-        torch.set_num_threads(self.threads)
-        runs = list({s.run: s for s in reversed(specs)}.values())[::-1]  # first spec per run
-        splits = [self.split_of(s) for s in runs]
-        target, norms = self._target_tensors(splits)
-        source = self._source_tensors()
-        strategy, results, source_free = self._fit(entry, cls, target, source, runs, on_epoch)
-        tests = [to_device(sp.test, dev) for sp in splits]
-        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
-        extra: list[dict[str, Any]] = [{"source_free": source_free} for _ in runs]
-        if source is not None and r.diagnostics.enabled:
-            for k, gap in enumerate(self._gaps(strategy, source, target, tests, runs)):
-                extra[k]["gap"] = gap
-        if not r.target.labelled and source is not None:
-            for k, scores in enumerate(self._selection_scores(strategy, target, source, splits)):
-                extra[k]["selection"] = scores
-        index = {run.run: k for k, run in enumerate(runs)}
-        return [self._spec_record(strategy, spec, index[spec.run], splits[index[spec.run]],
-                                  norms[index[spec.run]], results[index[spec.run]],
-                                  probs[index[spec.run]], extra[index[spec.run]])
-                for spec in specs]
+    def _domains(self, specs: list[RunSpec]) -> tuple[DomainTensors, DomainTensors | None]:
+        """The pack's target (per run: its fold's training and validation indices and
+        standardiser) and source tensors on the device."""
+        r, d, dev = self.recipe, self._device_data(), self.device
+        splits = [self.split_of(s) for s in specs]
+        trains = [to_device(sp.train, dev) for sp in splits]
+        norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
+        if r.target.labelled:
+            target = DomainTensors(d["tx"], d["ty"], norms, trains,
+                                   [to_device(sp.val, dev) for sp in splits])
+        else:  # labels -1 (a loss that reads them fails loudly), no validation labels
+            target = DomainTensors(d["tx"], torch.full_like(d["ty"], -1), norms, trains, None)
+        source = None
+        if self.source is not None:
+            snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
+            source = DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+        return target, source
 
-    def _spec_record(self, strategy, spec: RunSpec, k: int, split: Split, norm: Standardizer,
-                     result, prob: np.ndarray, extra: dict[str, Any]
-                     ) -> tuple[str, dict[str, Any]]:
-        """(error or "", what ``spec`` measured) for run ``k`` of the trained pack; ``prob``:
-        its test probabilities as trained (a test-time adaptation variant adapts first)."""
+    def _build(self, entry: StrategyEntry, cls, specs: list[RunSpec]
+               ) -> tuple[Any, list[Any]]:
+        """The pack's strategy (each run with its draw's options) and each run's training
+        settings."""
         r = self.recipe
-        if result.diverged:
-            return (f"FloatingPointError: training diverged (non-finite loss) at epoch "
-                    f"{result.epochs_run}",
-                    {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
-        if spec.adapt != "none":  # the selection scores are the trained model's, not this one's
-            prob = self._adapted_probs(strategy, k, split, norm, spec)
-            extra = {key: v for key, v in extra.items() if key != "selection"}
-        record = {**self._record(result, split, prob), **extra}
-        if r.export and spec.protocol in ("", r.protocol.name) and spec.adapt == "none":
-            record["_model"] = self._package(unpack_model(strategy, k), norm, spec,
-                                             record["metrics"])  # the model as trained
-        return "", record
-
-    def _fit(self, entry: StrategyEntry, cls, target: DomainTensors,
-             source: DomainTensors | None, runs: list[RunSpec], on_epoch):
-        """Build the pack of ``runs`` and train it: (strategy, results, source_free). A
-        strategy with neither source batches nor phases is trained without the source at all
-        (source-free: the engine gets none)."""
-        r = self.recipe
-        if cls.needs_source and source is None:
-            raise UserError(f"strategy {entry.label} needs a source corpus")
-        factory = make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)
+        applied = [sweep.apply(r, entry, s.hparams) for s in specs]
+        backbone = dataclasses.replace(r.backbone, options=applied[0].backbone)
+        factory = make_backbone_factory(dataclasses.replace(r, backbone=backbone),
+                                        self.target.x.shape[1], self.target.stacked_layers)
         ctx = Context(factory, len(self.target.labels),
                       len(self.source.labels) if self.source else 0,
                       self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
         if not r.target.labelled:
             ctx = ctx.unlabelled()
-        seeds = [s.seed for s in runs]
-        strategy = build_pack(cls, ctx, entry.options, seeds)
-        source_free = not (strategy.uses_source_batches or strategy.phases())
-        results = fit_runs(strategy, target, None if source_free else source, r.train, seeds,
-                           self.device, on_epoch)
-        return strategy, results, source_free
+        strategy = build_pack(cls, ctx, [a.options for a in applied], [s.seed for s in specs])
+        return strategy, [a.train for a in applied]
 
-    def _target_tensors(self, splits: list[Split]) -> tuple[DomainTensors, list[Standardizer]]:
-        """The target on the device for the runs of ``splits``; in the unlabelled mode its
-        labels are -1 (a loss that reads them fails loudly) and no validation labels exist."""
-        r, d, dev = self.recipe, self._device_data(), self.device
-        trains = [to_device(sp.train, dev) for sp in splits]
-        norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
-        if r.target.labelled:
-            return DomainTensors(d["tx"], d["ty"], norms, trains,
-                                 [to_device(sp.val, dev) for sp in splits]), norms
-        hidden = torch.full_like(d["ty"], -1)
-        return DomainTensors(d["tx"], hidden, norms, trains, None), norms
-
-    def _source_tensors(self) -> DomainTensors | None:
-        if self.source is None:
+    def _halving(self, specs: list[RunSpec]) -> Halving | None:
+        """Successive halving among the pack's draws of each (fold, seed), if the recipe asks."""
+        rungs = sweep.rung_epochs(self.recipe)
+        if not rungs:
             return None
-        r, d = self.recipe, self._device_data()
-        snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
-        return DomainTensors(d["sx"], d["sy"], snorm, d["s_train"], d["s_held"])
+        groups = {g: i for i, g in enumerate(dict.fromkeys(s.group for s in specs))}
+        return Halving(rungs, [groups[s.group] for s in specs], [s.draw == 0 for s in specs])
 
-    def _record(self, result, split: Split, prob: np.ndarray) -> dict[str, Any]:
-        """What a run measured on its test split, from its test probabilities."""
-        t = self.target
-        y_test, units = t.y[split.test], t.unit_ids[split.test]
-        metrics = evaluate(y_test, prob, units, t.positive_index, t.unit)
-        return {
-            "metrics": metrics,
-            "units": unit_outputs(y_test, prob, units, t.unit),  # for CIs and tests
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
-            "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
-                        for k2, v in row.items()} for row in result.curves],
-            "confusion": confusion(y_test, prob, len(t.labels)),
-        }
+    def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
+                        ) -> list[tuple[str, dict[str, Any]]]:
+        """Per spec: (error or "", what it measured). A run's test-time adaptation variants
+        share its training: each (protocol, fold, seed, draw) trains once. A strategy with
+        neither source batches nor phases trains without the source at all (source-free)."""
+        r, dev = self.recipe, self.device
+        torch.set_num_threads(self.threads)
+        runs = list({s.run: s for s in reversed(specs)}.values())[::-1]  # first spec per run
+        target, source = self._domains(runs)
+        if cls.needs_source and source is None:
+            raise UserError(f"strategy {entry.label} needs a source corpus")
+        strategy, cfgs = self._build(entry, cls, runs)
+        source_free = not (strategy.uses_source_batches or strategy.phases())
+        results = fit_runs(strategy, target, None if source_free else source, cfgs,
+                           [s.seed for s in runs], dev, on_epoch, self._halving(runs))
+        splits = [self.split_of(s) for s in runs]
+        tests = [to_device(sp.test, dev) for sp in splits]
+        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
+        vals = [to_device(sp.val, dev) for sp in splits]
+        val_probs = [p.cpu().numpy() for p in predict_runs(strategy, target, vals,
+                                                            amp=r.train.amp)]
+        extra = self._extras(strategy, target, source, tests, vals, val_probs, runs)
+        for e in extra:
+            e["source_free"] = source_free
+        index = {run.run: k for k, run in enumerate(runs)}
+        return [self._spec_record(strategy, target, spec, index[spec.run],
+                                  results[index[spec.run]], probs[index[spec.run]],
+                                  val_probs[index[spec.run]], extra[index[spec.run]])
+                for spec in specs]
+
+    def _extras(self, strategy, target: DomainTensors, source: DomainTensors | None,
+                tests: list, vals: list, val_probs: list[np.ndarray], runs: list[RunSpec]
+                ) -> list[dict[str, Any]]:
+        """Per run, what its record holds beside its scores: the domain gap (diagnostics) and,
+        in the unlabelled mode, the label-free selection scores."""
+        r = self.recipe
+        extra: list[dict[str, Any]] = [{} for _ in runs]
+        if source is None:
+            return extra
+        if r.diagnostics.enabled:
+            for k, gap in enumerate(self._gaps(strategy, source, target, tests, runs)):
+                extra[k]["gap"] = gap
+        if not r.target.labelled:
+            splits = [self.split_of(s) for s in runs]
+            for k, scores in enumerate(self._selection_scores(strategy, target, source, vals,
+                                                              val_probs, splits)):
+                extra[k]["selection"] = scores
+        return extra
+
+    def _spec_record(self, strategy, target: DomainTensors, spec: RunSpec, k: int,
+                     result: FitResult, prob: np.ndarray, val_prob: np.ndarray,
+                     extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(error or "", what ``spec`` measured) for run ``k`` of the trained pack; ``prob``:
+        its test probabilities as trained (a test-time adaptation variant adapts first)."""
+        r, split = self.recipe, self.split_of(spec)
+        if result.diverged:
+            return (f"FloatingPointError: training diverged (non-finite loss) at epoch "
+                    f"{result.epochs_run}",
+                    {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                     "stopped": result.stopped})
+        if spec.adapt != "none":
+            prob = self._adapted_probs(strategy, k, split, target.norm[k], spec)
+        record = {**self._record(split, result, prob, val_prob), **extra}
+        if not r.target.labelled and "selection" in record:
+            # a sweep selects by the recipe's label-free rule; the validation labels' score is
+            # kept only for the selection report (what a few target labels would give)
+            scores = {**record["selection"],
+                      "target_val_uar": record["validation"].get("unit_uar", float("nan"))}
+            record["selection"] = scores
+            rule = r.sweep.select if r.sweep.select != "validation" else "source_acc"
+            record["validation"] = {"rule": rule, "score": scores[rule]}
+        if r.export and spec.protocol in ("", r.protocol.name) and spec.adapt == "none":
+            record["_model"] = self._package(unpack_model(strategy, k), target.norm[k], spec,
+                                             record["metrics"])  # the model as trained
+        return "", record
 
     def _adapted_probs(self, strategy, k: int, split: Split, norm: Standardizer,
                        spec: RunSpec) -> np.ndarray:
@@ -407,29 +465,42 @@ class Experiment:
                              ev.tent_steps, ev.tent_lr, ev.batch_size)
 
     def _selection_scores(self, strategy, target: DomainTensors, source: DomainTensors,
-                          splits: list[Split]) -> list[dict[str, float]]:
+                          vals: list, val_probs: list[np.ndarray], splits: list[Split]
+                          ) -> list[dict[str, float]]:
         """Per run, every label-free selection rule's score (:mod:`transfer.evaluate.selection`)
         from the run's outputs on its target validation audio (labels unread) and on the
-        held-out source speakers; and, for the selection report only, the UAR on the target
-        validation labels (what a few target labels would give)."""
-        from transfer.evaluate.selection import label_free_scores, uar
+        held-out source speakers."""
+        from transfer.evaluate.selection import label_free_scores
 
-        dev, k = self.device, len(splits)
-        vals = [to_device(sp.val, dev) for sp in splits]
-        held = source.val[0]
+        k, held = len(vals), source.val[0]
         src_k = source.for_runs(k)
-        p_t = predict_runs(strategy, target, vals, amp=self.recipe.train.amp)
         p_s = predict_runs(strategy, src_k, [held] * k, amp=self.recipe.train.amp)
         z_t = embed_runs(strategy, target, vals)
         z_s = embed_runs(strategy, src_k, [held] * k)
         y_s = source.y[held].cpu().numpy()
-        out = []
-        for j, sp in enumerate(splits):
-            scores = label_free_scores(p_t[j].cpu().numpy(), p_s[j].cpu().numpy(), y_s,
-                                       z_t[j].cpu().numpy(), z_s[j].cpu().numpy(), seed=sp.seed)
-            scores["target_val_uar"] = uar(self.target.y[sp.val], p_t[j].cpu().numpy())
-            out.append(scores)
-        return out
+        return [label_free_scores(val_probs[j], p_s[j].cpu().numpy(), y_s, z_t[j].cpu().numpy(),
+                                  z_s[j].cpu().numpy(), seed=sp.seed)
+                for j, sp in enumerate(splits)]
+
+    def _record(self, split: Split, result: FitResult, prob: np.ndarray, val_prob: np.ndarray
+                ) -> dict[str, Any]:
+        """What a finished run measured: test metrics (per segment and decision unit), the
+        decision units' outputs (for CIs and tests), validation metrics (for selecting a
+        sweep's draw; never the test fold), curves and confusion."""
+        t = self.target
+        y_test, units = t.y[split.test], t.unit_ids[split.test]
+        metrics = evaluate(y_test, prob, units, t.positive_index, t.unit)
+        return {
+            "metrics": metrics,
+            "units": unit_outputs(y_test, prob, units, t.unit),  # for CIs and tests
+            "validation": validation_scores(t.y[split.val], val_prob, t.unit_ids[split.val],
+                                            t.positive_index, t.unit),
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "stopped": result.stopped, "train_seconds": round(result.seconds, 2),
+            "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
+                        for k2, v in row.items()} for row in result.curves],
+            "confusion": confusion(y_test, prob, len(t.labels)),
+        }
 
     def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
               tests: list, specs: list[RunSpec]) -> list[dict]:
@@ -503,31 +574,32 @@ def spread(packs: list[list], jobs: int, cost: Callable[[list], float] = len,
     takes the next when it is free), and the ``len(packs) % jobs`` cheapest split into ``jobs``
     parts each (as far as they have runs), so that the workers finish together instead of one
     training the last pack alone; a single pack on two cores runs as two halves at once.
-    ``unit``: items with the same ``unit(item)`` (consecutive in a pack) stay in one part.
+    ``unit``: runs with the same unit stay together when a pack is split.
 
-    A run gives the same result in a pack of any size, so splitting changes no result; on a
-    CPU a pack's throughput hardly depends on its size (2-core AMD EPYC, TIM-Net, fp32, one
-    thread: 200-213 segment-steps/s for 4, 8 and 15 runs per pack), so a split costs only the
-    per-pack set-up.
+    A run gives the same result in a pack of any size (up to float rounding), so splitting
+    changes no result; on a CPU a pack's throughput hardly depends on its size (2-core AMD
+    EPYC, TIM-Net, fp32, one thread: 200-213 segment-steps/s for 4, 8 and 15 runs per pack), so
+    a split costs only the per-pack set-up.
     """
     order = sorted(packs, key=cost, reverse=True)
     r = len(order) % jobs
     if r == 0:
         return order
     whole, tail = order[:len(order) - r], order[len(order) - r:]
-    parts = []
-    for pack in tail:
-        runs: list[list] = [[item] for item in pack]
-        if unit is not None:
-            grouped: dict[Any, list] = {}
-            for item in pack:
-                grouped.setdefault(unit(item), []).append(item)
-            runs = list(grouped.values())
-        parts += [[item for run in part for item in run]
-                  for part in split_evenly(runs, min(jobs, len(runs)))]
+    parts = [part for pack in tail for part in split_evenly(pack, jobs, unit)]
     return whole + sorted(parts, key=cost, reverse=True)
 
 
-def split_evenly(items: list, parts: int) -> list[list]:
-    """``items`` in ``parts`` consecutive parts whose sizes differ by at most one."""
-    return [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), parts)]
+def split_evenly(items: list, parts: int, unit: Callable[[Any], Any] | None = None) -> list[list]:
+    """``items`` in at most ``parts`` consecutive parts whose sizes differ by at most one unit
+    (``unit(item)``: consecutive items with the same unit stay in one part; default: every
+    item is its own unit). No part is empty."""
+    units: list[list] = []
+    for item in items:
+        if units and unit is not None and unit(units[-1][0]) == unit(item):
+            units[-1].append(item)
+        else:
+            units.append([item])
+    parts = max(1, min(parts, len(units)))
+    return [[item for i in idx for item in units[i]]
+            for idx in np.array_split(np.arange(len(units)), parts)]

@@ -34,7 +34,7 @@ from transfer.common.console import ENVIRONMENT_ERRORS
 log = logging.getLogger(__name__)
 
 #: Recipe keys that do not change what a run computes: a resume may differ in them.
-NOT_RESULTS = ("name", "description", "jobs", "device", "export")
+NOT_RESULTS = ("name", "description", "jobs", "device", "export", "sweep")
 
 #: File-system errors that are the user's environment, not a bug.
 DISK_ERRORS = ENVIRONMENT_ERRORS
@@ -64,6 +64,8 @@ class RunRecord:
     labels: list[str]
     sizes: dict[str, int]
     pack: int  # runs trained together as one model
+    draw: int = 0  # the sweep draw (0: the recipe's settings)
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # the draw's values
     adapt: str = "none"  # test-time adaptation before testing (evaluate.adapt)
     status: str = "ok"  # "ok" | "failed"
     error: str = ""

@@ -23,6 +23,7 @@ from transfer.common.console import console, main_guard
 from transfer.evaluate.metrics import METRICS
 from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, paired_uar_diff_ci, pooled_uar_ci
 from transfer.grid.records import read_records  # noqa: F401 - the records reader lives there
+from transfer.report.sweep import is_sweep, write_sweep
 
 GAP = ["gap_mmd", "gap_a_distance"]
 
@@ -332,9 +333,15 @@ def print_leak(out_dir: Path) -> None:
 
 
 def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: dict | None,
-                  title: str, plots: bool = True, protocol: str | None = None) -> pd.DataFrame:
-    """table.md/table.csv (and leak.md/leak.csv where several protocols ran) and figures."""
+                  title: str, plots: bool = True, protocol: str | None = None,
+                  spaces: dict[str, list] | None = None) -> pd.DataFrame:
+    """table.md/table.csv (and leak.md/leak.csv where several protocols ran) and figures; for a
+    sweep also sweep.md/sweep.csv, and the table is the tuned one (each run's draw selected on
+    its validation subjects)."""
     protocol = primary_protocol(latest(records), protocol)
+    if is_sweep(latest(records)):
+        records = write_sweep(out_dir, latest(records), order, protocol, spaces, title, plots)
+        title += " - tuned: each fold's draw selected on validation subjects (sweep.md)"
     table = build_table(records, order, source, protocol)
     with atomic_path(out_dir / "table.csv") as tmp:  # no table.csv.tmp left on a full disk
         table.to_csv(tmp, index=False)
@@ -377,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     table = write_outputs(out, records, meta.get("order", []), meta.get("source"),
                           meta.get("title", out.name), plots=not args.no_plots,
-                          protocol=meta.get("protocol"))
+                          protocol=meta.get("protocol"), spaces=meta.get("spaces"))
     print_table(table, meta.get("title", ""))
     print_leak(out)
     return 0

@@ -86,7 +86,7 @@ def tent(model: nn.Module, x: Tensor, steps: int = 10, lr: float = 1e-3, batch: 
 
     Shape: x (N, F, T).
     """
-    from transfer.train.engine import FlatParams, PackedOptimizer
+    from transfer.train.optim import FlatParams, PackedOptimizer
 
     adapted = adabn(model, x, batch)
     layers = batchnorm_layers(adapted)

@@ -20,11 +20,13 @@ from backbones.layers import RunBatchNorm, RunDropout, RunLinear, TemporalConv, 
 from transfer.evaluate.distances import MultiKernelMMD
 
 
-def grl_coefficient(progress: float | Tensor, gamma: float = 10.0) -> float | Tensor:
+def grl_coefficient(progress: float | Tensor, gamma: float | Tensor = 10.0) -> float | Tensor:
     """Ganin & Lempitsky's schedule 2 / (1 + exp(-gamma p)) - 1, p = training progress in [0, 1].
 
-    ``progress`` may be a tensor (kept on its device)."""
-    if isinstance(progress, Tensor):
+    ``progress`` and ``gamma`` may be tensors ((K,) per run; kept on their device)."""
+    if isinstance(progress, Tensor) or isinstance(gamma, Tensor):
+        progress = torch.as_tensor(progress, dtype=torch.float32,
+                                   device=gamma.device if isinstance(gamma, Tensor) else None)
         return 2.0 / (1.0 + torch.exp(-gamma * progress)) - 1.0
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
@@ -54,13 +56,18 @@ def reverse_gradient(x: Tensor, coeff: float | Tensor = 1.0) -> Tensor:
 class GradientReversal(nn.Module):
     """Gradient reversal layer whose coefficient follows :func:`grl_coefficient`.
 
-    Set ``progress`` (0..1, a float or a 0-d tensor) before the forward pass; ``max_coeff``
-    scales the schedule.
+    Set ``progress`` (0..1, a float, a 0-d tensor or (K,) per run) before the forward pass;
+    ``max_coeff`` scales the schedule. ``max_coeff`` and ``gamma`` may be (K,) tensors (one
+    per packed run: a sweep's draws); they are buffers then, so they move with the module.
     """
 
-    def __init__(self, max_coeff: float = 1.0, gamma: float = 10.0) -> None:
+    def __init__(self, max_coeff: float | Tensor = 1.0, gamma: float | Tensor = 10.0) -> None:
         super().__init__()
-        self.max_coeff, self.gamma = max_coeff, gamma
+        for name, value in (("max_coeff", max_coeff), ("gamma", gamma)):
+            if isinstance(value, Tensor):
+                self.register_buffer(name, value.detach().clone(), persistent=False)
+            else:
+                setattr(self, name, value)
         self.progress: float | Tensor = 0.0
 
     @property
@@ -129,10 +136,12 @@ class Projector(nn.Module):
 
 
 def alignment_loss(mmd: MultiKernelMMD, disc: DomainDiscriminator, grl: GradientReversal,
-                   source: Tensor, target: Tensor, progress: float | Tensor, mmd_weight: float,
-                   adv_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+                   source: Tensor, target: Tensor, progress: float | Tensor,
+                   mmd_weight: float | Tensor, adv_weight: float | Tensor
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
     """``mmd_weight`` * MMD + ``adv_weight`` * adversarial loss (behind ``grl``) between two
-    batches of aligned features (K, N, D) and (K, M, D), per run, with the values to log."""
+    batches of aligned features (K, N, D) and (K, M, D), per run, with the values to log. The
+    weights are numbers or (K,) per run."""
     value = mmd(source, target)
     grl.progress = progress
     adv, acc = adversarial_loss(disc, grl(source), grl(target))
@@ -176,7 +185,7 @@ def information_maximization(p: Tensor) -> tuple[Tensor, Tensor]:
     return entropy(p).mean(1), entropy(p.mean(1))
 
 
-def mcc_loss(logits: Tensor, temperature: float = 2.5) -> Tensor:
+def mcc_loss(logits: Tensor, temperature: float | Tensor = 2.5) -> Tensor:
     """Minimum class confusion (Jin et al. 2020), per run.
 
     Temperature-scaled predictions, weighted per sample by 1 + exp(-entropy) (normalised to the
@@ -184,9 +193,11 @@ def mcc_loss(logits: Tensor, temperature: float = 2.5) -> Tensor:
     row is normalised to sum 1 and the loss is the mass off the diagonal over C (two classes
     predicted for the same samples = confusion).
 
-    Input: logits (K, B, C). Output: (K,).
+    Input: logits (K, B, C); ``temperature`` a number or (K,) per run. Output: (K,).
     """
     k, b, c = logits.shape
+    if isinstance(temperature, Tensor):
+        temperature = temperature.view(-1, 1, 1)
     p = torch.softmax(logits.float() / temperature, -1)  # (K, B, C)
     w = 1.0 + torch.exp(-entropy(p).detach())  # (K, B)
     w = b * w / w.sum(1, keepdim=True)

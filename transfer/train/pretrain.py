@@ -32,9 +32,12 @@ from transfer.common.cache import (
 from transfer.common.config import Recipe
 from transfer.data import Domain
 from transfer.evaluate.metrics import classification
-from transfer.train.engine import DomainTensors, Standardizer, fit, predict_proba, to_device
+from transfer.train.device import to_device
+from transfer.train.engine import fit
+from transfer.train.infer import predict_proba
 from transfer.train.strategies import Context
 from transfer.train.strategies.scratch import Scratch, ScratchOptions
+from transfer.train.tensors import DomainTensors, Standardizer
 
 log = logging.getLogger(__name__)
 

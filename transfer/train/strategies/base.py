@@ -15,14 +15,12 @@ is its :attr:`Strategy.target_labels`; :func:`check_label_mode` refuses the othe
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from torch import Tensor, nn
 
-from backbones import OptionError
 from backbones.layers import repeat_state
 from transfer import UserError
 
@@ -160,6 +158,9 @@ class Strategy(nn.Module):
     target_labels: ClassVar[Literal["required", "optional", "none"]] = "required"
     unlabelled_note: ClassVar[str] = ""
     model: nn.Module
+    #: each run's options, set by :func:`transfer.train.packs.build_pack` (a pack rebuilt
+    #: without its finished runs needs them)
+    run_options: list[Any] | None = None
 
     def __init__(self, ctx: Context, opts: Any) -> None:
         super().__init__()
@@ -253,16 +254,3 @@ def ensure_split(model: nn.Module, strategy: str) -> None:
         raise UserError(f"strategy '{strategy}' aligns general features: backbone option "
                         "split must be at least 1")
 
-
-def check_option(ok: bool, name: str, rule: str, value: Any) -> None:
-    """An option out of its range is an error naming it and the range."""
-    if not ok:
-        raise OptionError(f"option {name!r} must be {rule}, got {value!r}")
-
-
-def at_least(value: float, low: float, name: str) -> None:
-    check_option(math.isfinite(value) and value >= low, name, f">= {low:g}", value)
-
-
-def above(value: float, low: float, name: str) -> None:
-    check_option(math.isfinite(value) and value > low, name, f"> {low:g}", value)

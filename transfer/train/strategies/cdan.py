@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from transfer.common.options import Choice, LogUniform, opt
 from transfer.train.alignment import (
     DomainDiscriminator,
     GradientReversal,
     conditional_adversarial_loss,
 )
-from transfer.train.strategies.base import Batch, Context, Strategy, at_least, register
+from transfer.train.strategies.base import Batch, Context, Strategy, register
 
 
 @dataclass
@@ -34,17 +35,11 @@ class CdanOptions:
         disc_hidden: width of the discriminator.
     """
 
-    adv_weight: float = 1.0
-    grl_max: float = 1.0
-    grl_gamma: float = 10.0
+    adv_weight: float = opt(1.0, ge=0, search=LogUniform(0.01, 10.0))
+    grl_max: float = opt(1.0, gt=0, search=LogUniform(0.1, 1.0))
+    grl_gamma: float = opt(10.0, gt=0, search=LogUniform(1.0, 30.0))
     entropy_weight: bool = True
-    disc_hidden: int = 64
-
-    def validate(self) -> None:
-        at_least(self.adv_weight, 0.0, "adv_weight")
-        at_least(self.grl_max, 0.0, "grl_max")
-        at_least(self.grl_gamma, 0.0, "grl_gamma")
-        at_least(self.disc_hidden, 1, "disc_hidden")
+    disc_hidden: int = opt(64, ge=1, search=Choice((32, 64, 128)))
 
 
 @register("cdan", order=44)

@@ -14,15 +14,9 @@ from typing import Literal
 
 from torch import Tensor
 
+from transfer.common.options import LogUniform, opt
 from transfer.train.alignment import coral_loss
-from transfer.train.strategies.base import (
-    Batch,
-    Context,
-    Strategy,
-    at_least,
-    ensure_split,
-    register,
-)
+from transfer.train.strategies.base import Batch, Context, Strategy, ensure_split, register
 
 
 @dataclass
@@ -34,11 +28,8 @@ class CoralOptions:
         init: ``source`` (pretrained general and specific) or ``scratch``.
     """
 
-    coral_weight: float = 1.0
+    coral_weight: float = opt(1.0, ge=0, search=LogUniform(0.1, 10.0))
     init: Literal["source", "scratch"] = "source"
-
-    def validate(self) -> None:
-        at_least(self.coral_weight, 0.0, "coral_weight")
 
 
 @register("coral", order=42)

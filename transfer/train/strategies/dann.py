@@ -24,6 +24,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from transfer.common.options import Choice, LogUniform, opt
 from transfer.train.alignment import DomainDiscriminator, GradientReversal, adversarial_loss
 from transfer.train.strategies.base import Batch, Context, Strategy, ensure_split, register
 
@@ -39,11 +40,13 @@ class DannOptions:
         init: ``source`` or ``scratch``.
     """
 
-    adv_weight: float = 1.0
-    grl_max: float = 1.0
-    grl_gamma: float = 10.0
-    source_weight: float = 0.0
-    disc_hidden: int = 64
+    adv_weight: float = opt(1.0, ge=0, search=LogUniform(0.01, 10.0))
+    grl_max: float = opt(1.0, gt=0, search=LogUniform(0.1, 1.0))
+    grl_gamma: float = opt(10.0, gt=0, search=LogUniform(1.0, 30.0))
+    # > 0 builds a source branch: a structural choice, so draws that differ in it never share
+    # a pack
+    source_weight: float = opt(0.0, ge=0, per_run=False)
+    disc_hidden: int = opt(64, ge=1, search=Choice((32, 64, 128)))
     init: Literal["source", "scratch"] = "source"
 
 

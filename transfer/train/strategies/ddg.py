@@ -17,6 +17,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from transfer.common.options import LogUniform, Uniform, opt
 from transfer.train.alignment import (
     DomainDiscriminator,
     GradientReversal,
@@ -42,18 +43,18 @@ class DdgOptions:
         mmd_kernels, mmd_ratio: the multi-kernel MMD's bandwidths.
     """
 
-    mu: float = 0.2
-    align_every: int = 3
-    align_steps: int = 30
-    align_lr: float = 0.01
-    align_momentum: float = 0.9
-    align_step_size: int = 30
-    align_gamma: float = 0.3
-    proj_dim: int = 64
-    proj_lr_scale: float = 0.1
+    mu: float = opt(0.2, ge=0, le=1, hint="the MMD gets 1 - mu", search=Uniform(0.0, 1.0))
+    align_every: int = opt(3, ge=1)
+    align_steps: int = opt(30, ge=1)
+    align_lr: float = opt(0.01, gt=0, search=LogUniform(1e-3, 1e-1))
+    align_momentum: float = opt(0.9, ge=0, lt=1)
+    align_step_size: int = opt(30, ge=0, hint="0 turns the schedule off")
+    align_gamma: float = opt(0.3, gt=0)
+    proj_dim: int = opt(64, ge=1)
+    proj_lr_scale: float = opt(0.1, gt=0, search=LogUniform(0.01, 1.0))
     init: Literal["source", "scratch"] = "source"
-    mmd_kernels: int = 5
-    mmd_ratio: float = 2.0
+    mmd_kernels: int = opt(5, ge=1)
+    mmd_ratio: float = opt(2.0, gt=0, per_run=False)  # sets the kernels' bandwidths at build
 
 
 @register("ddg", order=60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transfer.common.options import LogUniform, opt
 from transfer.train.strategies.base import Context, Strategy, general_params, register, rest_params
 
 
@@ -13,7 +14,8 @@ class FinetuneOptions:
         general_lr_scale: learning rate of general relative to the rest (research code 0.1-0.2).
     """
 
-    general_lr_scale: float = 0.1
+    general_lr_scale: float = opt(0.1, gt=0, hint="0 would freeze general: use strategy freeze",
+                                  search=LogUniform(0.01, 1.0))
 
 
 @register("finetune", order=20)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from transfer.common.options import LogUniform, opt
 from transfer.train.strategies.base import (
     Batch,
     Context,
@@ -27,9 +28,9 @@ class JointOptions:
         init: ``source`` (start from the pretrained model) or ``scratch``.
     """
 
-    source_weight: float = 1.0
-    general_lr_scale: float = 0.1
-    source_lr_scale: float = 0.5
+    source_weight: float = opt(1.0, ge=0, search=LogUniform(0.1, 10.0))
+    general_lr_scale: float = opt(0.1, gt=0, search=LogUniform(0.01, 1.0))
+    source_lr_scale: float = opt(0.5, gt=0, search=LogUniform(0.05, 1.0))
     init: Literal["source", "scratch"] = "source"
 
 

@@ -14,8 +14,9 @@ from typing import Literal
 
 from torch import Tensor
 
+from transfer.common.options import LogUniform, Uniform, opt
 from transfer.train.alignment import mcc_loss
-from transfer.train.strategies.base import Batch, Context, Strategy, above, at_least, register
+from transfer.train.strategies.base import Batch, Context, Strategy, register
 
 
 @dataclass
@@ -26,13 +27,9 @@ class MccOptions:
         init: ``source`` (pretrained general and specific) or ``scratch``.
     """
 
-    mcc_weight: float = 1.0
-    temperature: float = 2.5
+    mcc_weight: float = opt(1.0, ge=0, search=LogUniform(0.1, 10.0))
+    temperature: float = opt(2.5, gt=0, search=Uniform(1.0, 5.0))
     init: Literal["source", "scratch"] = "source"
-
-    def validate(self) -> None:
-        at_least(self.mcc_weight, 0.0, "mcc_weight")
-        above(self.temperature, 0.0, "temperature")
 
 
 @register("mcc", order=65)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from transfer.common.options import LogUniform, opt
 from transfer.train.alignment import (
     DomainDiscriminator,
     GradientReversal,
@@ -49,14 +50,14 @@ class MmdAeOptions:
         mmd_kernels, mmd_ratio: the multi-kernel MMD's bandwidths.
     """
 
-    align_every: int = 6
-    align_steps: int = 20
-    adv_weight: float = 1.0
-    proj_dim: int = 64
-    ae_epochs: int = 2
-    align_lr: float = 1e-3
-    mmd_kernels: int = 5
-    mmd_ratio: float = 2.0
+    align_every: int = opt(6, ge=1)
+    align_steps: int = opt(20, ge=1)
+    adv_weight: float = opt(1.0, ge=0, search=LogUniform(0.01, 10.0))
+    proj_dim: int = opt(64, ge=1)
+    ae_epochs: int = opt(2, ge=0, hint="0 turns the autoencoder pretraining off")
+    align_lr: float = opt(1e-3, gt=0, search=LogUniform(1e-4, 1e-2))
+    mmd_kernels: int = opt(5, ge=1)
+    mmd_ratio: float = opt(2.0, gt=0, per_run=False)  # sets the kernels' bandwidths at build
 
 
 @register("mmd_ae", order=50)

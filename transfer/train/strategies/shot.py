@@ -27,16 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from backbones.layers import RunModule, bmm
+from transfer.common.options import Uniform, opt
 from transfer.train.alignment import information_maximization
-from transfer.train.strategies.base import (
-    Batch,
-    Context,
-    Strategy,
-    at_least,
-    check_option,
-    frozen,
-    register,
-)
+from transfer.train.strategies.base import Batch, Context, Strategy, frozen, register
 
 
 class CentroidMemory(RunModule):
@@ -92,16 +85,11 @@ class ShotOptions:
         centroid_momentum: how far a batch moves the running centroids, in (0, 1].
     """
 
-    ent_weight: float = 1.0
-    div_weight: float = 1.0
-    pseudo_weight: float = 0.3
-    centroid_momentum: float = 0.1
-
-    def validate(self) -> None:
-        for name in ("ent_weight", "div_weight", "pseudo_weight"):
-            at_least(getattr(self, name), 0.0, name)
-        m = self.centroid_momentum
-        check_option(0 < m <= 1, "centroid_momentum", "in (0, 1]", m)
+    ent_weight: float = opt(1.0, ge=0)
+    div_weight: float = opt(1.0, ge=0)
+    pseudo_weight: float = opt(0.3, ge=0, search=Uniform(0.0, 1.0))
+    # the running centroids' rate, a buffer's constant: draws that differ never share a pack
+    centroid_momentum: float = opt(0.1, gt=0, le=1, per_run=False)
 
 
 @register("shot", order=70)
