@@ -93,6 +93,11 @@ def show_features(console: Console) -> None:
     console.print(options_table(escape("[features]"), FeaturesConfig))
 
 
+# what a strategy needs of the target's labels ([target] labelled = true / false)
+_LABEL_MODES = {"required": "", "optional": "  (also with an unlabelled target)",
+                "none": "  (unlabelled target only)"}
+
+
 def show_strategies(console: Console) -> None:
     from transfer.train.strategies import get_strategy, names
 
@@ -101,7 +106,8 @@ def show_strategies(console: Console) -> None:
         summary = (pyinspect.getdoc(pyinspect.getmodule(cls)) or "").split("\n\n")[0]
         summary = escape(summary.replace("``", ""))
         console.print(f"\n[bold]{name}[/]  {summary}"
-                      + (escape("  (needs a [source])") if cls.needs_source else ""))
+                      + (escape("  (needs a [source])") if cls.needs_source else "")
+                      + _LABEL_MODES[cls.target_labels])
         console.print(options_table(escape(f"[[strategies]] name = \"{name}\""), cls.Options))
 
 

@@ -30,7 +30,7 @@ class CorpusConfig:
     """One corpus: a card (name in datasets/ or path) and where its audio is.
 
     ``synthetic``: instead of ``root``, generate a synthetic corpus of this size (tiny | small |
-    demo | full; ``transfer.data.synth.SIZES``) into the cache (casia and modma only).
+    demo | full; ``transfer.data.synth.SIZES``) into the cache (casia, modma and emodb).
     ``root`` = "" reads ``$<NAME>_ROOT``.
     ``labelled`` (target only): ``false`` hides the target's labels from training (the
     unlabelled mode: unsupervised, source-free and test-time adaptation); the target's classes,
