@@ -340,8 +340,11 @@ def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: 
     its validation subjects)."""
     protocol = primary_protocol(latest(records), protocol)
     if is_sweep(latest(records)):
+        unlabelled = any("rule" in (r.get("validation") or {}) for r in records)
         records = write_sweep(out_dir, latest(records), order, protocol, spaces, title, plots)
-        title += " - tuned: each fold's draw selected on validation subjects (sweep.md)"
+        title += (" - tuned: each fold's draw selected by a label-free rule (sweep.md)"
+                  if unlabelled else
+                  " - tuned: each fold's draw selected on validation subjects (sweep.md)")
     table = build_table(records, order, source, protocol)
     with atomic_path(out_dir / "table.csv") as tmp:  # no table.csv.tmp left on a full disk
         table.to_csv(tmp, index=False)
