@@ -329,3 +329,55 @@ def test_loso_tta_recipe_runs_on_a_synthetic_casia(tmp_path):
     assert failed == 0
     assert list(table["strategy"]) == ["scratch", "scratch+adabn@speaker", "scratch+tent@speaker"]
     assert (table["runs"] == 4).all()  # one fold per speaker
+
+
+# --- the shared losses against their papers' formulas -------------------------------------------
+def test_coral_mcc_and_information_maximisation_match_reference_formulas():
+    from transfer.train.alignment import coral_loss, information_maximization, mcc_loss
+
+    g = torch.Generator().manual_seed(0)
+    xs, xt = torch.randn(2, 20, 5, generator=g), torch.randn(2, 30, 5, generator=g) * 2
+    for k in range(2):  # CORAL: ||cov_s - cov_t||_F^2 / (4 d^2), numpy's unbiased covariance
+        cs, ct = np.cov(xs[k].numpy(), rowvar=False), np.cov(xt[k].numpy(), rowvar=False)
+        assert coral_loss(xs, xt)[k].item() == pytest.approx(((cs - ct) ** 2).sum() / 100,
+                                                             rel=1e-5)
+    logits = torch.randn(2, 16, 3, generator=g) * 3
+    for k in range(2):  # MCC (Jin et al. 2020, eq. 1-6), one run at a time, plainly
+        p = torch.softmax(logits[k] / 2.5, -1).double()
+        h = -(p * torch.log(p + 1e-5)).sum(-1)
+        w = (1 + torch.exp(-h)) * 16 / (1 + torch.exp(-h)).sum()
+        c = (p * w[:, None]).T @ p
+        c = c / c.sum(1, keepdim=True)
+        expected = (c.sum() - c.trace()) / 3
+        assert mcc_loss(logits, 2.5)[k].item() == pytest.approx(expected.item(), rel=1e-5)
+    p = torch.tensor([[[0.9, 0.1], [0.2, 0.8]]])
+    ent, div = information_maximization(p)
+    h = lambda q: -(q * torch.log(q + 1e-5)).sum(-1)  # noqa: E731
+    assert ent.item() == pytest.approx(h(p[0]).mean().item(), rel=1e-6)
+    assert div.item() == pytest.approx(h(p[0].mean(0)).item(), rel=1e-6)
+
+
+def test_cdan_conditions_on_predictions_and_weights_certain_segments():
+    from transfer.train.alignment import (
+        DomainDiscriminator,
+        GradientReversal,
+        conditional_adversarial_loss,
+        multilinear_map,
+    )
+
+    f, p = torch.randn(1, 4, 3), torch.softmax(torch.randn(1, 4, 2), -1)
+    h = multilinear_map(f, p)
+    assert h.shape == (1, 4, 6)
+    torch.testing.assert_close(h[0, 1], torch.outer(p[0, 1], f[0, 1]).flatten())
+    torch.manual_seed(0)
+    disc, grl = DomainDiscriminator(6, 8).eval(), GradientReversal(1.0)  # no dropout draws
+    sure = torch.tensor([[[0.99, 0.01]] * 4])
+    unsure = torch.full((1, 4, 2), 0.5)
+    for ps, pt in ((sure, unsure), (unsure, sure)):  # CDAN+E: weights 1 + exp(-entropy)
+        loss, _ = conditional_adversarial_loss(disc, grl, f, ps, f, pt, entropy_weight=True)
+        logits = disc(torch.cat([multilinear_map(f, ps), multilinear_map(f, pt)], 1))[0]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.tensor([1.0] * 4 + [0.0] * 4), reduction="none")
+        q = torch.cat([ps, pt], 1)[0]
+        w = 1 + torch.exp((q * torch.log(q + 1e-5)).sum(-1))
+        assert loss.item() == pytest.approx(((bce * w).sum() / w.sum()).item(), rel=1e-5)
