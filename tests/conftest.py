@@ -138,3 +138,15 @@ def tiny_unlabelled_recipe(path: Path, strategies: list[str], name: str = "tiny"
     path.write_text(source + UNLABELLED_TARGET.format(emotions=emotions).lstrip("\n")
                     + "[backbone]" + rest + extra)
     return path
+
+
+@pytest.fixture
+def scoped_strategies():
+    """Strategies registered during the test are gone after it: test-only strategies never
+    reach the registry other tests read (``names()`` lists only the real ones)."""
+    from transfer.train.strategies import base
+
+    before = dict(base._REGISTRY)
+    yield base.register
+    base._REGISTRY.clear()
+    base._REGISTRY.update(before)

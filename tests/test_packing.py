@@ -980,7 +980,7 @@ def test_a_bench_that_is_stopped_keeps_the_figures_it_has_measured(tmp_path, mon
 
     monkeypatch.setattr(bench, "bench_training", training)
     monkeypatch.setattr(bench, "profile_step", stopped)
-    assert bench.main(["--device", "cpu", "--skip", "features", "grid",
+    assert bench.main(["--device", "cpu", "--skip", "features", "grid", "sweep",
                        "--results-dir", str(tmp_path)]) == 130  # Ctrl-C's exit status
     saved = list((tmp_path / "bench").glob("*.json"))
     assert len(saved) == 1
@@ -989,7 +989,7 @@ def test_a_bench_that_is_stopped_keeps_the_figures_it_has_measured(tmp_path, mon
     assert "reference loop: 123.4 segment-steps/s" in capsys.readouterr().err
 
     monkeypatch.setattr(bench, "profile_step", lambda device: [])
-    bench.main(["--device", "cpu", "--skip", "features", "grid",
+    bench.main(["--device", "cpu", "--skip", "features", "grid", "sweep",
                 "--results-dir", str(tmp_path / "whole")])
     (whole,) = (tmp_path / "whole" / "bench").glob("*.json")
     assert "partial" not in json.loads(whole.read_text())
@@ -1006,7 +1006,7 @@ def test_bench_training_reports_every_measurement_and_keeps_each_ones_best(monke
     monkeypatch.setattr(bench, "engine_loop", lambda *a, **k: next(figures))
     monkeypatch.setattr(bench, "engine_workers", lambda *a, **k: next(figures))
     monkeypatch.setattr(bench, "flops_per_segment", lambda device: 1e9)
-    monkeypatch.setattr(bench, "device_peak", lambda device: (1e12, "stated"))
+    monkeypatch.setattr(bench, "device_peak", lambda device, bf16=False: (1e12, "stated"))
     heard: list[str] = []
     result = bench.bench_training(torch.device("cpu"), 8, 1, 3, False, amp=False, repeats=2,
                                   workers=2, report=heard.append)
