@@ -26,7 +26,6 @@ from transfer.grid.recipe import load_recipe, parse_recipe
 from transfer.run import run_recipe
 from transfer.train.adapt import adabn, adapt_predict, batchnorm_layers
 from transfer.train.pretrain import Pretrained
-from transfer.train.strategies import register
 from transfer.train.strategies.coral import Coral
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +189,6 @@ def test_per_speaker_adaptation_is_refused_where_the_label_belongs_to_the_subjec
     assert len(_experiment(recipe, target, source).plan()) == 4  # 2 folds x (plain, adabn)
 
 
-@register("_peeks")
 class _Peeks(Coral):
     """coral, except that its classifier reads the target's labels (a bug to catch)."""
 
@@ -199,11 +197,14 @@ class _Peeks(Coral):
         return ce, {"ce": ce.detach()}
 
 
-def test_unlabelled_runs_hide_target_labels_and_a_source_free_run_gets_no_source(monkeypatch):
+def test_unlabelled_runs_hide_target_labels_and_a_source_free_run_gets_no_source(
+        monkeypatch, scoped_strategies):
     """Every pack trains once for its adaptation variants; ``shot`` is handed no source (not
     even for a batch), ``dann`` is; a strategy that reads target labels fails its runs with
     the hidden labels' error; records carry the label-free scores."""
     import transfer.grid.experiment as experiment
+
+    scoped_strategies("_peeks")(_Peeks)
 
     seen = {}
     fit_runs = experiment.fit_runs
