@@ -114,6 +114,32 @@ def tiny_recipe(path: Path, strategies: list[str], name: str = "tiny", extra: st
     return path
 
 
+UNLABELLED_TARGET = """
+[target]
+corpus = "emodb"
+synthetic = "tiny"
+labelled = false
+label_map = {{ anger = "angry", happiness = "happy", sadness = "sad" }}
+keep = {emotions}
+segments = {{ seconds = 2.0, mode = "pad" }}
+"""
+
+
+def tiny_unlabelled_recipe(path: Path, strategies: list[str], name: str = "tiny",
+                           extra: str = "") -> Path:
+    """The tiny recipe with the same-label-space pair: the synthetic CASIA-like source (its
+    five emotions shared with EmoDB) and an unlabelled synthetic EmoDB-like target."""
+    emotions = '["angry", "fear", "happy", "neutral", "sad"]'
+    text = TINY_RECIPE.format(name=name, strategies="\n".join(
+        f'[[strategies]]\nname = "{s}"\n' for s in strategies))
+    head, rest = text.split("[target]", 1)
+    rest = rest.split("[backbone]", 1)[1]
+    source = head.replace('synthetic = "tiny"\n', f'synthetic = "tiny"\nkeep = {emotions}\n', 1)
+    path.write_text(source + UNLABELLED_TARGET.format(emotions=emotions).lstrip("\n")
+                    + "[backbone]" + rest + extra)
+    return path
+
+
 @pytest.fixture
 def scoped_strategies():
     """Strategies registered during the test are gone after it: test-only strategies never

@@ -464,6 +464,8 @@ def _check_pack_equals_one_by_one(name, factory, pretrained=None, draws=None):
     ctx = Context(factory, 2, 3, factory(3).state_dict() if pretrained is None else pretrained,
                   0.1)
     cls = get_strategy(name)
+    if cls.target_labels == "none":  # classifies with the source's head: the unlabelled mode
+        ctx = ctx.unlabelled()
     opts = _quick(cls.Options())
     runs = draws or [(opts, cfg)] * 3
 
@@ -760,6 +762,8 @@ def _pack_setup(name: str):
         torch.manual_seed(0)
         ctx = Context(_factory, 2, 3, _factory(3).state_dict(), 0.1)
     cls = get_strategy(name)
+    if cls.target_labels == "none":  # classifies with the source's head: the unlabelled mode
+        ctx = ctx.unlabelled()
     opts = cls.Options()
     for key, value in (("align_every", 1), ("align_steps", 5), ("ae_epochs", 1),
                        ("align_step_size", 1)):

@@ -222,8 +222,8 @@ def test_schedule_weighs_source_strategies_double_and_never_splits_on_a_gpu():
     from transfer.grid.experiment import Experiment
 
     entries = {"s": SimpleNamespace(name="scratch"), "d": SimpleNamespace(name="ddg")}
-    runs = [SimpleNamespace(strategy="s", i=i) for i in range(3)]
-    ddg = [SimpleNamespace(strategy="d", i=i) for i in range(2)]
+    runs = [SimpleNamespace(strategy="s", run=("", i, 0)) for i in range(3)]
+    ddg = [SimpleNamespace(strategy="d", run=("", i, 0)) for i in range(2)]
     fake = SimpleNamespace(entries=entries)
     assert Experiment.pack_cost(fake, runs) == 3 and Experiment.pack_cost(fake, ddg) == 4
     for device, order in [("cuda", ["dd", "sss"]), ("cpu", ["d", "d", "s", "s", "s"])]:

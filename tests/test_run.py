@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_recipe
+from conftest import tiny_recipe, tiny_unlabelled_recipe
 
 import transfer.train.strategies as strategies
 from transfer.grid.recipe import load_recipe
@@ -20,13 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("name", [n for n in strategies.names() if not n.startswith("_")])
 def test_each_strategy_end_to_end(tmp_path, name):
-    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", [name]))
+    # a strategy that classifies with the source's head runs on the unlabelled same-label pair
+    labelled = strategies.get_strategy(name).target_labels != "none"
+    make = tiny_recipe if labelled else tiny_unlabelled_recipe
+    recipe = load_recipe(make(tmp_path / "r.toml", [name]))
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     assert failed == 0
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["status"] == "ok" for r in records)
     assert {"unit_uar", "segment_auc", "unit_sens"} <= set(records[0]["metrics"])
-    assert records[0]["unit"] == "subject" and records[0]["units"]["y"]  # per-unit outputs
+    assert records[0]["unit"] == ("subject" if labelled else "recording")
+    assert records[0]["units"]["y"]  # per-unit outputs
     assert len(records[0]["units"]["id"]) == len(records[0]["units"]["prob"])
     assert {"gap_mmd", "gap_a_distance"} <= set(records[0]["gap"])
     assert records[0]["best_epoch"] >= 1 and records[0]["curves"][0]["epoch"] == 1

@@ -106,8 +106,10 @@ def test_every_strategy_trains_on_every_backbone(name, backbone):
     pre = make(2).state_dict()
     cls = get_strategy(name)
     opts = {"align_every": 1, "align_steps": 2} if name == "ddg" else {}
-    strategy = build_pack(cls, Context(make, 2, 2, pre, 0.0), cls.Options(**opts),
-                          list(range(runs)))
+    ctx = Context(make, 2, 2, pre, 0.0)
+    if cls.target_labels == "none":  # classifies with the source's head: the unlabelled mode
+        ctx = ctx.unlabelled()
+    strategy = build_pack(cls, ctx, cls.Options(**opts), list(range(runs)))
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-3, amp=False)
     results = fit_runs(strategy, tgt.for_runs(runs), src, cfg, list(range(runs)),
                        torch.device("cpu"))

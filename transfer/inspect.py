@@ -105,6 +105,9 @@ def show_report(console: Console) -> None:
                   "python -m transfer.report DIR --set report.KEY=VALUE rebuilds with others")
     console.print(options_table(escape("[report]"), ReportConfig))
     console.print(options_table(escape("[log]"), LogConfig))
+# what a strategy needs of the target's labels ([target] labelled = true / false)
+_LABEL_MODES = {"required": "", "optional": "  (also with an unlabelled target)",
+                "none": "  (unlabelled target only)"}
 
 
 def show_strategies(console: Console) -> None:
@@ -115,7 +118,8 @@ def show_strategies(console: Console) -> None:
         summary = (pyinspect.getdoc(pyinspect.getmodule(cls)) or "").split("\n\n")[0]
         summary = escape(summary.replace("``", ""))
         console.print(f"\n[bold]{name}[/]  {summary}"
-                      + (escape("  (needs a [source])") if cls.needs_source else ""))
+                      + (escape("  (needs a [source])") if cls.needs_source else "")
+                      + _LABEL_MODES[cls.target_labels])
         console.print(options_table(escape(f"[[strategies]] name = \"{name}\""), cls.Options))
 
 

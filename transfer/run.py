@@ -236,7 +236,7 @@ def _summary(exp: Experiment, plan: list[RunSpec]) -> dict[str, Any]:
     recipe = exp.recipe
     summary = {"title": f"{recipe.name}: {exp.source.name if exp.source else '-'} -> "
                         f"{exp.target.name} ({recipe.protocol.name})",
-               "order": [e.label for e in recipe.strategies],
+               "order": exp.row_labels(),  # with test-time adaptation variants
                "source": dict(exp.pretrained.metrics) if exp.pretrained else None,
                "runs_planned": len(plan), "device": str(exp.device),
                "protocol": recipe.protocol.name, "compare": list(recipe.protocol.compare),

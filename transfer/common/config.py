@@ -30,9 +30,13 @@ class CorpusConfig:
     """One corpus: a card (name in datasets/ or path) and where its audio is.
 
     ``synthetic``: instead of ``root``, generate a synthetic corpus of this size (tiny | small |
-    demo | full; ``transfer.data.synth.SIZES``) into the cache (casia and modma only).
+    demo | full; ``transfer.data.synth.SIZES``) into the cache (casia, modma and emodb).
     ``root`` = "" reads ``$<NAME>_ROOT``. ``positive``: the positive class of a binary target
     (what sensitivity and specificity refer to); "" = the card's ``[labels] positive``.
+    ``labelled`` (target only): ``false`` hides the target's labels from training (the
+    unlabelled mode: unsupervised, source-free and test-time adaptation); the target's classes,
+    after ``label_map`` / ``keep``, must then be the source's, and its labels are read only to
+    score the test folds.
     """
 
     corpus: str = ""
@@ -47,6 +51,7 @@ class CorpusConfig:
     # What a label belongs to (the decision unit): subject | recording | segment; "" = the
     # card's [labels] unit. Checked against the data; metrics are reported per unit.
     unit: Literal["", "subject", "recording", "segment"] = ""
+    labelled: bool = True
 
 
 @dataclass
@@ -60,7 +65,10 @@ class FeaturesConfig:
         sample_rate: every recording is resampled to this rate (16000 for ssl checkpoints).
         n_mfcc, deltas: MFCC coefficients and delta orders (0-2): 13 x 3 = 39 dims.
         n_fft, hop, n_mels: STFT window, hop (samples) and mel bands (mfcc and logmel).
-        normalize: ``corpus`` standardises each corpus by its training statistics; ``none``.
+        normalize: ``corpus`` standardises each corpus by its training statistics; ``speaker``
+            z-scores every speaker's features by that speaker's own mean and standard deviation
+            (over its segments and frames; the classic speaker normalisation for emotion,
+            refused where the label belongs to the subject); ``none``.
         model: ssl: a local folder holding the checkpoint saved with save_pretrained
             (config.json + model.safetensors); nothing is downloaded.
         layers: ssl: a hidden-state index (0 = convolutional features, -1 = last layer), a list
@@ -76,7 +84,7 @@ class FeaturesConfig:
     n_fft: int = opt(800, ge=1)
     hop: int = opt(512, ge=1)
     n_mels: int = opt(128, ge=1)
-    normalize: Literal["corpus", "none"] = "corpus"  # standardise each corpus by its train stats
+    normalize: Literal["corpus", "speaker", "none"] = "corpus"
     model: str = ""
     layers: int | list[int] | Literal["all"] = "all"
     pool_frames: int = opt(1, ge=1)
@@ -208,6 +216,33 @@ class LogConfig:
 
     tensorboard: bool = False
     tensorboard_dir: str = ""
+class EvaluateConfig:
+    """Test-time adaptation of every trained model to its unlabelled test audio.
+
+    Args:
+        adapt: one table row per entry: ``none`` (the model as trained), ``adabn`` (BatchNorm
+            statistics recomputed on the test audio; Li et al. 2016) and ``tent`` (AdaBN, then
+            the BatchNorm scales and shifts trained by entropy minimisation for ``tent_steps``
+            steps; Wang et al. 2021). A variant's row is labelled ``<strategy>+<adapt>``; the
+            training is shared, only the evaluation differs.
+        per: what one adaptation sees: ``fold`` (all test audio of the fold: a new site) or
+            ``speaker`` (each test speaker alone; refused where the label belongs to the
+            subject, since the speaker's statistics then carry the label).
+        tent_steps, tent_lr: TENT's steps (Adam) over batches of the adapted audio.
+        batch_size: segments per forward pass while adapting.
+    """
+
+    adapt: list[Literal["none", "adabn", "tent"]] = field(default_factory=lambda: ["none"])
+    per: Literal["fold", "speaker"] = "fold"
+    tent_steps: int = opt(10, ge=1)
+    tent_lr: float = opt(1e-3, gt=0)
+    batch_size: int = opt(64, ge=1)
+
+    def validate(self) -> None:
+        """At least one variant, none twice."""
+        if not self.adapt or len(set(self.adapt)) != len(self.adapt):
+            raise FieldError("adapt", f"must list distinct values of 'none', 'adabn', 'tent' "
+                                      f"(at least one), got {self.adapt!r}")
 
 
 @dataclass
@@ -228,6 +263,10 @@ class SweepConfig:
             the declared space, ``{log_uniform = [a, b]}`` replaces it, ``false`` keeps the
             recipe value).
         backbone: search spaces of the backbone's options, the same way.
+        select: what selects a draw: ``validation`` (the target's validation subjects: unit
+            UAR, ties by loss) or, with ``[target] labelled = false``, a label-free rule of
+            :mod:`transfer.evaluate.selection` (``source_acc``, ``iwv``, ``dev``, ``entropy``,
+            ``info_max``, ``snd``; the selection report shows how far each can be trusted).
     """
 
     draws: int = opt(1, ge=1, le=10000)
@@ -236,6 +275,8 @@ class SweepConfig:
     rungs: list[float] = opt(gt=0, lt=1, factory=lambda: [0.25, 0.5])
     train: dict[str, Any] = field(default_factory=dict)
     backbone: dict[str, Any] = field(default_factory=dict)
+    select: Literal["validation", "source_acc", "iwv", "dev", "entropy", "info_max",
+                    "snd"] = "validation"
 
 
 @dataclass
@@ -273,6 +314,7 @@ class Recipe:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     strategies: list[StrategyEntry] = field(default_factory=list)
 

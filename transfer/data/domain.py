@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -123,6 +124,55 @@ def _given_covariates(covariates: pd.DataFrame | None) -> tuple[pd.DataFrame | N
     table = pd.DataFrame(covariates)
     table.index = table.index.astype(str)
     return table, ""
+    def with_label_order(self, labels: list[str], other: str = "the source") -> Domain:
+        """The same domain with its classes in the order ``labels`` (another domain's: the
+        unlabelled mode scores the source's classifier on the target). The two label sets must
+        be equal; the error names the difference and how to map one onto the other."""
+        if sorted(labels) != sorted(self.labels):
+            raise UserError(
+                f"with [target] labelled = false the target's classes must be {other}'s: target "
+                f"{self.name} has {self.labels}, {other} has {labels}; map them with label_map / "
+                "keep in [target] and [source]")
+        index = np.array([labels.index(lab) for lab in self.labels], np.int64)
+        return dataclasses.replace(self, y=index[self.y], labels=list(labels))
+
+
+def check_per_speaker(unit: str, what: str, corpus: str = "the target") -> None:
+    """Refuse per-speaker normalisation or adaptation (``what``) where the label belongs to the
+    subject: a speaker's own statistics then carry the label, and removing them removes the
+    very signal being classified."""
+    if unit == "subject":
+        raise UserError(f"{what} normalises every speaker by its own statistics, but the label "
+                        f"of {corpus} belongs to the subject (unit 'subject'): that would "
+                        "remove the very signal being classified; normalise per corpus or "
+                        "adapt per fold (a new site) instead")
+
+
+def _normalized(x: np.ndarray, groups: np.ndarray, normalize: str, unit: str, corpus: str
+                ) -> np.ndarray:
+    """``x`` as ``features.normalize`` asks before training: z-scored per speaker for
+    ``speaker`` (where the label does not belong to the subject); else as it is (``corpus``
+    standardises per run, by the training segments' statistics)."""
+    if normalize != "speaker":
+        return x
+    check_per_speaker(unit, 'features.normalize = "speaker"', corpus)
+    return speaker_zscores(x, groups)
+
+
+def speaker_zscores(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Every speaker's features z-scored by that speaker's own mean and standard deviation per
+    feature, over its segments and frames (speaker normalisation; no labels read).
+
+    Shape: x (N, F, T), groups (N,) -> (N, F, T) float32.
+    """
+    out = np.empty_like(x, dtype=np.float32)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        part = x[idx]
+        mean = part.mean(axis=(0, 2), keepdims=True)
+        std = np.maximum(part.std(axis=(0, 2), keepdims=True), 1e-5)  # a constant feature
+        out[idx] = (part - mean) / std
+    return out
 
 
 def feature_spec(cfg: FeaturesConfig) -> FeatureSpec:
@@ -254,6 +304,7 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
         from transfer.data.ssl import stacked_layers
 
         stacked = stacked_layers(spec)
+    x = _normalized(x, groups, features.normalize, unit, "+".join(names))
     table, note = _pooled_covariates(covs, names)
     return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units,
                   stacked, table, note)

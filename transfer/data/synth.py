@@ -30,6 +30,15 @@ factors and their sizes are the fields of :class:`Factors`; every generated corp
    noisy, has mains hum, a different level and a level that varies per recording, and is
    stored at 44.1 kHz. A model's source-trained features therefore see two domains.
 
+A third corpus, EmoDB-like (``--kind emodb``), is the **same-label-space pair** of the
+CASIA-like source: the same emotions (anger, fear, happiness, neutral, sadness: CASIA's
+angry, fear, happy, neutral, sad) made by the same prosodic model, recorded at another site.
+What differs is designed (:class:`SiteShift`): a channel shift of the whole site (band limit,
+level, noise) and per-speaker offsets (each speaker's own level and spectral tilt, as a
+microphone and its distance give). A cross-corpus emotion recognizer trained on the source
+loses accuracy on it by construction; test-time adaptation, unsupervised alignment and
+speaker normalisation each undo part of that loss.
+
 Same kind, size, seed and factors give the same bytes.
 """
 
@@ -73,6 +82,12 @@ SIZES: dict[str, dict[str, dict]] = {
         "demo": {"subjects": 32, "mdd": 14, "recordings": 3, "seconds": (4.0, 8.0)},
         "medium": {"subjects": 16, "mdd": 7, "recordings": 12, "seconds": (6.0, 28.0)},
         "full": {"subjects": 52, "mdd": 23, "recordings": 29, "seconds": (6.0, 28.0)},
+    },
+    "emodb": {  # speakers x 5 emotions x texts
+        "tiny": {"speakers": 4, "texts": 2, "seconds": None},
+        "small": {"speakers": 6, "texts": 4, "seconds": None},
+        "demo": {"speakers": 10, "texts": 6, "seconds": (3.0, 4.0)},
+        "full": {"speakers": 10, "texts": 10, "seconds": None},
     },
 }
 
@@ -433,6 +448,8 @@ def make_modma(out: str | Path, size: Size = "small", seed: int = 0,
 
 def describe(kind: str, size: Size, seed: int, factors: Factors | None = None) -> str:
     """The README.md of a generated corpus: layout, size and every designed factor."""
+    if kind == "emodb":
+        return describe_emodb(size, seed, factors)
     f = factors or Factors()
     cfg = _size(kind, size)
     name = size if isinstance(size, str) else "custom"
@@ -512,12 +529,140 @@ def _write_xlsx(path: Path, rows: list[dict]) -> None:
     path.write_bytes(out.getvalue())
 
 
-MAKERS = {"casia": make_casia, "modma": make_modma}
+# --- the same-label-space pair: an EmoDB-like target of the CASIA-like source -----------------
+# EmoDB's speakers (odd-looking ids are EmoDB's own), their sex, its text codes, and the letters
+# of the five emotions it shares with CASIA.
+EMODB_SPEAKERS = [("03", False), ("08", True), ("09", True), ("10", False), ("11", False),
+                  ("12", False), ("13", True), ("14", True), ("15", False), ("16", True)]
+EMODB_TEXTS = ["a01", "a02", "a04", "a05", "a07", "b01", "b02", "b03", "b09", "b10"]
+EMODB_SHARED = {"angry": ("W", "anger"), "fear": ("A", "fear"), "happy": ("F", "happiness"),
+                "neutral": ("N", "neutral"), "sad": ("T", "sadness")}
+
+
+@dataclass(frozen=True)
+class SiteShift:
+    """What the EmoDB-like target of the same-label-space pair changes, with its sizes.
+
+    Channel shift (the site, every recording):
+        band_hz: low-pass edge (4th-order Butterworth).
+        level_db: level change of the site.
+        tilt: the coefficient c of the site's first-order spectral tilt 1 - c z^-1 (c < 0: a
+            darker microphone; added to each speaker's own c).
+        snr_db: noise floor below the speech of an average speaker at the site's level, in dB.
+    Per-speaker offsets (each speaker's microphone and distance; constant within a speaker,
+    unrelated to the emotions):
+        speaker_gain_sd_db: standard deviation of a speaker's level offset, in dB.
+        speaker_tilt_sd: standard deviation of a speaker's offset to the site's tilt
+            coefficient c (c > 0 brighter, c < 0 darker; the sum clipped to +-0.9).
+    """
+
+    band_hz: float = 3400.0
+    level_db: float = -6.0
+    tilt: float = -0.5
+    snr_db: float = 30.0
+    speaker_gain_sd_db: float = 8.0
+    speaker_tilt_sd: float = 0.5
+
+
+def _channel_site(rng: np.random.Generator, x: np.ndarray, shift: SiteShift, gain_db: float,
+                  tilt: float) -> np.ndarray:
+    """The target site's channel: the speaker's tilt and level offset, the site's band limit,
+    level and noise floor; 16 kHz."""
+    y = lfilter([1.0, -tilt], [1.0], x)
+    y = sosfilt(butter(4, shift.band_hz, "lowpass", fs=SR, output="sos"), y)
+    site = 10 ** (shift.level_db / 20)
+    y = site * 10 ** (gain_db / 20) * y
+    noise = site * SPEECH_RMS * 10 ** (-shift.snr_db / 20) * rng.standard_normal(y.size)
+    return (y + noise).astype(np.float32)
+
+
+def make_emodb(out: str | Path, size: Size = "small", seed: int = 0,
+               factors: Factors | None = None, shift: SiteShift | None = None) -> Path:
+    """An EmoDB-like emotion corpus sharing the CASIA-like source's classes:
+    ``wav/<speaker><text><emotion letter>a.wav``, 16 kHz, five emotions (EmoDB's boredom and
+    disgust are not generated), the channel shift and per-speaker offsets of ``shift``
+    (default :class:`SiteShift`); ``latents.csv`` holds every file's arousal and its speaker's
+    offsets, ``README.md`` the sizes."""
+    f, shift = factors or Factors(), shift or SiteShift()
+    cfg = _size("emodb", size)
+    out = Path(out)
+    arousal = dict(f.emotion_arousal)
+    latents = []
+    for s_idx in range(cfg["speakers"]):
+        name, female = EMODB_SPEAKERS[s_idx % len(EMODB_SPEAKERS)]
+        if s_idx >= len(EMODB_SPEAKERS):
+            name = f"{20 + s_idx:02d}"
+        srng = np.random.default_rng([seed, 21, s_idx])
+        spk = _speaker(srng.random(VOICE_PARAMS), female, f)
+        tract = spk["tract"] * spk["formants"]
+        gain_db = float(srng.normal(0, shift.speaker_gain_sd_db))
+        tilt = float(np.clip(shift.tilt + srng.normal(0, shift.speaker_tilt_sd), -0.9, 0.9))
+        for e_idx, (emotion, (letter, _)) in enumerate(EMODB_SHARED.items()):
+            for t_idx in range(cfg["texts"]):
+                text = EMODB_TEXTS[t_idx % len(EMODB_TEXTS)]
+                rng = np.random.default_rng([seed, 22, s_idx, e_idx, t_idx])
+                plan = np.random.default_rng([seed, 23, t_idx])  # same text for every speaker
+                a = arousal[emotion] + rng.normal(0, f.source_arousal_sd)
+                p = _prosody(spk, a, f, rng, EMOTION_EXTRAS[emotion])
+                seconds = None if cfg["seconds"] is None else float(plan.uniform(*cfg["seconds"]))
+                audio = voice(rng, p, tract, seconds, plan=plan) * 1.5
+                rel = f"wav/{name}{text}{letter}a.wav"
+                _write(out / rel, _channel_site(rng, audio, shift, gain_db, tilt), SR)
+                latents.append({"file": rel, "speaker": name, "label": emotion, "arousal": a,
+                                "gain_db": gain_db, "tilt": tilt})
+    lines = ["file,speaker,label,arousal,speaker_gain_db,speaker_tilt"]
+    lines += [f"{r['file']},{r['speaker']},{r['label']},{r['arousal']:.4f},{r['gain_db']:.3f},"
+              f"{r['tilt']:.4f}" for r in latents]
+    (out / "latents.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(describe_emodb(size, seed, f, shift), encoding="utf-8")
+    return out
+
+
+def describe_emodb(size: Size, seed: int, factors: Factors | None = None,
+                   shift: SiteShift | None = None) -> str:
+    """The README.md of a generated EmoDB-like corpus: layout, size, shared classes, the
+    channel shift and the per-speaker offsets with their sizes."""
+    f, shift = factors or Factors(), shift or SiteShift()
+    cfg = _size("emodb", size)
+    name = size if isinstance(size, str) else "custom"
+    shared = ", ".join(f"{e} = `{letter}` ({german})" for e, (letter, german)
+                       in EMODB_SHARED.items())
+    lines = [
+        "# Synthetic emodb corpus", "",
+        f"Synthetic EmoDB-like emotion corpus (`transfer.data.synth`, size `{name}`, seed {seed}): "
+        f"{cfg['speakers']} speakers x {len(EMODB_SHARED)} emotions x {cfg['texts']} texts, "
+        "`wav/<speaker><text><emotion letter>a.wav`, 16 kHz. The same-label-space pair of the "
+        "synthetic CASIA-like corpus: same emotions, same prosodic model, another site.", "",
+        "Generated; not speech of real people (see `transfer/data/synth.py`).", "",
+        "## Shared classes", "",
+        f"CASIA's five emotions other than surprise, with EmoDB's letters: {shared}. EmoDB's "
+        "boredom (`L`) and disgust (`E`) are not generated. Map them onto the source with "
+        "`label_map = { anger = \"angry\", happiness = \"happy\", sadness = \"sad\" }`.", "",
+        "## What differs from the source, and by how much", "",
+        f"1. **Channel shift** (every recording): spectral tilt 1 - c z^-1 with c = "
+        f"{shift.tilt:+g}, low-passed at {shift.band_hz:g} Hz, level {shift.level_db:+g} dB, "
+        f"noise floor {shift.snr_db:g} dB below speech (the source: clean wideband, noise "
+        f"{SOURCE_SNR_DB:g} dB below).",
+        f"2. **Per-speaker offsets**: each speaker's level offset drawn with sd "
+        f"{shift.speaker_gain_sd_db:g} dB and an offset to the tilt's c drawn with sd "
+        f"{shift.speaker_tilt_sd:g} (c clipped to +-0.9); constant within a speaker, unrelated "
+        "to the emotions. `latents.csv` lists every file's speaker level offset and tilt c.",
+        "3. **Prosody and identity** as in the source: per unit of low arousal `a`, F0 "
+        f"{f.f0_st:+g} semitones, rate x{np.exp(f.rate_log):.2f}, energy {f.energy_db:+g} dB; "
+        f"`a` per emotion {', '.join(f'{e} {a:+g}' for e, a in f.emotion_arousal)}.", "",
+        "## All values", "", "```",
+        *(f"{k} = {v!r}" for k, v in dataclasses.asdict(shift).items()),
+        *(f"{k} = {v!r}" for k, v in dataclasses.asdict(f).items()), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+MAKERS = {"casia": make_casia, "modma": make_modma, "emodb": make_emodb}
 
 
 def make(kind: str, out: str | Path, size: Size = "small", seed: int = 0,
          factors: Factors | None = None) -> Path:
-    """Write a synthetic corpus of ``kind`` (``casia`` | ``modma``) into ``out``.
+    """Write a synthetic corpus of ``kind`` (``casia`` | ``modma`` | ``emodb``) into ``out``.
 
     ``size``: a name from :data:`SIZES` or a mapping with the same keys; ``factors``: the
     designed factors (default :class:`Factors`)."""

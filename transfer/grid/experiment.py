@@ -31,6 +31,7 @@ from transfer import UserError
 from transfer.common.cache import content_hash
 from transfer.common.config import Recipe, StrategyEntry
 from transfer.data import Domain, load_domain
+from transfer.data.domain import check_per_speaker
 from transfer.evaluate.calibration import run_calibration
 from transfer.evaluate.metrics import confusion, evaluate, unit_outputs, validation_scores
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
@@ -72,6 +73,8 @@ class RunSpec:
     protocol: str = ""  # "" = the recipe's protocol.name; else one of protocol.compare
     draw: int = 0
     values: tuple[tuple[str, Any], ...] = ()
+    adapt: str = "none"  # test-time adaptation (evaluate.adapt); variants share the training
+    per: str = "fold"  # what one adaptation sees (evaluate.per)
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -82,6 +85,18 @@ class RunSpec:
     def group(self) -> tuple[str, int, int]:
         """The draws that compete for selection: one (protocol, fold, seed)."""
         return (self.protocol, self.fold, self.seed)
+
+    @property
+    def run(self) -> tuple[str, int, int, int]:
+        """What is trained: (protocol, fold, seed, draw); its adaptation variants share it."""
+        return (self.protocol, self.fold, self.seed, self.draw)
+
+    @property
+    def row(self) -> str:
+        """The table row: the entry's label, with its test-time adaptation if any."""
+        if self.adapt == "none":
+            return self.strategy
+        return f"{self.strategy}+{self.adapt}" + ("@speaker" if self.per == "speaker" else "")
 
 
 class Experiment:
@@ -112,6 +127,7 @@ class Experiment:
         exp = cls(recipe, base=base, progress=progress, device=device)
         exp.target, exp.source, exp.pretrained = target, source, pretrained
         exp.check_target()
+        exp.check_domains()
         exp.splits = {(s.protocol, s.fold, s.seed): s for s in splits}
         return exp
 
@@ -135,6 +151,7 @@ class Experiment:
         self.check_target()
         if r.source:
             self.source = load_domain(r.source, r.features, progress=self.progress, base=self.base)
+        self.check_domains()
         make_backbone_factory(r, self.target.x.shape[1], self.target.stacked_layers)(
             len(self.target.labels))
         return self
@@ -177,6 +194,21 @@ class Experiment:
                               else tensor.view(torch.int16).numpy().tobytes())
             self._pretrained_digest = digest.hexdigest()[:16]
         return self._pretrained_digest
+    def check_domains(self) -> None:
+        """What the recipe asks of the loaded domains: in the unlabelled mode the target's
+        classes put in the source's order (the target is scored with the source's head);
+        per-speaker test-time adaptation refused where the label belongs to the subject."""
+        r = self.recipe
+        if not r.target.labelled and self.source is not None:
+            self.target = self.target.with_label_order(self.source.labels,
+                                                       f"the source {self.source.name}")
+        if r.evaluate.per == "speaker" and any(a != "none" for a in r.evaluate.adapt):
+            check_per_speaker(self.target.unit, 'evaluate.per = "speaker"',
+                              f"the target {self.target.name}")
+        if r.export and r.features.normalize == "speaker":
+            raise UserError('--export with features.normalize = "speaker": an exported model '
+                            "would need each new speaker's statistics, which transfer.predict "
+                            "does not compute; normalise per corpus to export")
 
     def build_splits(self) -> Experiment:
         """The splits of the target under the recipe's protocol and the compared ones."""
@@ -188,13 +220,13 @@ class Experiment:
         return self
 
     def run_key(self, entry: StrategyEntry, fold: int, seed: int, protocol: str = "",
-                values: dict[str, Any] | None = None) -> str:
+                values: dict[str, Any] | None = None, adapt: str = "none") -> str:
         """What a run's result depends on, hashed: the recipe's result-relevant settings, the
-        strategy and its options, the fold, seed and protocol, a sweep draw's values, and the
-        data: the target's and the source's (the source's enters every record through the
-        domain-gap diagnostics) and, for a strategy that starts from it, the pretrained
-        model's weights. (``sweep.*`` itself is not part of it: a rerun with more draws reuses
-        the draws already trained.)"""
+        strategy and its options, the fold, seed and protocol, a sweep draw's values, the
+        test-time adaptation it is scored with, and the data: the target's and the source's
+        (the source's enters every record through the domain-gap diagnostics) and, for a
+        strategy that starts from it, the pretrained model's weights. (``sweep.*`` itself is
+        not part of it: a rerun with more draws reuses the draws already trained.)"""
         data = self.recipe.to_dict()
         for k in ("name", "description", "seeds", "strategies", "jobs", "device", "export",
                   "sweep", "report", "log"):  # report and log settings change no result
@@ -206,11 +238,14 @@ class Experiment:
             inputs.append({"source": self.source.keys})
         if get_strategy(entry.name).needs_source and self.pretrained is not None:
             inputs.append({"pretrained": self.pretrained_digest()})
+        adapting = data.pop("evaluate")  # keyed by its own adaptation, not the recipe's list
         keyed = {"recipe": data, "strategy": entry.name,
                  "options": dataclasses.asdict(entry.options), "fold": fold,
                  "seed": seed, "data": inputs}
         if values:
             keyed["draw"] = values
+        if adapt != "none":
+            keyed["adapt"] = {**adapting, "adapt": adapt}
         return content_hash(keyed)
 
     def for_worker(self) -> Experiment:
@@ -225,7 +260,7 @@ class Experiment:
         """Every run of the recipe: strategies x sweep draws x (protocol, fold, seed). A sweep
         tunes under the recipe's protocol; the compared protocols (the leak report) run the
         recipe's settings (draw 0) only."""
-        r = self.recipe
+        r, ev = self.recipe, self.recipe.evaluate
         out = []
         for e in r.strategies:
             for d in range(r.sweep.draws):
@@ -233,10 +268,15 @@ class Experiment:
                 for protocol, fold, seed in self.splits:
                     if d and protocol != r.protocol.name:
                         continue
-                    out.append(RunSpec(e.label, fold, seed,
-                                       self.run_key(e, fold, seed, protocol, values), protocol,
-                                       d, tuple(values.items())))
+                    out += [RunSpec(e.label, fold, seed,
+                                    self.run_key(e, fold, seed, protocol, values, adapt),
+                                    protocol, d, tuple(values.items()), adapt, ev.per)
+                            for adapt in ev.adapt]  # test-time adaptation variants
         return out
+
+    def row_labels(self) -> list[str]:
+        """The table's rows in order: every entry, with its test-time adaptation variants."""
+        return list(dict.fromkeys(s.row for s in self.plan()))
 
     def split_of(self, spec: RunSpec) -> Split:
         return self.splits[(spec.protocol or self.recipe.protocol.name, spec.fold, spec.seed)]
@@ -303,14 +343,15 @@ class Experiment:
 
     def unit_of(self, spec: RunSpec) -> Any:
         """What a split keeps together: with successive halving, the competing draws of one
-        (fold, seed); else each run alone."""
-        return spec.group if sweep.rung_epochs(self.recipe) else spec
+        (fold, seed); else each trained run with its test-time adaptation variants."""
+        return spec.group if sweep.rung_epochs(self.recipe) else spec.run
 
     def pack_cost(self, pack: list[RunSpec]) -> int:
-        """A pack's relative cost for ordering work: its runs, twice over for a strategy that
-        also steps through the source corpus."""
-        return len(pack) * (2 if get_strategy(self.entries[pack[0].strategy].name).needs_source
-                            else 1)
+        """A pack's relative cost for ordering work: its trained runs, twice over for a
+        strategy that also steps through the source corpus."""
+        runs = len({s.run for s in pack})
+        return runs * (2 if get_strategy(self.entries[pack[0].strategy].name).needs_source
+                       else 1)
 
     def schedule(self, packs: list[list[RunSpec]], slots: int) -> list[list[RunSpec]]:
         """The packs in the order ``slots`` parallel workers should take them (:func:`spread`);
@@ -337,9 +378,9 @@ class Experiment:
             return self.failed_records(specs, f"{type(err).__name__}: {err}",
                                        traceback.format_exc(limit=8), time.perf_counter() - t0)
         seconds = time.perf_counter() - t0
-        out = []
+        out, pack = [], len({s.run for s in specs})
         for spec, (error, result) in zip(specs, records, strict=True):
-            head = self._base(spec, len(specs))
+            head = self._base(spec, pack)
             out.append(RunRecord.failed(head, error, seconds=seconds, result=result) if error
                        else RunRecord.ok(head, result, seconds))
         return [rec.to_dict() for rec in out]
@@ -349,20 +390,20 @@ class Experiment:
         entry = self.entries[spec.strategy]
         split = self.split_of(spec)
         protocol = spec.protocol or self.recipe.protocol.name
-        return {"key": spec.key, "strategy": spec.strategy, "strategy_name": entry.name,
+        return {"key": spec.key, "strategy": spec.row, "strategy_name": entry.name,
                 "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
                 "speaker_dependent": protocol in SPEAKER_DEPENDENT, "unit": self.target.unit,
                 "uses_source": get_strategy(entry.name).needs_source,
                 "labels": self.target.labels, "positive": self.target.positive,
                 "sizes": {"train": len(split.train), "val": len(split.val),
                           "test": len(split.test)}, "pack": pack,
-                "draw": spec.draw, "hparams": spec.hparams}
+                "draw": spec.draw, "hparams": spec.hparams, "adapt": spec.adapt}
 
     def failed_records(self, specs: list[RunSpec], error: str, tb: str = "",
                        seconds: float = 0.0) -> list[dict[str, Any]]:
         """Records of runs that failed (a raising pack, a lost worker)."""
-        return [RunRecord.failed(self._base(s, len(specs)), error, tb, seconds).to_dict()
-                for s in specs]
+        pack = len({s.run for s in specs})
+        return [RunRecord.failed(self._base(s, pack), error, tb, seconds).to_dict() for s in specs]
 
     def _domains(self, specs: list[RunSpec]) -> tuple[DomainTensors, DomainTensors | None]:
         """The pack's target (per run: its fold's training and validation indices and
@@ -371,8 +412,11 @@ class Experiment:
         splits = [self.split_of(s) for s in specs]
         trains = [to_device(sp.train, dev) for sp in splits]
         norms = [Standardizer.fit(d["tx"], t, r.features.normalize == "corpus") for t in trains]
-        target = DomainTensors(d["tx"], d["ty"], norms, trains,
-                               [to_device(sp.val, dev) for sp in splits])
+        if r.target.labelled:
+            target = DomainTensors(d["tx"], d["ty"], norms, trains,
+                                   [to_device(sp.val, dev) for sp in splits])
+        else:  # labels -1 (a loss that reads them fails loudly), no validation labels
+            target = DomainTensors(d["tx"], torch.full_like(d["ty"], -1), norms, trains, None)
         source = None
         if self.source is not None:
             snorm = Standardizer.fit(d["sx"], d["s_train"], r.features.normalize == "corpus")
@@ -391,6 +435,8 @@ class Experiment:
         ctx = Context(factory, len(self.target.labels),
                       len(self.source.labels) if self.source else 0,
                       self.pretrained.state if self.pretrained else None, r.train.label_smoothing)
+        if not r.target.labelled:
+            ctx = ctx.unlabelled()
         strategy = build_pack(cls, ctx, [a.options for a in applied], [s.seed for s in specs])
         return strategy, [a.train for a in applied]
 
@@ -404,39 +450,108 @@ class Experiment:
 
     def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
                         ) -> list[tuple[str, dict[str, Any]]]:
-        """Per run: (error or "", what it measured)."""
+        """Per spec: (error or "", what it measured). A run's test-time adaptation variants
+        share its training: each (protocol, fold, seed, draw) trains once. A strategy with
+        neither source batches nor phases trains without the source at all (source-free)."""
         r, dev = self.recipe, self.device
         torch.set_num_threads(self.threads)
-        target, source = self._domains(specs)
+        runs = list({s.run: s for s in reversed(specs)}.values())[::-1]  # first spec per run
+        target, source = self._domains(runs)
         if cls.needs_source and source is None:
             raise UserError(f"strategy {entry.label} needs a source corpus")
-        strategy, cfgs = self._build(entry, cls, specs)
-        results = fit_runs(strategy, target, source, cfgs, [s.seed for s in specs], dev, on_epoch,
-                           self._halving(specs))
-        splits = [self.split_of(s) for s in specs]
+        strategy, cfgs = self._build(entry, cls, runs)
+        source_free = not (strategy.uses_source_batches or strategy.phases())
+        results = fit_runs(strategy, target, None if source_free else source, cfgs,
+                           [s.seed for s in runs], dev, on_epoch, self._halving(runs))
+        splits = [self.split_of(s) for s in runs]
         tests = [to_device(sp.test, dev) for sp in splits]
         probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
-        val_probs = [p.cpu().numpy() for p in predict_runs(strategy, target, target.val,
+        vals = [to_device(sp.val, dev) for sp in splits]
+        val_probs = [p.cpu().numpy() for p in predict_runs(strategy, target, vals,
                                                             amp=r.train.amp)]
-        gaps: list[dict | None] = [None] * len(specs)
-        if source is not None and r.diagnostics.enabled:
-            gaps = self._gaps(strategy, source, target, tests, specs)
-        records = []
-        for k, (spec, split, result) in enumerate(zip(specs, splits, results, strict=True)):
-            if result.diverged:
-                records.append((f"FloatingPointError: training diverged (non-finite loss) at "
-                                f"epoch {result.epochs_run}",
-                                {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                                 "stopped": result.stopped}))
-                continue
-            record = self._record(split, result, probs[k], val_probs[k])
-            if gaps[k] is not None:
-                record["gap"] = gaps[k]
-            if r.export and spec.protocol in ("", r.protocol.name):  # not compared protocols
-                record["_model"] = self._package(unpack_model(strategy, k), target.norm[k], spec,
-                                                 record["metrics"])
-            records.append(("", record))
-        return records
+        extra = self._extras(strategy, target, source, tests, vals, val_probs, runs)
+        for e in extra:
+            e["source_free"] = source_free
+        index = {run.run: k for k, run in enumerate(runs)}
+        return [self._spec_record(strategy, target, spec, index[spec.run],
+                                  results[index[spec.run]], probs[index[spec.run]],
+                                  val_probs[index[spec.run]], extra[index[spec.run]])
+                for spec in specs]
+
+    def _extras(self, strategy, target: DomainTensors, source: DomainTensors | None,
+                tests: list, vals: list, val_probs: list[np.ndarray], runs: list[RunSpec]
+                ) -> list[dict[str, Any]]:
+        """Per run, what its record holds beside its scores: the domain gap (diagnostics) and,
+        in the unlabelled mode, the label-free selection scores."""
+        r = self.recipe
+        extra: list[dict[str, Any]] = [{} for _ in runs]
+        if source is None:
+            return extra
+        if r.diagnostics.enabled:
+            for k, gap in enumerate(self._gaps(strategy, source, target, tests, runs)):
+                extra[k]["gap"] = gap
+        if not r.target.labelled:
+            splits = [self.split_of(s) for s in runs]
+            for k, scores in enumerate(self._selection_scores(strategy, target, source, vals,
+                                                              val_probs, splits)):
+                extra[k]["selection"] = scores
+        return extra
+
+    def _spec_record(self, strategy, target: DomainTensors, spec: RunSpec, k: int,
+                     result: FitResult, prob: np.ndarray, val_prob: np.ndarray,
+                     extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(error or "", what ``spec`` measured) for run ``k`` of the trained pack; ``prob``:
+        its test probabilities as trained (a test-time adaptation variant adapts first)."""
+        r, split = self.recipe, self.split_of(spec)
+        if result.diverged:
+            return (f"FloatingPointError: training diverged (non-finite loss) at epoch "
+                    f"{result.epochs_run}",
+                    {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                     "stopped": result.stopped})
+        if spec.adapt != "none":
+            prob = self._adapted_probs(strategy, k, split, target.norm[k], spec)
+        record = {**self._record(split, result, prob, val_prob), **extra}
+        if not r.target.labelled and "selection" in record:
+            # a sweep selects by the recipe's label-free rule; the validation labels' score is
+            # kept only for the selection report (what a few target labels would give)
+            scores = {**record["selection"],
+                      "target_val_uar": record["validation"].get("unit_uar", float("nan"))}
+            record["selection"] = scores
+            rule = r.sweep.select if r.sweep.select != "validation" else "source_acc"
+            record["validation"] = {"rule": rule, "score": scores[rule]}
+        if r.export and spec.protocol in ("", r.protocol.name) and spec.adapt == "none":
+            record["_model"] = self._package(unpack_model(strategy, k), target.norm[k], spec,
+                                             record["metrics"])  # the model as trained
+        return "", record
+
+    def _adapted_probs(self, strategy, k: int, split: Split, norm: Standardizer,
+                       spec: RunSpec) -> np.ndarray:
+        """Test probabilities of run ``k`` after test-time adaptation to its test audio."""
+        from transfer.train.adapt import adapt_predict
+
+        ev, d = self.recipe.evaluate, self._device_data()
+        model = unpack_model(strategy, k).to(self.device)
+        x = norm(d["tx"][to_device(split.test, self.device)])  # (N, F, T), as in training
+        return adapt_predict(model, x, self.target.groups[split.test], spec.adapt, spec.per,
+                             ev.tent_steps, ev.tent_lr, ev.batch_size)
+
+    def _selection_scores(self, strategy, target: DomainTensors, source: DomainTensors,
+                          vals: list, val_probs: list[np.ndarray], splits: list[Split]
+                          ) -> list[dict[str, float]]:
+        """Per run, every label-free selection rule's score (:mod:`transfer.evaluate.selection`)
+        from the run's outputs on its target validation audio (labels unread) and on the
+        held-out source speakers."""
+        from transfer.evaluate.selection import label_free_scores
+
+        k, held = len(vals), source.val[0]
+        src_k = source.for_runs(k)
+        p_s = predict_runs(strategy, src_k, [held] * k, amp=self.recipe.train.amp)
+        z_t = embed_runs(strategy, target, vals)
+        z_s = embed_runs(strategy, src_k, [held] * k)
+        y_s = source.y[held].cpu().numpy()
+        return [label_free_scores(val_probs[j], p_s[j].cpu().numpy(), y_s, z_t[j].cpu().numpy(),
+                                  z_s[j].cpu().numpy(), seed=sp.seed)
+                for j, sp in enumerate(splits)]
 
     def _record(self, split: Split, result: FitResult, prob: np.ndarray, val_prob: np.ndarray
                 ) -> dict[str, Any]:

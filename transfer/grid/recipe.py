@@ -74,6 +74,7 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     """Validate a recipe already read from TOML: every key's type and declared range
     (:mod:`transfer.common.options`), the strategies and their options, the backbone's options,
     and the rules over several keys."""
+    data = _one_adapt_as_list(data)
     recipe = options.build(Recipe, data, skip=_SPECIAL)
     recipe.source = _sources(data.get("source", []))
     recipe.strategies = _strategies(data.get("strategies"))
@@ -87,6 +88,7 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     if any(get_strategy(s.name).needs_source for s in recipe.strategies) and not recipe.source:
         needing = [s.label for s in recipe.strategies if get_strategy(s.name).needs_source]
         raise UserError(f"strategies {needing} need a [source] corpus")
+    _check_label_mode(recipe, data)
     check_backbone(recipe)
     from transfer.grid import sweep
 
@@ -131,6 +133,51 @@ def check_data_settings(recipe: Recipe) -> None:
             raise UserError(f"recipe key '{where}.segments': {err}") from None
         if spec.kind != "ssl":  # ssl frames need the checkpoint: checked when data is loaded
             check_segments(seg, spec, f"{where}.segments.seconds", f"recipe key '{where}': ")
+def _one_adapt_as_list(data: dict[str, Any]) -> dict[str, Any]:
+    """``evaluate.adapt = "tent"`` means ``["tent"]``."""
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, dict) and isinstance(evaluate.get("adapt"), str):
+        return {**data, "evaluate": {**evaluate, "adapt": [evaluate["adapt"]]}}
+    return data
+
+
+def _check_label_mode(recipe: Recipe, data: dict[str, Any]) -> None:
+    """The unlabelled mode (``[target] labelled = false``): a source to learn the classes from,
+    strategies that can run without target labels, and the last epoch kept (choosing an epoch
+    by the target's validation labels would read them). With a labelled target, strategies
+    that classify with the source's head are refused."""
+    from transfer.train.strategies import check_label_mode, get_strategy
+
+    for i, c in enumerate(recipe.source):
+        if not c.labelled:
+            key = f"source[{i}].labelled" if len(recipe.source) > 1 else "source.labelled"
+            raise UserError(f"recipe key '{key}' must be true: a source teaches with its labels")
+    labelled = recipe.target.labelled
+    for entry in recipe.strategies:
+        check_label_mode(get_strategy(entry.name), labelled, entry.label)
+    select = recipe.sweep.select
+    if labelled:
+        if select != "validation":
+            raise UserError(f"recipe key 'sweep.select' = {select!r} is a label-free rule, for "
+                            "[target] labelled = false; with target labels use \"validation\"")
+        return
+    if recipe.sweep.draws > 1 and select == "validation":
+        raise UserError("recipe key 'sweep.select' must be a label-free rule with [target] "
+                        "labelled = false (the validation labels are hidden): source_acc, iwv, "
+                        "dev, entropy, info_max or snd")
+    if recipe.sweep.halving:
+        raise UserError("recipe key 'sweep.halving' ranks draws by the target's validation "
+                        "labels while they train, which [target] labelled = false hides")
+    if not recipe.source:
+        raise UserError("[target] labelled = false needs a [source] corpus whose classes the "
+                        "target shares (map them with label_map / keep)")
+    train = data.get("train")
+    given = train.get("select") if isinstance(train, dict) else None
+    if given not in (None, "last"):
+        raise UserError(f"recipe key 'train.select' must be \"last\" with [target] labelled = "
+                        f"false, got {given!r}; the other rules read the target's validation "
+                        "labels")
+    recipe.train.select = "last"
 
 
 def check_backbone(recipe: Recipe) -> None:

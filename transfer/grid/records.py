@@ -64,7 +64,7 @@ class RunRecord:
     """
 
     key: str
-    strategy: str  # the strategy entry's label
+    strategy: str  # the table row: the strategy entry's label (+ its test-time adaptation)
     strategy_name: str
     fold: int
     seed: int
@@ -78,6 +78,7 @@ class RunRecord:
     positive: str = ""  # the positive class of a binary target: what sens/spec refer to
     draw: int = 0  # the sweep draw (0: the recipe's settings)
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # the draw's values
+    adapt: str = "none"  # test-time adaptation before testing (evaluate.adapt)
     status: str = "ok"  # "ok" | "failed"
     error: str = ""
     traceback: str = ""

@@ -32,6 +32,9 @@ def is_sweep(records: list[dict]) -> bool:
 
 def _val_rank(r: dict) -> tuple[float, float]:
     v = r.get("validation") or {}
+    if "score" in v:  # an unlabelled target: the recipe's label-free rule (sweep.select)
+        score = v["score"]
+        return (-math.inf if math.isnan(score) else score, 0.0)
     uar, loss = v.get("unit_uar", math.nan), v.get("loss", math.nan)
     return (-math.inf if math.isnan(uar) else uar, -math.inf if math.isnan(loss) else -loss)
 
@@ -128,17 +131,30 @@ def summary(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def selected_by(records: list[dict]) -> str:
+    """What selected the draws: the validation subjects' labels, or (an unlabelled target)
+    the recipe's label-free rule."""
+    rule = next((r["validation"]["rule"] for r in records
+                 if "rule" in (r.get("validation") or {})), None)
+    if rule:
+        return (f"best score of the label-free rule `{rule}` (the target's labels are hidden; "
+                "selection.md says how far each rule can be trusted)")
+    return "best validation-subject score (unit UAR, ties by validation loss)"
+
+
 def sweep_markdown(frame: pd.DataFrame, summ: pd.DataFrame, spaces: dict[str, list],
-                   title: str = "") -> str:
-    """sweep.md: what selection means, the per-strategy summary, the spaces, every choice."""
+                   title: str = "", by: str = "") -> str:
+    """sweep.md: what selection means, the per-strategy summary, the spaces, every choice.
+    ``by``: what selected the draws (:func:`selected_by`)."""
     f = "{:.3f}".format
+    by = by or selected_by([])
     lines = [f"# Sweep: {title}" if title else "# Sweep", "",
              "Every strategy had the same random search. Per fold and seed the draw with the "
-             "best validation-subject score (unit UAR, ties by validation loss) was selected; "
-             "the test fold was not looked at. **tuned** is the mean test unit UAR of the "
-             "selected draws (the comparison table); **default** is draw 0, the recipe's "
-             "settings; **oracle** selects on the test fold: an upper bound, not a result; "
-             "**regret** = oracle - tuned. **stability**: share of folds x seeds that selected "
+             f"{by} was selected; the test fold was not looked at. **tuned** is the mean "
+             "test unit UAR of the selected draws (the comparison table); **default** is "
+             "draw 0, the recipe's settings; **oracle** selects on the test fold: an upper "
+             "bound, not a result; **regret** = oracle - tuned. **stability**: share of folds "
+             "x seeds that selected "
              "the most frequent draw.", "",
              "| strategy | runs | draws | default | tuned | oracle | regret (max) | stability "
              "| default selected |", "|---|---|---|---|---|---|---|---|---|"]
@@ -219,7 +235,8 @@ def write_sweep(out_dir: Path, records: list[dict], order: list[str], protocol: 
         frame.to_csv(tmp, index=False)
     with atomic_path(out_dir / "sweep_summary.csv") as tmp:
         summ.to_csv(tmp, index=False)
-    atomic_write_text(out_dir / "sweep.md", sweep_markdown(frame, summ, spaces or {}, title))
+    atomic_write_text(out_dir / "sweep.md", sweep_markdown(frame, summ, spaces or {}, title,
+                                                           selected_by(tuned)))
     if plots:
         plot_sweep(out_dir, tuned, order)
     others = [r for r in records if r.get("protocol", protocol) != protocol]

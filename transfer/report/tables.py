@@ -69,9 +69,15 @@ def unit_of(records: list[dict]) -> str:
 
 
 def reference_label(records: list[dict], order: list[str]) -> str | None:
-    """The row every other strategy is tested against: the first ``scratch`` entry."""
-    names = {r["strategy"]: r.get("strategy_name", r["strategy"]) for r in records}
-    return next((label for label in order if names.get(label) == "scratch"), None)
+    """The row every other strategy is tested against: the first ``scratch`` entry, else (an
+    unlabelled target) the first ``source_only`` entry, the unadapted source model."""
+    kinds = {r["strategy"]: (r.get("strategy_name", r["strategy"]), r.get("adapt", "none"))
+             for r in records}  # a test-time adapted row is no reference
+    for reference in ("scratch", "source_only"):
+        label = next((label for label in order if kinds.get(label) == (reference, "none")), None)
+        if label is not None:
+            return label
+    return None
 
 
 def positive_name(records: list[dict]) -> str:
@@ -429,8 +435,11 @@ def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: 
     all_records = records
     protocol = primary_protocol(records, protocol)
     if is_sweep(records):
+        unlabelled = any("rule" in (r.get("validation") or {}) for r in records)
         records = write_sweep(out_dir, records, order, protocol, spaces, title, plots)
-        title += " - tuned: each fold's draw selected on validation subjects (sweep.md)"
+        title += (" - tuned: each fold's draw selected by a label-free rule (sweep.md)"
+                  if unlabelled else
+                  " - tuned: each fold's draw selected on validation subjects (sweep.md)")
     report = report or ReportConfig()
     table = build_table(records, order, source, protocol, report)
     with atomic_path(out_dir / "table.csv") as tmp:  # no table.csv.tmp left on a full disk
@@ -446,6 +455,11 @@ def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: 
         text += ("\nThe same strategies under " + ", ".join(
             f"`{p}`" for p in dict.fromkeys(leak["compared_protocol"]))
             + ": see leak.md.\n")
+    from transfer.report.selection import write_selection
+
+    if write_selection(out_dir, [r for r in latest(records) if r.get("protocol", protocol)
+                                 == protocol], order):
+        text += "\nLabel-free model selection, each rule's regret: see selection.md.\n"
     atomic_write_text(out_dir / "table.md", text)
     honest = [r for r in records if r.get("protocol", protocol) == protocol]
     if plots:

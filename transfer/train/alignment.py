@@ -1,7 +1,9 @@
-"""Shared domain-alignment pieces: gradient reversal, discriminator, projectors, and the MMD
-(from :mod:`transfer.evaluate.distances`, which the diagnostics use too).
+"""Shared domain-alignment pieces: gradient reversal, discriminator, projectors, the MMD
+(from :mod:`transfer.evaluate.distances`, which the diagnostics use too), CORAL, the
+conditional adversarial loss of CDAN+E, minimum class confusion and information
+maximisation.
 
-One of each, used by every strategy that needs it (dann, mmd_ae, ddg).
+One of each, used by every strategy that needs it (dann, mmd_ae, ddg, coral, cdan, mcc, shot).
 Every piece works on K packed runs at once (a leading run dimension, see
 :mod:`backbones.layers`) and returns one value per run; nothing synchronises with the host, so
 a training step that uses them can be captured in a CUDA graph.
@@ -14,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from backbones.layers import RunBatchNorm, RunDropout, RunLinear, TemporalConv
+from backbones.layers import RunBatchNorm, RunDropout, RunLinear, TemporalConv, bmm
 from transfer.evaluate.distances import MultiKernelMMD
 
 
@@ -146,3 +148,96 @@ def alignment_loss(mmd: MultiKernelMMD, disc: DomainDiscriminator, grl: Gradient
     adv, acc = adversarial_loss(disc, grl(source), grl(target))
     total = mmd_weight * value + adv_weight * adv
     return total, {"mmd": value.detach(), "adv": adv.detach(), "disc_acc": acc}
+
+
+# --- losses on features and predictions without target labels ----------------------------------
+def entropy(p: Tensor, eps: float = 1e-5) -> Tensor:
+    """Shannon entropy (nats) of class probabilities over the last dimension: (..., C) -> (...).
+
+    ``eps`` keeps log(0) finite (SHOT's 1e-5)."""
+    return -(p * torch.log(p + eps)).sum(-1)
+
+
+def covariance(x: Tensor) -> Tensor:
+    """Unbiased feature covariance per run: (K, N, D) -> (K, D, D), in fp32."""
+    x = x.float()
+    xc = x - x.mean(1, keepdim=True)
+    return bmm(xc.transpose(1, 2), xc) / max(x.shape[1] - 1, 1)
+
+
+def coral_loss(source: Tensor, target: Tensor) -> Tensor:
+    """Deep CORAL (Sun & Saenko 2016): ||C_s - C_t||_F^2 / (4 d^2), the squared Frobenius
+    distance of the two feature covariances, per run.
+
+    Inputs: source (K, N, D), target (K, M, D). Output: (K,).
+    """
+    d = source.shape[-1]
+    diff = covariance(source) - covariance(target)  # (K, D, D)
+    return (diff * diff).sum((1, 2)) / (4 * d * d)
+
+
+def information_maximization(p: Tensor) -> tuple[Tensor, Tensor]:
+    """The two terms of information maximisation (SHOT, Liang et al. 2020), per run: the mean
+    entropy of the predictions (low: confident) and the entropy of their mean (high: diverse,
+    every class predicted). Minimise ``entropy - diversity``.
+
+    Input: p (K, B, C) class probabilities. Outputs: (K,), (K,).
+    """
+    return entropy(p).mean(1), entropy(p.mean(1))
+
+
+def mcc_loss(logits: Tensor, temperature: float | Tensor = 2.5) -> Tensor:
+    """Minimum class confusion (Jin et al. 2020), per run.
+
+    Temperature-scaled predictions, weighted per sample by 1 + exp(-entropy) (normalised to the
+    batch size: confident samples count more), give a class-correlation matrix p^T W p; each
+    row is normalised to sum 1 and the loss is the mass off the diagonal over C (two classes
+    predicted for the same samples = confusion).
+
+    Input: logits (K, B, C); ``temperature`` a number or (K,) per run. Output: (K,).
+    """
+    k, b, c = logits.shape
+    if isinstance(temperature, Tensor):
+        temperature = temperature.view(-1, 1, 1)
+    p = torch.softmax(logits.float() / temperature, -1)  # (K, B, C)
+    w = 1.0 + torch.exp(-entropy(p).detach())  # (K, B)
+    w = b * w / w.sum(1, keepdim=True)
+    confusion = bmm((p * w.unsqueeze(-1)).transpose(1, 2), p)  # (K, C, C)
+    confusion = confusion / confusion.sum(2, keepdim=True)
+    return (confusion.sum((1, 2)) - torch.diagonal(confusion, dim1=1, dim2=2).sum(-1)) / c
+
+
+def multilinear_map(f: Tensor, p: Tensor) -> Tensor:
+    """CDAN's conditioning: the outer product of features and class probabilities, flattened.
+
+    Inputs: f (K, B, D), p (K, B, C). Output: (K, B, C * D).
+    """
+    return (p.unsqueeze(-1) * f.unsqueeze(-2)).flatten(2)
+
+
+def conditional_adversarial_loss(disc: DomainDiscriminator, grl: GradientReversal,
+                                 f_s: Tensor, p_s: Tensor, f_t: Tensor, p_t: Tensor,
+                                 entropy_weight: bool = True) -> tuple[Tensor, Tensor]:
+    """CDAN (+E) (Long et al. 2018): the domain discriminator sees features conditioned on the
+    classifier's predictions (:func:`multilinear_map`, predictions detached as in TLlib), behind
+    ``grl``; with ``entropy_weight`` (CDAN+E) every sample's loss is weighted by
+    1 + exp(-entropy), normalised over the batch of both domains, so that confident
+    predictions, whose conditioning is meaningful, count more.
+
+    Inputs: f_s (K, N, D), p_s (K, N, C), f_t (K, M, D), p_t (K, M, C).
+    Outputs: the loss (K,) and the discriminator's accuracy (K,).
+    """
+    p_s, p_t = p_s.detach().float(), p_t.detach().float()
+    h = torch.cat([multilinear_map(f_s.float(), p_s), multilinear_map(f_t.float(), p_t)], 1)
+    logits = disc(grl(h)).float()  # (K, N + M)
+    n = f_s.shape[1]
+    labels = torch.cat([logits.new_ones(logits.shape[0], n),
+                        logits.new_zeros(logits.shape[0], f_t.shape[1])], 1)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    if entropy_weight:
+        w = 1.0 + torch.exp(-entropy(torch.cat([p_s, p_t], 1)))  # (K, N + M)
+        loss = (bce * w).sum(1) / w.sum(1)
+    else:
+        loss = bce.mean(1)
+    acc = ((logits > 0).float() == labels).float().mean(1).detach()
+    return loss, acc

@@ -11,7 +11,16 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from transfer.train.strategies.base import Batch, Context, Phase, Strategy, get_strategy, names, register
+from transfer.train.strategies.base import (
+    Batch,
+    Context,
+    Phase,
+    Strategy,
+    check_label_mode,
+    get_strategy,
+    names,
+    register,
+)
 
 # A strategy registers itself by being in this folder: importing its module registers it; its
 # ``order`` (see :func:`register`) places it in tables and listings.
@@ -19,4 +28,5 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["Batch", "Context", "Phase", "Strategy", "get_strategy", "names", "register"]
+__all__ = ["Batch", "Context", "Phase", "Strategy", "check_label_mode", "get_strategy", "names",
+           "register"]

@@ -4,6 +4,12 @@ A strategy holds K packed runs (``ctx.runs``; K = 1 is one ordinary run): every 
 builds has the runs as its leading dimension (see :mod:`backbones.layers`), batches are
 (K, B, ...) and every loss is one value per run, shape (K,). The engine sums the per-run
 losses of the active runs, so each run's gradients are its own.
+
+Target labels. With a labelled target (``Context.target_labelled``) the target has its own
+classes and head. In the unlabelled mode the target's classes are the source's, the target
+model keeps the pretrained source head, the engine's target labels are -1 (a loss that reads
+them fails loudly) and the classifier learns from the source's labels. What a strategy needs
+is its :attr:`Strategy.target_labels`; :func:`check_label_mode` refuses the others.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from torch import Tensor, nn
 
@@ -35,6 +41,8 @@ class Context:
             head), or None.
         label_smoothing: for the cross-entropy losses.
         runs: K, how many runs the strategy packs.
+        target_labelled: False in the unlabelled mode: the target's classes are the source's
+            (``target_classes == source_classes``) and its labels are hidden from training.
     """
 
     backbone_factory: Callable[[int, int], nn.Module]
@@ -43,12 +51,17 @@ class Context:
     pretrained: dict[str, Tensor] | None = None
     label_smoothing: float = 0.0
     runs: int = 1
+    target_labelled: bool = True
 
     def make_backbone(self, num_classes: int) -> nn.Module:
         return self.backbone_factory(num_classes, self.runs)
 
     def with_runs(self, runs: int) -> Context:
         return dataclasses.replace(self, runs=runs)
+
+    def unlabelled(self) -> Context:
+        """The same context in the unlabelled mode: the target's classes are the source's."""
+        return dataclasses.replace(self, target_labelled=False, target_classes=self.source_classes)
 
 
 @dataclass
@@ -100,12 +113,37 @@ def get_strategy(name: str) -> type[Strategy]:
     return _REGISTRY[name]
 
 
+def check_label_mode(cls: type[Strategy], labelled: bool, label: str = "") -> None:
+    """Refuse, in one line, a strategy that cannot run with the target labelled or not; the
+    message names the strategies that can."""
+    label = label or cls.name
+    if not labelled and cls.target_labels == "required":
+        why = f" ({cls.unlabelled_note})" if cls.unlabelled_note else ""
+        can = [n for n in names() if _REGISTRY[n].target_labels != "required"
+               and not n.startswith("_")]
+        raise UserError(f"strategy '{label}' trains on the target's labels, which [target] "
+                        f"labelled = false hides{why}; strategies that can run unlabelled: "
+                        f"{', '.join(can)}")
+    if labelled and cls.target_labels == "none":
+        can = [n for n in names() if _REGISTRY[n].target_labels != "none"
+               and not n.startswith("_")]
+        raise UserError(f"strategy '{label}' adapts the source's classifier to unlabelled target "
+                        "audio: it needs [target] labelled = false, with the target's classes "
+                        f"mapped onto the source's; with target labels use: {', '.join(can)}")
+
+
 class Strategy(nn.Module):
     """Base class. Subclasses set ``Options`` (a dataclass), build ``self.model`` (the target
     backbone, ``ctx.runs`` packed runs) and implement :meth:`loss`.
 
     ``needs_source``: uses the source corpus (pretrained weights or source batches).
-    ``uses_source_batches``: the engine passes a source batch to every step.
+    ``uses_source_batches``: the engine passes a source batch to every step (a strategy may
+    set it per instance, e.g. only in the unlabelled mode); a strategy without source batches
+    and without phases is trained without any source data (source-free).
+    ``target_labels``: ``required`` (it trains on the target's labels: not in the unlabelled
+    mode; ``unlabelled_note`` says why where that is not obvious), ``optional`` (the target's
+    cross-entropy with a labelled target, the source's through the source head without) or
+    ``none`` (never reads them and classifies with the source's head: the unlabelled mode only).
 
     Every parameter a :meth:`param_groups` or :class:`Phase` optimiser owns must receive a
     gradient from that optimiser's loss at every step (the engine keeps one flat gradient
@@ -116,7 +154,9 @@ class Strategy(nn.Module):
     order: ClassVar[int] = 1000  # place in tables and listings (set by :func:`register`)
     Options: ClassVar[type]
     needs_source: ClassVar[bool] = False
-    uses_source_batches: ClassVar[bool] = False
+    uses_source_batches: bool = False
+    target_labels: ClassVar[Literal["required", "optional", "none"]] = "required"
+    unlabelled_note: ClassVar[str] = ""
     model: nn.Module
     #: each run's options, set by :func:`transfer.train.packs.build_pack` (a pack rebuilt
     #: without its finished runs needs them)
@@ -124,6 +164,7 @@ class Strategy(nn.Module):
 
     def __init__(self, ctx: Context, opts: Any) -> None:
         super().__init__()
+        check_label_mode(type(self), ctx.target_labelled)
         self.ctx, self.opts = ctx, opts
 
     # --- what subclasses provide -------------------------------------------------------
@@ -150,13 +191,23 @@ class Strategy(nn.Module):
         (:attr:`backbones.GeneralFeatures.vector`); for diagnostics."""
         return self.model.forward_general(x).vector
 
-    def ce(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy per run: logits (K, B, classes), y (K, B) -> (K,)."""
+    def ce(self, logits: Tensor, y: Tensor, smoothing: float | None = None) -> Tensor:
+        """Cross-entropy per run: logits (K, B, classes), y (K, B) -> (K,). ``smoothing``:
+        label smoothing (default: the context's)."""
         k, b, c = logits.shape
+        smoothing = self.ctx.label_smoothing if smoothing is None else smoothing
         loss = nn.functional.cross_entropy(logits.reshape(k * b, c).float(), y.reshape(-1),
-                                           label_smoothing=self.ctx.label_smoothing,
-                                           reduction="none")
+                                           label_smoothing=smoothing, reduction="none")
         return loss.view(k, b).mean(1)
+
+    def labelled_batch(self, tgt: Batch, src: Batch | None) -> Batch:
+        """The batch whose labels train the classifier: the target's when it is labelled, the
+        source's in the unlabelled mode (through the target model, whose head is then the
+        source's)."""
+        if self.ctx.target_labelled:
+            return tgt
+        assert src is not None, "the unlabelled mode needs source batches"
+        return src
 
     def source_model(self) -> nn.Module:
         """A backbone with the source-pretrained weights (and its source head) in every run."""
@@ -168,11 +219,13 @@ class Strategy(nn.Module):
 
     def target_model(self, init: str = "source") -> nn.Module:
         """The target backbone: ``init = "source"`` copies the pretrained general and specific
-        parts and attaches a fresh target head; ``"scratch"`` starts from random weights."""
+        parts and attaches a fresh target head (in the unlabelled mode it keeps the source's
+        head: the classes are the same); ``"scratch"`` starts from random weights."""
         if init == "scratch":
             return self.ctx.make_backbone(self.ctx.target_classes)
         model = self.source_model()
-        model.reset_head(self.ctx.target_classes)
+        if self.ctx.target_labelled:
+            model.reset_head(self.ctx.target_classes)
         return model
 
     def source_branch(self) -> nn.Module:
@@ -201,3 +254,4 @@ def ensure_split(model: nn.Module, strategy: str) -> None:
     if model.general_dim < 1:
         raise UserError(f"strategy '{strategy}' aligns general features: backbone option "
                         "split must be at least 1")
+

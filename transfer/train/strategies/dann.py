@@ -4,6 +4,10 @@ Target cross-entropy plus a domain discriminator on the pooled ``general`` featu
 gradient reversal layer whose coefficient follows 2 / (1 + exp(-10 p)) - 1; optionally the
 source emotion loss through a source branch.
 
+Unlabelled target: the classifier is the target model itself with the pretrained source head
+(the classes are the same), trained on the source's labels, and the adversarial loss aligns
+the ``general`` features it reads: the original unsupervised DANN.
+
 BatchNorm: source and target go through the shared ``general`` in two forward passes, so in
 training each domain is normalised by its own batch statistics (the discriminator sees
 per-domain-normalised features) while the running statistics, used in evaluation, average
@@ -51,6 +55,7 @@ class Dann(Strategy):
     Options = DannOptions
     needs_source = True
     uses_source_batches = True
+    target_labels = "optional"
 
     def __init__(self, ctx: Context, opts: DannOptions) -> None:
         super().__init__(ctx, opts)
@@ -68,8 +73,9 @@ class Dann(Strategy):
         assert src is not None
         g_t = self.model.forward_general(tgt.x)
         g_s = self.model.forward_general(src.x)
-        logits = self.model.head(self.model.forward_specific(g_t))
-        ce = self.ce(logits, tgt.y)
+        labelled = self.labelled_batch(tgt, src)
+        logits = self.model.head(self.model.forward_specific(g_t if labelled is tgt else g_s))
+        ce = self.ce(logits, labelled.y)
         self.grl.progress = progress
         adv, acc = adversarial_loss(self.disc, self.grl(g_s.vector), self.grl(g_t.vector))
         total = ce + self.opts.adv_weight * adv

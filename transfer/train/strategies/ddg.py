@@ -3,6 +3,11 @@ domain-specific projectors map them into a common space where (1 - mu) * MMD + m
 adversarial is minimised in an alignment phase (30 steps every 3 epochs, its own SGD optimiser
 with a step schedule). ``specific`` + head get only the target cross-entropy.
 The best row of the research log.
+
+Not in the unlabelled mode: its alignment space is reached through two domain-specific
+projectors, so aligning there does not bring the target's ``general`` features to where a
+source-trained head reads them; with target labels the target's cross-entropy trains
+``specific`` + head on the target's own features, without them nothing would.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class DdgOptions:
 class Ddg(Strategy):
     Options = DdgOptions
     needs_source = True
+    unlabelled_note = ("its two domain-specific projectors align a space the source-trained "
+                       "head never reads")
 
     def __init__(self, ctx: Context, opts: DdgOptions) -> None:
         super().__init__(ctx, opts)

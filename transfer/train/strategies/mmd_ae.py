@@ -6,6 +6,11 @@ intermediate domain where MMD + an adversarial domain loss are minimised, in an 
 phase of ``align_steps`` steps every ``align_every`` epochs. The projector can first be
 pretrained as an autoencoder on source features (``ae_epochs``; 0 = off). The target
 classifier trains with target cross-entropy in the ordinary steps.
+
+Unlabelled target: the ordinary steps train the target model (with the pretrained source
+head) on source batches and the source's labels; the alignment phase is unchanged. One shared
+projector maps both domains, so aligning in its space moves the target model's ``general``
+features of the target towards the source's, which the source-trained head reads.
 """
 
 from __future__ import annotations
@@ -59,10 +64,12 @@ class MmdAeOptions:
 class MmdAe(Strategy):
     Options = MmdAeOptions
     needs_source = True
-    uses_source_batches = False  # source batches only in the phases
+    uses_source_batches = False  # source batches only in the phases (and, unlabelled, the steps)
+    target_labels = "optional"
 
     def __init__(self, ctx: Context, opts: MmdAeOptions) -> None:
         super().__init__(ctx, opts)
+        self.uses_source_batches = not ctx.target_labelled
         self.model = self.target_model("source")
         ensure_split(self.model, "mmd_ae")
         self.source = frozen(self.source_model())
@@ -78,6 +85,12 @@ class MmdAe(Strategy):
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.model.parameters()), "lr": lr}]
+
+    def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        labelled = self.labelled_batch(tgt, src)
+        ce = self.ce(self.model(labelled.x), labelled.y)
+        return ce, {"ce": ce.detach()}
 
     def _autoencoder(self, tgt: Batch, src: Batch | None, progress: Tensor
                      ) -> tuple[Tensor, dict[str, Tensor]]:
