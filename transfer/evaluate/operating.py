@@ -30,6 +30,9 @@ FALLBACK = 0.5  # the argmax decision of two classes
 
 @dataclass(frozen=True)
 class Threshold:
+    """A run's decision threshold on the positive class's probability (a unit is positive at
+    or above it), and why the rule fell back to 0.5 ("" where it did not)."""
+
     value: float
     fallback: str = ""  # why the rule could not be applied ("" = it was)
 
@@ -150,4 +153,5 @@ def pooled_scores(records: list[dict], key: str = "prob") -> tuple[np.ndarray, n
 
 
 def nan_interval() -> Interval:
+    """An :class:`Interval` for no data: NaN point and ends, 0 units, 0 seeds."""
     return Interval(math.nan, math.nan, math.nan, 0, 0)
