@@ -18,7 +18,7 @@ from transfer.run import run_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", [n for n in strategies.names() if not n.startswith("_")])
+@pytest.mark.parametrize("name", strategies.names())
 def test_each_strategy_end_to_end(tmp_path, name):
     # a strategy that classifies with the source's head runs on the unlabelled same-label pair
     labelled = strategies.get_strategy(name).target_labels != "none"
