@@ -101,7 +101,9 @@ def _arrays(unit: str = "subject", n_speakers: int = 6, labels: list[str] | None
     x = rng.normal(size=(len(y), 6, 16)).astype(np.float32)
     x[:, 0] += y[:, None]
     files = np.array([f"{s}/r{i}.wav" for i, s in enumerate(speakers)])
-    return Domain.from_arrays(x, y, speakers, labels=labels, files=files, unit=unit)
+    positive = labels[1] if len(labels) == 2 else ""  # a binary target names its positive class
+    return Domain.from_arrays(x, y, speakers, labels=labels, positive=positive, files=files,
+                              unit=unit)
 
 
 def test_target_classes_take_the_source_order_or_name_the_difference():

@@ -79,6 +79,13 @@ def _print_dry_run(recipe: Recipe) -> None:
         if draws > 1:
             for field, space in space_table(e):
                 print(f"  {'':<14} tunes {field}: {space}")
+    adapted = [a for a in recipe.evaluate.adapt if a != "none"]
+    if adapted:  # extra table rows, one training: each variant only changes the evaluation
+        print(f"test-time adaptation of every trained model: {', '.join(adapted)} "
+              f"(per {recipe.evaluate.per}); one table row each, the training shared")
+    if not recipe.target.labelled:
+        print("target labels hidden from training ([target] labelled = false): read only to "
+              "score the test folds; the last epoch is kept")
 
 
 def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
