@@ -5,7 +5,13 @@ the single run (a pack of runs) that executors call.
 domains already in memory (:meth:`Experiment.from_domains`: a benchmark, a notebook, a test).
 :meth:`Experiment.plan` lists the runs (:class:`RunSpec`); :meth:`Experiment.execute_pack`
 trains and evaluates one pack and returns one record per run. Executors
-(:mod:`transfer.grid.executors`) call it; it never imports them.
+(:mod:`transfer.grid.executors`) call it; it never imports them. What a trained pack measured
+is built in :mod:`transfer.grid.measure`.
+
+One file above ~400 lines, on purpose: the experiment's preparation, its plan, its packing and
+its execution all read the same prepared state (data, splits, pretrained model, device
+tensors), and the small helpers at the end (``environment``, ``spread``) are what
+``transfer.run`` and the executors need of an experiment.
 """
 
 from __future__ import annotations
@@ -278,6 +284,7 @@ class Experiment:
         return list(dict.fromkeys(s.row for s in self.plan()))
 
     def split_of(self, spec: RunSpec) -> Split:
+        """The split ``spec`` trains and tests on (its protocol, fold and seed)."""
         return self.splits[(spec.protocol or self.recipe.protocol.name, spec.fold, spec.seed)]
 
     def _device_data(self) -> dict[str, Any]:

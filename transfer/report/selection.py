@@ -74,6 +74,7 @@ def _f(v: float) -> str:
 
 
 def selection_markdown(table: pd.DataFrame, candidates: list[str]) -> str:
+    """selection.md: every rule's regret (:func:`selection_table`) and how to read it."""
     lines = ["# Label-free model selection", "",
              f"Candidates per (fold, seed): {', '.join(candidates)}. Regret: the best test UAR "
              "of the candidates minus the test UAR of the one the rule picks (0 = it picks the "

@@ -5,6 +5,10 @@ confidence intervals, the tests against ``scratch`` and sensitivity/specificity 
 validation thresholds, ``leak.md``/``leak.csv`` where the records hold several protocols,
 ``figures/``, and through :mod:`transfer.report.build` the report's sections and
 ``report.html``) for a finished or partial run.
+
+One file above ~400 lines, on purpose: the leak report is :func:`build_table` under a second
+protocol and shares its cells and formatting helpers, and :func:`write_outputs` (with the
+command line around it) writes both; split apart, the two halves would import each other.
 """
 
 from __future__ import annotations
@@ -380,6 +384,7 @@ def _why(honest: str, other: str, leaky: bool, unit: str) -> str:
 
 
 def leak_markdown(leak: pd.DataFrame, title: str = "") -> str:
+    """leak.md: per compared protocol, the honest and compared scores and why they differ."""
     lines = [f"# Leak report{': ' + title if title else ''}", ""]
     for other, part in leak.groupby("compared_protocol", sort=False):
         first = part.iloc[0]
@@ -492,6 +497,7 @@ def report_settings(out: Path, sets: list[str]) -> ReportConfig:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.report RESULTS_DIR``: rebuild a results folder's outputs."""
     parser = argparse.ArgumentParser(prog="python -m transfer.report",
                                      description="Rebuild the tables, figures and report.html "
                                                  "of a results dir from its run records.")
