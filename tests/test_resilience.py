@@ -115,7 +115,7 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     assert failed == 1
     records = read_records(out / "runs.jsonl")
     bad = [r for r in records if not r.ok]
-    assert len(bad) == 1 and "injected failure" in bad[0]["error"] and bad[0]["fold"] == 1
+    assert len(bad) == 1 and "injected failure" in bad[0].error and bad[0].fold == 1
     assert sum(r.ok for r in records) == 3
     row = table.set_index("strategy").loc["_explodes"]
     assert row["failed"] == 1 and row["runs"] == 1
