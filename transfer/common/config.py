@@ -216,6 +216,9 @@ class LogConfig:
 
     tensorboard: bool = False
     tensorboard_dir: str = ""
+
+
+@dataclass
 class EvaluateConfig:
     """Test-time adaptation of every trained model to its unlabelled test audio.
 

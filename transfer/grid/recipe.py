@@ -133,6 +133,8 @@ def check_data_settings(recipe: Recipe) -> None:
             raise UserError(f"recipe key '{where}.segments': {err}") from None
         if spec.kind != "ssl":  # ssl frames need the checkpoint: checked when data is loaded
             check_segments(seg, spec, f"{where}.segments.seconds", f"recipe key '{where}': ")
+
+
 def _one_adapt_as_list(data: dict[str, Any]) -> dict[str, Any]:
     """``evaluate.adapt = "tent"`` means ``["tent"]``."""
     evaluate = data.get("evaluate")
