@@ -283,6 +283,8 @@ class TemporalConv(RunModule):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor, with_bias: bool = True) -> Tensor:
+        """Convolve each group over time; ``with_bias = False`` leaves the bias out (a fused
+        BatchNorm adds it). Shape: x (G, C_in, T, B) -> (G, C_out, T, B)."""
         g, cin, t, b = x.shape
         out = _TemporalConvFn.apply(x.reshape(g, cin, t * b), self.weight,
                                     self.bias if with_bias else None, self.shifts, b)
@@ -428,6 +430,8 @@ class RunBatchNorm(RunModule):
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Normalise with batch statistics (training; running statistics of active runs are
+        updated) or with the running ones (eval). Shape: (G, C, *) -> same."""
         shape = x.shape
         flat = x.reshape(1, self.weight.shape[0], -1)  # (1, G*C, T*B)
         if not self.training:
@@ -484,6 +488,8 @@ class RunDropout(RunModule):
         self.runs, self.p, self.channels = runs, p, channels
 
     def forward(self, x: Tensor) -> Tensor:
+        """Zero the dropped entries and scale the kept ones by 1 / (1 - p) in training; the
+        identity in eval. Shape: (G, C, T, B) or (K, B, D) -> same."""
         if not self.training or self.p <= 0:
             return x
         keep = self.keep_mask(x)
@@ -520,6 +526,7 @@ class RunLinear(RunModule):
         self.bias = nn.Parameter(torch.empty(runs, out_features).uniform_(-bound, bound))
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x @ weight + bias`` per run. Shape: (K, B, in) -> (K, B, out)."""
         return _AddBias.apply(bmm(x, self.weight), self.bias, 2)
 
 

@@ -27,6 +27,7 @@ class ReferenceTab(nn.Module):
         self.convs = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x * sigmoid(convs(x))``, the convolutions causal. Shape: (B, C, T) -> (B, C, T)."""
         h = x
         for layer in self.convs:
             if isinstance(layer, nn.Conv1d):
@@ -60,6 +61,7 @@ class ReferenceTimNet(nn.Module):
         self.head.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits. Shape: x (B, F, T) -> (B, classes)."""
         h = self.general["stem"](x)
         fwd, bwd = self.general["in_fwd"](h), self.general["in_bwd"](h.flip(-1))
         pooled = []

@@ -72,6 +72,8 @@ class LayerWeightedSum(nn.Module):
         self.weight = nn.Parameter(torch.zeros(runs, layers))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Each run's softmax-weighted sum of the L layers stacked on the feature axis.
+        Shape: (K, B, L * D, T) -> (K, B, D, T)."""
         k, b, c, t = x.shape  # (K, B, L*D, T)
         h = x.reshape(k, b, self.layers, c // self.layers, t)  # (K, B, L, D, T)
         wide = torch.promote_types(self.weight.dtype, torch.float32)  # at least fp32
@@ -79,6 +81,7 @@ class LayerWeightedSum(nn.Module):
         return _WeightedSum.apply(h, w)  # (K, B, D, T)
 
     def extra_repr(self) -> str:
+        """Runs and layers, for ``print(model)``."""
         return f"runs={self.runs}, layers={self.layers}"
 
 

@@ -139,6 +139,8 @@ class CausalAttention(RunModule):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` plus causal self-attention over its time steps, per group.
+        Shape: (G, C, T, B) -> (G, C, T, B)."""
         g, _, t, b = x.shape
         d = self.qkv.weight.shape[-1]
         h, dh = self.heads, d // self.heads
@@ -169,6 +171,7 @@ class TemporalAwareBlock(nn.Module):
                           if opts.attention == "mha" else None)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The block's output alone (see :meth:`forward_mean`). Shape: (G, C, T, B) -> same."""
         return self.forward_mean(x)[0]
 
     def forward_mean(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,11 +206,14 @@ class Head(nn.Module):
         self.classifier = RunLinear(runs, channels, num_classes)
 
     def fuse(self, scales: Tensor) -> Tensor:
+        """The weighted sum over scales (``fusion = "diff"``: of successive differences plus the
+        last scale). Shape: (K, S, C, B) -> (K, B, C)."""
         if self.fusion == "diff":  # DeltaTIM: successive differences plus the last scale
             scales = torch.cat([scales[:, 1:] - scales[:, :-1], scales[:, -1:]], dim=1)
         return torch.einsum("kscb,ks->kbc", scales, self.weight.to(scales.dtype))
 
     def forward(self, scales: Tensor) -> Tensor:
+        """Logits of the fused scales. Shape: (K, S, C, B) -> (K, B, num_classes)."""
         return self.classifier(self.fuse(scales))
 
 
@@ -222,6 +228,7 @@ class Stem(nn.Module):
         self.relu = relu
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shape: (K, F, T, B) -> (K, C, T, B)."""
         h = self.bn(self.conv(x))
         return torch.relu(h) if self.relu else h
 
@@ -235,6 +242,8 @@ class InputConv(nn.Module):
         self.conv = TemporalConv(2 * runs, in_features, channels)
 
     def forward(self, h: Tensor) -> Tensor:
+        """Shape: (K, F', T, B) -> (2K, C, T, B): run k's forward direction at 2k, its backward
+        (time-reversed) one at 2k + 1."""
         k, f, t, b = h.shape
         both = torch.stack([h, h.flip(2)], 1).view(2 * k, f, t, b)
         return self.conv(both)
@@ -348,9 +357,11 @@ class TimNet(nn.Module):
         return z[0] if x.dim() == 3 else z
 
     def forward_head(self, z: Tensor) -> Tensor:
+        """Logits of fused embeddings: (K, B, C) -> (K, B, classes), or (B, C) -> (B, classes)."""
         return self.head.classifier(z.unsqueeze(0))[0] if z.dim() == 2 else self.head.classifier(z)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits: (K, B, F, T) -> (K, B, classes), or (B, F, T) -> (B, classes)."""
         logits = self.head(self.forward_specific(self.forward_general(x)))  # (K, B, classes)
         return logits[0] if x.dim() == 3 else logits
 

@@ -36,6 +36,7 @@ class TransformerTimNetOptions(TimNetOptions):
     tf_dropout: float = opt(0.1, ge=0, lt=1, per_run=False)
 
     def validate(self) -> None:
+        """TIM-Net's cross-field rules, and ``tf_dim`` divisible by ``tf_heads``."""
         super().validate()
         if self.tf_dim % self.tf_heads:
             raise OptionError(f"tf_dim ({self.tf_dim}) must be divisible by tf_heads "
@@ -53,6 +54,8 @@ class TransformerFront(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, opts.tf_layers, enable_nested_tensor=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Project, add sinusoidal positions, encode. Shape: (1, B, F, T) -> (1, tf_dim, T, B);
+        a packed input (K > 1) raises ValueError."""
         if x.shape[0] != 1:
             raise ValueError("transformer_timnet is not packable: one run at a time")
         h = self.proj(x[0].transpose(1, 2))  # (B, T, d)

@@ -129,6 +129,9 @@ def _sync(device: torch.device) -> None:
 
 # --- feature extraction ------------------------------------------------------------------------
 def bench_features(size: str) -> dict[str, Any]:
+    """Time feature extraction (10-s windows, the default MFCC features, cache cold) of the
+    synthetic MODMA-like corpus of ``size``; the ``feature_*`` entries of the result: seconds
+    of audio, wall seconds, segments, the real-time factor (audio s per wall s), workers."""
     from transfer.data import synth
     from transfer.data.audio import SegmentSpec
     from transfer.data.corpora import build_manifest
@@ -531,6 +534,8 @@ def extrapolate(one: float, longer: float, extra_epochs: int, epochs: int, runs_
 
 
 def to_markdown(result: dict[str, Any]) -> str:
+    """The bench result as a Markdown page: a measure | value table, then the step profile's
+    op shares where there is one."""
     lines = ["# ser-transfer benchmark", "", f"{result['timestamp']} on {result['device']}", "",
              "| measure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in result.items() if k not in ("profile", "timestamp")]
@@ -571,6 +576,8 @@ def _sections(args: argparse.Namespace, device: torch.device, result: dict[str, 
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.bench`` (see the module docstring); ``argv`` defaults to the
+    command line. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m transfer.bench",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and a reduced grid")

@@ -89,6 +89,7 @@ def show_training(console: Console) -> None:
 
 
 def show_features(console: Console) -> None:
+    """The frame-feature settings (``[features]``) and the feature kinds."""
     from transfer.common.config import FeaturesConfig
 
     console.print("\n[bold]features[/]  frame features of every corpus (mfcc, logmel, or ssl: "
@@ -98,6 +99,7 @@ def show_features(console: Console) -> None:
 
 
 def show_report(console: Console) -> None:
+    """The report's settings (``[report]``) and the logging ones (``[log]``)."""
     from transfer.common.config import LogConfig, ReportConfig
 
     console.print("\n[bold]report[/]  what report.html adds to the table (operating points, "
@@ -111,6 +113,8 @@ _LABEL_MODES = {"required": "", "optional": "  (also with an unlabelled target)"
 
 
 def show_strategies(console: Console) -> None:
+    """Every registered strategy: its module's summary, whether it needs a source and what it
+    needs of the target's labels, and its options."""
     from transfer.train.strategies import get_strategy, names
 
     for name in names():
@@ -124,6 +128,7 @@ def show_strategies(console: Console) -> None:
 
 
 def show_backbones(console: Console) -> None:
+    """Every registered backbone: its module's summary, whether it packs runs, its options."""
     import backbones
 
     for name in backbones.names():
@@ -137,6 +142,8 @@ def show_backbones(console: Console) -> None:
 
 
 def show_corpora(console: Console) -> None:
+    """The corpus cards shipped in datasets/: task, sample rate, labels, root variable,
+    segment settings, description."""
     from transfer.data.cards import available_cards, load_card
 
     table = Table(title=escape("corpus cards (datasets/*.toml); [source]/[target] corpus = NAME"),
@@ -170,6 +177,8 @@ def write_fold_files(corpus: str | None, root: str | None, out: str) -> int:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.inspect`` (see the module docstring); ``argv`` defaults to the
+    command line. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?",

@@ -35,6 +35,9 @@ AUDIO_SUFFIXES = {".wav", ".flac"}
 
 
 def collect(paths: list[str]) -> list[Path]:
+    """The .wav/.flac files named by ``paths``, folders searched recursively (sorted within a
+    folder), in the order given. A missing path, a file of another kind or a folder without
+    audio is a :class:`UserError`."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -137,6 +140,8 @@ def _row(kind: str, name: str, prob: np.ndarray, labels: list[str], files: int =
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.predict`` (see the module docstring); ``argv`` defaults to the
+    command line. Returns 0, or 1 when some files were skipped."""
     parser = argparse.ArgumentParser(prog="python -m transfer.predict",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="an exported model package (.pt)")

@@ -88,6 +88,8 @@ def _check_arguments(seconds: float | None, overlap: float | None, max_bad_share
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.prepare`` (see the module docstring); ``argv`` defaults to the
+    command line. Prints the summary (or one JSON object); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m transfer.prepare",
                                      description="Build a corpus manifest and feature cache.")
     parser.add_argument("--corpus", required=True, help="card name (datasets/NAME.toml) or path")

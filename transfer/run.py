@@ -265,6 +265,8 @@ def _terminate(signum: int, frame: Any) -> None:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.run`` (see the module docstring); ``argv`` defaults to the command
+    line. Prints the comparison table; returns 0, or 1 when some runs failed."""
     parser = argparse.ArgumentParser(prog="python -m transfer.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="recipe TOML file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -89,6 +89,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` through :func:`atomic_path`: readers see the old
+    file or the whole new one, never a part."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -132,6 +134,7 @@ def _report(message: str) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes as 64 hex digits, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -215,6 +218,8 @@ def store_entry(folder: Path, stem: str, suffix: str, write: Callable[[Path], No
 
 
 def glob_escape(text: str) -> str:
+    """``text`` with the glob characters ``*``, ``?`` and ``[`` bracketed, so a ``glob``
+    pattern matches them literally."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 

@@ -42,6 +42,8 @@ class ConsoleHandler(logging.Handler):
     STYLES = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "bold red"}
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Print the record's message, coloured by its level; a failure goes to
+        ``handleError``, never raised."""
         try:
             console.print(record.getMessage(), style=self.STYLES.get(record.levelno))
         except Exception:  # noqa: BLE001 - logging must never raise

@@ -61,10 +61,12 @@ class Bounds:
 
     @property
     def low(self) -> float | None:
+        """The lower end (``ge`` or ``gt``), or None when unbounded below."""
         return self.ge if self.ge is not None else self.gt
 
     @property
     def high(self) -> float | None:
+        """The upper end (``le`` or ``lt``), or None when unbounded above."""
         return self.le if self.le is not None else self.lt
 
     def describe(self) -> str:
@@ -104,12 +106,15 @@ class LogUniform(Space):
     high: float
 
     def sample(self, rng: np.random.Generator) -> float:
+        """One draw: ``exp`` of a uniform draw between the logs of the ends."""
         return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
 
     def describe(self) -> str:
+        """``log_uniform = [low, high]``."""
         return f"log_uniform = [{self.low:g}, {self.high:g}]"
 
     def values(self) -> list[Any]:
+        """The two ends, for the range check."""
         return [self.low, self.high]
 
 
@@ -121,12 +126,15 @@ class Uniform(Space):
     high: float
 
     def sample(self, rng: np.random.Generator) -> float:
+        """One uniform draw from [low, high)."""
         return float(rng.uniform(self.low, self.high))
 
     def describe(self) -> str:
+        """``uniform = [low, high]``."""
         return f"uniform = [{self.low:g}, {self.high:g}]"
 
     def values(self) -> list[Any]:
+        """The two ends, for the range check."""
         return [self.low, self.high]
 
 
@@ -138,12 +146,15 @@ class IntUniform(Space):
     high: int
 
     def sample(self, rng: np.random.Generator) -> int:
+        """One integer from low..high, both included."""
         return int(rng.integers(self.low, self.high + 1))
 
     def describe(self) -> str:
+        """``int_uniform = [low, high]``."""
         return f"int_uniform = [{self.low}, {self.high}]"
 
     def values(self) -> list[Any]:
+        """The two ends, for the range check."""
         return [self.low, self.high]
 
 
@@ -154,12 +165,15 @@ class Choice(Space):
     options: tuple[Any, ...]
 
     def sample(self, rng: np.random.Generator) -> Any:
+        """One of the options, each with probability 1 / len(options)."""
         return self.options[int(rng.integers(len(self.options)))]
 
     def describe(self) -> str:
+        """``choice = [a, b, ...]``."""
         return f"choice = {list(self.options)!r}"
 
     def values(self) -> list[Any]:
+        """Every option, for the range check."""
         return list(self.options)
 
 
@@ -340,14 +354,19 @@ class Naming:
     noun: str = "option"
 
     def key(self, name: str) -> str:
+        """How an error names key ``name``: ``strategy 'dann': option 'mu'`` or
+        ``recipe key 'train.lr'``."""
         if self.owner:
             return f"{self.owner}: {'option ' if self.noun == 'option' else ''}{name!r}"
         return f"recipe key '{self.prefix + '.' if self.prefix else ''}{name}'"
 
     def child(self, name: str) -> Naming:
+        """The naming of the nested table ``name`` (its dotted path extended)."""
         return Naming(self.owner, f"{self.prefix}.{name}" if self.prefix else name, self.noun)
 
     def unknown(self, unknown: list[str], allowed: list[str]) -> str:
+        """The one-line error for unknown keys: an owner's lists all of them, a recipe's
+        names the first one and the table it is in; both list the allowed keys."""
         if self.owner:
             return f"{self.owner}: unknown {self.noun}(s) {unknown}; allowed: {allowed}"
         where = f"[{self.prefix}]" if self.prefix else "the top level"

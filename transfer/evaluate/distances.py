@@ -49,6 +49,10 @@ class MultiKernelMMD(nn.Module):
         return self.centre(x, y).unsqueeze(-1) * powers
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The squared MMD of each run's two samples, in fp32 even under autocast.
+
+        Shape: x (K, N, D), y (K, M, D) -> (K,); x (N, D), y (M, D) -> a scalar.
+        """
         single = x.dim() == 2
         if single:
             x, y = x.unsqueeze(0), y.unsqueeze(0)

@@ -99,6 +99,13 @@ def unit_outputs(y: np.ndarray, prob: np.ndarray, units: np.ndarray, kind: str =
 
 
 def confusion(y: np.ndarray, prob: np.ndarray, n_classes: int) -> list[list[int]]:
+    """The confusion matrix of the argmax decisions, rows true classes and columns predicted
+    ones (``n_classes`` x ``n_classes``, classes absent from ``y`` included).
+
+    Args:
+        y: (N,) true class indices.
+        prob: (N, n_classes) class probabilities.
+    """
     return confusion_matrix(y, prob.argmax(1), labels=range(n_classes)).tolist()
 
 

@@ -32,6 +32,9 @@ FALLBACK = 0.5  # the argmax decision of two classes
 
 @dataclass(frozen=True)
 class Threshold:
+    """A run's decision threshold on the positive class's probability (a unit is positive at
+    or above it), and why the rule fell back to 0.5 ("" where it did not)."""
+
     value: float
     fallback: str = ""  # why the rule could not be applied ("" = it was)
 
@@ -146,4 +149,5 @@ def pooled_scores(records: Sequence[ScoredRun], scaled: bool = False
 
 
 def nan_interval() -> Interval:
+    """An :class:`Interval` for no data: NaN point and ends, 0 units, 0 seeds."""
     return Interval(math.nan, math.nan, math.nan, 0, 0)

@@ -33,6 +33,9 @@ SPEAKER_DEPENDENT = {"segment-random"}
 
 @dataclass(frozen=True)
 class Split:
+    """One (fold, seed) split of the target segments into train, validation and test indices
+    (sorted), and the protocol that made it."""
+
     fold: int
     seed: int
     train: np.ndarray  # segment indices

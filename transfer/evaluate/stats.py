@@ -35,6 +35,9 @@ EXACT_UP_TO = 16  # pairs: 2^16 sign patterns are enumerated; more pairs use 2^1
 
 @dataclass(frozen=True)
 class Interval:
+    """A point estimate with its bootstrap confidence interval (``low``, ``high``: NaN with
+    fewer than 2 units), and how many test units and seeds it rests on."""
+
     point: float
     low: float
     high: float
@@ -44,6 +47,10 @@ class Interval:
 
 @dataclass(frozen=True)
 class PairedResult:
+    """A paired permutation test: the pairs compared, their mean difference, the two-sided p,
+    the smallest p this many pairs can give, and whether all 2^n sign patterns were enumerated
+    (``exact``). ``p`` is NaN with fewer than 2 pairs."""
+
     pairs: int
     mean_diff: float  # strategy - reference
     p: float

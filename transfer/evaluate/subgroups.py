@@ -41,6 +41,7 @@ from transfer.evaluate.stats import (
 
 
 def is_number(value: object) -> bool:
+    """Whether ``value`` is an int or a float (a bool is not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

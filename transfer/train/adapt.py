@@ -14,7 +14,7 @@ model per set of test segments: the whole test fold (a new site) or each test sp
 where the label belongs to the subject: a speaker's statistics would then carry the label.
 
 The model is one run's target backbone as an ordinary (K = 1) module
-(:func:`transfer.train.engine.unpack_model`); it is never changed (a copy adapts).
+(:func:`transfer.train.packs.unpack_model`); it is never changed (a copy adapts).
 """
 
 from __future__ import annotations

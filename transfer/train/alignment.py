@@ -72,9 +72,13 @@ class GradientReversal(nn.Module):
 
     @property
     def coeff(self) -> float | Tensor:
+        """The current coefficient: ``max_coeff`` x :func:`grl_coefficient` at ``progress``
+        (a float, or (K,) per run)."""
         return self.max_coeff * grl_coefficient(self.progress, self.gamma)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Identity forward; the gradient is multiplied by ``-coeff`` on the way back.
+        Shape: (K, ...) -> same."""
         return reverse_gradient(x, self.coeff)
 
 
@@ -90,6 +94,7 @@ class DomainDiscriminator(nn.Module):
                                  RunLinear(runs, hidden, 1))
 
     def forward(self, z: Tensor) -> Tensor:
+        """One logit per sample (> 0: source). Shape: (K, B, D) -> (K, B)."""
         return self.net(z).squeeze(-1)
 
 
@@ -128,6 +133,7 @@ class Projector(nn.Module):
             TemporalConv(runs, out_dim, channels, 3, causal=False))
 
     def forward(self, seq: Tensor) -> Tensor:
+        """Encode and average over time. Shape: (K, D, T, B) -> (K, B, out_dim)."""
         return self.encoder(seq).mean(2).transpose(1, 2)  # (K, B, out_dim)
 
     def reconstruction_loss(self, seq: Tensor) -> Tensor:

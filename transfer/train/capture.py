@@ -26,6 +26,8 @@ class Accumulator:
         self.runs, self.device = runs, device
 
     def add(self, logs: dict[str, Tensor], active: Tensor, prefix: str = "") -> None:
+        """Add one step's values (each (K,) or K elements) under ``prefix + key``, counting
+        only the runs where ``active`` ((K,) bool) is set. Stays on the device."""
         for key, value in logs.items():
             key = prefix + key
             if key not in self.sums:
@@ -36,6 +38,7 @@ class Accumulator:
             self.counts[key].add_(active.float())
 
     def reset(self) -> None:
+        """Zero every sum and count in place (the tensors stay, for a captured step)."""
         for t in (*self.sums.values(), *self.counts.values()):
             t.zero_()
 
@@ -56,6 +59,8 @@ class StepRunner:
         self.calls = 0
 
     def __call__(self) -> None:
+        """Run the step once: eagerly, as a warm-up, by capturing and replaying the graph, or
+        by replaying it."""
         if not self.capture:
             self.fn()
             return

@@ -42,6 +42,8 @@ def amp_enabled(device: torch.device, amp: bool) -> bool:
 
 
 def autocast(device: torch.device, amp: bool, cache: bool = True):
+    """The bf16 ``torch.autocast`` context for ``device``, enabled where :func:`amp_enabled`
+    says so; ``cache``: autocast's weight-cast cache (``cache_enabled``)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=amp_enabled(device, amp), cache_enabled=cache)
 

@@ -135,6 +135,7 @@ class Selection:
         return improved
 
     def stop(self, k: int, why: str) -> None:
+        """Stop training run ``k`` and record why (``diverged``, ``patience``, ...)."""
         self.alive[k], self.stopped[k] = False, why
 
     def halve(self, halving: Halving) -> list[int]:

@@ -27,6 +27,17 @@ def make_package(model: torch.nn.Module, *, backbone: str, segments: SegmentSpec
                  features: FeatureSpec, mean: torch.Tensor, std: torch.Tensor,
                  labels: list[str], positive: str, recipe_hash: str, info: dict[str, Any]
                  ) -> dict[str, Any]:
+    """The package of one trained (K = 1) target model, as plain data.
+
+    Args:
+        model: the backbone (its ``options`` and ``state_dict`` are stored, on the CPU).
+        backbone: its registry name.
+        segments, features: how the model's inputs were cut and featurised.
+        mean, std: the feature standardisation of its training set, (1, F, 1) each.
+        labels: the class names by index; positive: the positive class's name.
+        recipe_hash: the content hash of the recipe; info: strategy, fold, seed, recipe name
+            and metrics of the run.
+    """
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "toolkit_version": __version__,
         "backbone": backbone, "options": dataclasses.asdict(model.options),
@@ -39,6 +50,8 @@ def make_package(model: torch.nn.Module, *, backbone: str, segments: SegmentSpec
 
 
 def save_package(package: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` the package to ``path`` atomically (the old file or the whole new one);
+    returns ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(package, tmp)

@@ -48,6 +48,7 @@ class RunValues(nn.Module):
             self.varying.append(f.name)
 
     def extra_repr(self) -> str:
+        """The options class and the fields that differ between runs, for ``print(model)``."""
         return f"{self.options_class.__name__}, per run: {', '.join(self.varying) or 'none'}"
 
 

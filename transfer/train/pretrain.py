@@ -48,6 +48,10 @@ PRETRAIN_VERSION = 2  # 2: fused TIM-Net layout
 
 @dataclass
 class Pretrained:
+    """A source-pretrained model: its state dict (on the CPU), held-out metrics
+    (``source_acc``, ``source_uar``, ``source_best_epoch``, ``source_seconds``), its cache key,
+    and whether it came from the cache."""
+
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     key: str
@@ -55,6 +59,9 @@ class Pretrained:
 
 
 def source_split(domain: Domain, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source's speaker-independent hold-out: sorted segment indices of the training
+    speakers and of the held-out ones (``fraction`` of the speakers, rounded, at least one and
+    at most all but one). A source with one speaker is a :class:`UserError`."""
     speakers = np.unique(domain.groups)
     if len(speakers) < 2:
         raise UserError(f"source {domain.name} has one speaker: a speaker-independent hold-out "
@@ -66,6 +73,9 @@ def source_split(domain: Domain, fraction: float, seed: int) -> tuple[np.ndarray
 
 
 def pretrain_key(recipe: Recipe, domain: Domain) -> str:
+    """The cache key of the pretrained model: a content hash of the source data's keys and
+    labels, the backbone and its options, the feature width, the ``[pretrain]`` settings
+    (seed included), the normalisation and :data:`PRETRAIN_VERSION`."""
     return content_hash({
         "data": domain.keys, "labels": domain.labels, "backbone": dataclasses.asdict(recipe.backbone),
         "in_features": int(domain.x.shape[1]), "pretrain": dataclasses.asdict(recipe.pretrain),

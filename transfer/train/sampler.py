@@ -56,6 +56,11 @@ class Sampler:
         return act.to(self.device)
 
     def epoch(self, epoch: int, epochs: int, alive: list[bool], with_source: bool) -> Plan:
+        """One epoch's batches: per run a fresh permutation of its training indices cut into
+        ``len(train) // batch`` full batches (the remainder is left out), and with
+        ``with_source`` as many source batches drawn with replacement. A run is active on its
+        own steps while ``alive``; ``progress`` runs from 0 at its first step of the first
+        epoch to 1 at its last step of epoch ``epochs - 1``."""
         b, k_runs = self.batch, len(self.target.train)
         steps = [len(t) // b for t in self.target.train]
         s_max = max(steps)

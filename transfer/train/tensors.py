@@ -25,6 +25,9 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x: Tensor, idx: Tensor | None, enabled: bool = True) -> Standardizer:
+        """Mean and std (floored at 1e-5) per feature of ``x[idx]`` (all of ``x`` when
+        ``idx`` is None) over segments and time; ``enabled = False``: the identity.
+        Shape: x (N, F, T) -> mean, std (1, F, 1)."""
         f = x.shape[1]
         if not enabled:
             return cls(x.new_zeros(1, f, 1), x.new_ones(1, f, 1), enabled=False)
@@ -34,9 +37,11 @@ class Standardizer:
         return cls(mean, std)
 
     def __call__(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std``, or ``x`` unchanged when disabled. Shape: (..., F, T) -> same."""
         return (x - self.mean) / self.std if self.enabled else x
 
     def to_dict(self) -> dict[str, Tensor]:
+        """``mean`` and ``std`` on the CPU, for a checkpoint."""
         return {"mean": self.mean.cpu(), "std": self.std.cpu()}
 
 
@@ -69,6 +74,7 @@ class DomainTensors:
 
     @property
     def runs(self) -> int:
+        """K, the number of runs this domain serves."""
         return len(self.train)
 
     def for_runs(self, k: int) -> DomainTensors:

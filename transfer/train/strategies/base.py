@@ -26,6 +26,9 @@ from transfer import UserError
 
 
 class Batch(NamedTuple):
+    """One training batch of K packed runs: features and class indices (-1 where the target's
+    labels are hidden)."""
+
     x: Tensor  # (K, B, F, T)
     y: Tensor  # (K, B)
 
@@ -54,9 +57,11 @@ class Context:
     target_labelled: bool = True
 
     def make_backbone(self, num_classes: int) -> nn.Module:
+        """A fresh backbone of ``runs`` packed runs with a ``num_classes`` head."""
         return self.backbone_factory(num_classes, self.runs)
 
     def with_runs(self, runs: int) -> Context:
+        """The same context for ``runs`` packed runs."""
         return dataclasses.replace(self, runs=runs)
 
     def unlabelled(self) -> Context:
@@ -104,10 +109,13 @@ def register(name: str, order: int = 1000) -> Callable[[type[Strategy]], type[St
 
 
 def names() -> list[str]:
+    """The registered strategies' names, in table order (``order``, then registration)."""
     return sorted(_REGISTRY, key=lambda n: _REGISTRY[n].order)  # stable: ties by registration
 
 
 def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name``; an unknown name is a :class:`UserError`
+    listing the available ones."""
     if name not in _REGISTRY:
         raise UserError(f"unknown strategy {name!r}; available: {', '.join(names())}")
     return _REGISTRY[name]
@@ -167,6 +175,8 @@ class Strategy(nn.Module):
 
     # --- what subclasses provide -------------------------------------------------------
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The main optimiser's parameter groups at base learning rate ``lr``; by default every
+        trainable parameter of the target model at ``lr``."""
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
@@ -177,6 +187,8 @@ class Strategy(nn.Module):
         return ce, {"ce": ce.detach()}
 
     def phases(self) -> list[Phase]:
+        """Extra optimisation phases with their own optimisers (:class:`Phase`); none by
+        default."""
         return []
 
     # --- shared ----------------------------------------------------------------------
@@ -235,20 +247,27 @@ class Strategy(nn.Module):
 
 
 def general_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the backbone's ``general`` part."""
     return list(model.general.parameters())
 
 
 def rest_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the backbone's ``specific`` part and head."""
     return list(model.specific.parameters()) + list(model.head.parameters())
 
 
 def frozen(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter's ``requires_grad`` off, in eval mode (BatchNorm
+    statistics and dropout fixed); returned for chaining. A later ``train()`` of a parent
+    switches it back to training mode: strategies that hold one override ``train``."""
     for p in module.parameters():
         p.requires_grad_(False)
     return module.eval()
 
 
 def ensure_split(model: nn.Module, strategy: str) -> None:
+    """Refuse, as a :class:`UserError`, a backbone whose general part yields no features
+    (``general_dim`` 0), for strategies that align general features."""
     if model.general_dim < 1:
         raise UserError(f"strategy '{strategy}' aligns general features: backbone option "
                         "split must be at least 1")

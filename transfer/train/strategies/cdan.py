@@ -44,6 +44,9 @@ class CdanOptions:
 
 @register("cdan", order=44)
 class Cdan(Strategy):
+    """The source-pretrained model (its source head kept) and a discriminator on the fused
+    features conditioned on the predictions, behind a gradient reversal layer."""
+
     Options = CdanOptions
     needs_source = True
     uses_source_batches = True
@@ -57,10 +60,13 @@ class Cdan(Strategy):
         self.grl = GradientReversal(opts.grl_max, opts.grl_gamma)
 
     def param_groups(self, lr: float) -> list[dict]:
+        """Every trainable parameter (model and discriminator) at ``lr``."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Source cross-entropy plus ``adv_weight`` x the conditional adversarial loss, per
+        run (K,); logs ``ce``, ``adv``, ``disc_acc``."""
         assert src is not None
         f_s = self.model.forward_features(src.x)  # (K, B, D)
         f_t = self.model.forward_features(tgt.x)

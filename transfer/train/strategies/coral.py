@@ -34,6 +34,8 @@ class CoralOptions:
 
 @register("coral", order=42)
 class Coral(Strategy):
+    """One backbone for both domains; its ``general`` features are aligned by CORAL."""
+
     Options = CoralOptions
     needs_source = True
     uses_source_batches = True
@@ -46,6 +48,9 @@ class Coral(Strategy):
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy of the labelled batch (target, or source when the target is
+        unlabelled) plus ``coral_weight`` x CORAL of the pooled ``general`` features, per run
+        (K,); logs ``ce``, ``coral``."""
         assert src is not None
         g_t = self.model.forward_general(tgt.x)
         g_s = self.model.forward_general(src.x)

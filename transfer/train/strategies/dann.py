@@ -52,6 +52,9 @@ class DannOptions:
 
 @register("dann", order=40)
 class Dann(Strategy):
+    """One backbone for both domains, a domain discriminator on its pooled ``general``
+    features behind a gradient reversal layer, and optionally a source branch."""
+
     Options = DannOptions
     needs_source = True
     uses_source_batches = True
@@ -66,10 +69,14 @@ class Dann(Strategy):
         self.branch = self.source_branch() if opts.source_weight > 0 else None
 
     def param_groups(self, lr: float) -> list[dict]:
+        """Every trainable parameter (model, discriminator, source branch) at ``lr``."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy of the labelled batch plus ``adv_weight`` x the adversarial loss
+        (plus ``source_weight`` x the source branch's cross-entropy), per run (K,); logs
+        ``ce``, ``adv``, ``disc_acc`` (and ``ce_source``)."""
         assert src is not None
         g_t = self.model.forward_general(tgt.x)
         g_s = self.model.forward_general(src.x)

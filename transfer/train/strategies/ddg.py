@@ -59,6 +59,9 @@ class DdgOptions:
 
 @register("ddg", order=60)
 class Ddg(Strategy):
+    """The target backbone trained on the target's cross-entropy, its shared ``general``
+    aligned in a periodic phase through two domain-specific projectors."""
+
     Options = DdgOptions
     needs_source = True
     unlabelled_note = ("its two domain-specific projectors align a space the source-trained "
@@ -77,6 +80,8 @@ class Ddg(Strategy):
         self.mmd = MultiKernelMMD(opts.mmd_kernels, opts.mmd_ratio)
 
     def param_groups(self, lr: float) -> list[dict]:
+        """The whole target model at ``lr`` (the target cross-entropy; projectors and the
+        discriminator train in the alignment phase only)."""
         return [{"params": list(self.model.parameters()), "lr": lr}]
 
     def _align(self, tgt: Batch, src: Batch | None, progress: Tensor
@@ -88,6 +93,9 @@ class Ddg(Strategy):
         return alignment_loss(self.mmd, self.disc, self.grl, p_s, p_t, progress, 1 - mu, mu)
 
     def phases(self) -> list[Phase]:
+        """The ``align`` phase: ``align_steps`` SGD steps every ``align_every`` epochs on
+        (1 - mu) MMD + mu adversarial loss; ``general`` and the discriminator at ``align_lr``,
+        the projectors at ``align_lr x proj_lr_scale``."""
         o = self.opts
         shared = list(self.model.general.parameters()) + list(self.disc.parameters())
         projectors = (list(self.proj_source.encoder.parameters())

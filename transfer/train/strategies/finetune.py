@@ -20,6 +20,9 @@ class FinetuneOptions:
 
 @register("finetune", order=20)
 class Finetune(Strategy):
+    """The source-pretrained backbone with a fresh target head, ``general`` at a smaller
+    learning rate."""
+
     Options = FinetuneOptions
     needs_source = True
 
@@ -28,5 +31,6 @@ class Finetune(Strategy):
         self.model = self.target_model("source")
 
     def param_groups(self, lr: float) -> list[dict]:
+        """``general`` at ``lr x general_lr_scale``, ``specific`` and the head at ``lr``."""
         return [{"params": general_params(self.model), "lr": lr * self.opts.general_lr_scale},
                 {"params": rest_params(self.model), "lr": lr}]

@@ -15,6 +15,8 @@ class FreezeOptions:
 
 @register("freeze", order=10)
 class Freeze(Strategy):
+    """The source-pretrained backbone with ``general`` frozen and a fresh target head."""
+
     Options = FreezeOptions
     needs_source = True
 
@@ -24,9 +26,11 @@ class Freeze(Strategy):
         frozen(self.model.general)
 
     def train(self, mode: bool = True) -> Freeze:
+        """Set the training mode, keeping ``general`` in eval mode; returns self."""
         super().train(mode)
         self.model.general.eval()  # BatchNorm running statistics stay those of the source
         return self
 
     def param_groups(self, lr: float) -> list[dict]:
+        """``specific`` and the head at ``lr``; ``general`` is not optimised."""
         return [{"params": rest_params(self.model), "lr": lr}]

@@ -36,6 +36,9 @@ class JointOptions:
 
 @register("joint", order=30)
 class Joint(Strategy):
+    """One shared ``general``, a target branch and a pretrained source branch (specific +
+    emotion head), trained together."""
+
     Options = JointOptions
     needs_source = True
     uses_source_batches = True
@@ -46,12 +49,16 @@ class Joint(Strategy):
         self.branch = self.source_branch()
 
     def param_groups(self, lr: float) -> list[dict]:
+        """``general`` at ``lr x general_lr_scale``, the target's specific and head at ``lr``,
+        the source branch at ``lr x source_lr_scale``."""
         return [{"params": general_params(self.model), "lr": lr * self.opts.general_lr_scale},
                 {"params": rest_params(self.model), "lr": lr},
                 {"params": list(self.branch.parameters()), "lr": lr * self.opts.source_lr_scale}]
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Target cross-entropy plus ``source_weight`` x the source branch's, per run (K,);
+        logs ``ce``, ``ce_source``."""
         assert src is not None
         ce_t = self.ce(self.model(tgt.x), tgt.y)
         g_s = self.model.forward_general(src.x)

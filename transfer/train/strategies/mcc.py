@@ -34,6 +34,9 @@ class MccOptions:
 
 @register("mcc", order=65)
 class Mcc(Strategy):
+    """The target backbone trained on the cross-entropy of the labelled batch plus minimum
+    class confusion on the target's predictions."""
+
     Options = MccOptions
     needs_source = True
     target_labels = "optional"
@@ -45,6 +48,9 @@ class Mcc(Strategy):
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy of the labelled batch (target, or source when the target is
+        unlabelled) plus ``mcc_weight`` x the target's class confusion, per run (K,); logs
+        ``ce``, ``mcc``."""
         logits_t = self.model(tgt.x)  # (K, B, C)
         labelled = self.labelled_batch(tgt, src)
         ce = self.ce(logits_t if labelled is tgt else self.model(labelled.x), labelled.y)

@@ -62,6 +62,9 @@ class MmdAeOptions:
 
 @register("mmd_ae", order=50)
 class MmdAe(Strategy):
+    """The target backbone, a frozen source-pretrained copy, one shared projector and a
+    discriminator for the alignment phase (see the module docstring)."""
+
     Options = MmdAeOptions
     needs_source = True
     uses_source_batches = False  # source batches only in the phases (and, unlabelled, the steps)
@@ -79,15 +82,20 @@ class MmdAe(Strategy):
         self.mmd = MultiKernelMMD(opts.mmd_kernels, opts.mmd_ratio)
 
     def train(self, mode: bool = True) -> MmdAe:
+        """Set the training mode, keeping the frozen source model in eval mode; returns self."""
         super().train(mode)
         self.source.eval()
         return self
 
     def param_groups(self, lr: float) -> list[dict]:
+        """The whole target model at ``lr`` (the projector and the discriminator train in the
+        phases only)."""
         return [{"params": list(self.model.parameters()), "lr": lr}]
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy of the labelled batch (target, or source when the target is
+        unlabelled), per run (K,); logs ``ce``."""
         labelled = self.labelled_batch(tgt, src)
         ce = self.ce(self.model(labelled.x), labelled.y)
         return ce, {"ce": ce.detach()}
@@ -108,6 +116,10 @@ class MmdAe(Strategy):
                               self.opts.adv_weight)
 
     def phases(self) -> list[Phase]:
+        """``align``: ``align_steps`` Adam steps every ``align_every`` epochs on MMD +
+        ``adv_weight`` x adversarial loss, training the target's ``general``, the projector's
+        encoder and the discriminator; with ``ae_epochs`` > 0 first ``autoencoder``, once
+        before training: the projector as an autoencoder of source features."""
         o = self.opts
         align_params = (list(self.model.general.parameters())
                         + list(self.projector.encoder.parameters()) + list(self.disc.parameters()))

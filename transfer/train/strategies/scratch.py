@@ -14,6 +14,8 @@ class ScratchOptions:
 
 @register("scratch", order=0)
 class Scratch(Strategy):
+    """The target backbone from random weights, trained on the target's cross-entropy."""
+
     Options = ScratchOptions
 
     def __init__(self, ctx: Context, opts: ScratchOptions) -> None:

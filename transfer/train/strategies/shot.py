@@ -53,6 +53,8 @@ class CentroidMemory(RunModule):
 
     @torch.no_grad()
     def update_and_label(self, z: Tensor, p: Tensor) -> Tensor:
+        """Update the active runs' centroids with this batch, then label each segment by its
+        nearest centroid. Shape: z (K, B, D), p (K, B, C) -> (K, B) class indices."""
         # SHOT appends a constant 1 to the features before normalising
         f = nn.functional.normalize(torch.cat([z.float(), z.new_ones(*z.shape[:2], 1).float()],
                                               -1), dim=-1)  # (K, B, D + 1)
@@ -94,6 +96,9 @@ class ShotOptions:
 
 @register("shot", order=70)
 class Shot(Strategy):
+    """The source-pretrained model with its head frozen; ``general`` and ``specific`` adapt to
+    the unlabelled target (see the module docstring)."""
+
     Options = ShotOptions
     needs_source = True
     uses_source_batches = False
@@ -107,16 +112,21 @@ class Shot(Strategy):
                                      opts.centroid_momentum)
 
     def train(self, mode: bool = True) -> Shot:
+        """Set the training mode, keeping the frozen head in eval mode; returns self."""
         super().train(mode)
         self.model.head.eval()
         return self
 
     def param_groups(self, lr: float) -> list[dict]:
+        """``general`` and ``specific`` at ``lr``; the head stays as the source trained it."""
         return [{"params": list(self.model.general.parameters())
                  + list(self.model.specific.parameters()), "lr": lr}]
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``ent_weight`` x mean prediction entropy - ``div_weight`` x entropy of the mean
+        prediction + ``pseudo_weight`` x pseudo-label cross-entropy on the target batch, per
+        run (K,); logs ``ent``, ``div``, ``pseudo_ce``. ``src`` is unused."""
         z = self.model.forward_features(tgt.x)  # (K, B, D)
         logits = self.model.forward_head(z)  # (K, B, C)
         p = torch.softmax(logits.float(), -1)

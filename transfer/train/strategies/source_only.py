@@ -22,6 +22,8 @@ class SourceOnlyOptions:
 
 @register("source_only", order=5)
 class SourceOnly(Strategy):
+    """The source-pretrained model with its head, trained further on the source's labels."""
+
     Options = SourceOnlyOptions
     needs_source = True
     uses_source_batches = True
@@ -33,6 +35,7 @@ class SourceOnly(Strategy):
 
     def loss(self, tgt: Batch, src: Batch | None, progress: Tensor
              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Source cross-entropy per run (K,); logs ``ce``. The target batch is unused."""
         assert src is not None
         ce = self.ce(self.model(src.x), src.y)
         return ce, {"ce": ce.detach()}
