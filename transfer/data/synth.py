@@ -754,6 +754,7 @@ def cached(kind: str, size: str = "small", seed: int = 0) -> Path:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.data.synth``: write one synthetic corpus into ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m transfer.data.synth",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, choices=sorted(MAKERS))

@@ -515,7 +515,7 @@ def cpu_model() -> str:
 
 def precision(device: torch.device, amp: bool) -> str:
     """What a training on ``device`` with ``amp`` computes in: bf16 autocast runs on CUDA and
-    on CPUs with native bf16 only (:func:`transfer.train.engine.amp_enabled`)."""
+    on CPUs with native bf16 only (:func:`transfer.train.device.amp_enabled`)."""
     return "bf16 autocast (fp32 weights)" if amp_enabled(device, amp) else "fp32"
 
 
