@@ -269,6 +269,8 @@ def ensure_split(model: nn.Module, strategy: str) -> None:
     """Refuse, as a :class:`UserError`, a backbone whose general part yields no features
     (``general_dim`` 0), for strategies that align general features."""
     if model.general_dim < 1:
-        raise UserError(f"strategy '{strategy}' aligns general features: backbone option "
-                        "split must be at least 1")
+        raise UserError(f"strategy '{strategy}' aligns general features, but this backbone's "
+                        "general part yields none (general_dim 0): give the backbone a general "
+                        "part (for TIM-Net, split of at least 1; `python -m transfer.inspect "
+                        "backbones` lists each backbone's options)")
 
