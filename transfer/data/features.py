@@ -11,7 +11,9 @@ miss: the features are extracted again under the new key, and the old entry is l
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -35,6 +37,8 @@ from transfer.common.lifeline import die_with_parent
 from transfer.data.audio import cut, load_audio, read_turns
 from transfer.data.corpora import Manifest
 from transfer.data.kinds import bind
+
+log = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1
 
@@ -207,12 +211,24 @@ def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
         with entry_lock(folder, stem, f"the features of {manifest.name}"):
             cached = _load_cached(folder, stem)
             if cached is None:
+                _note_other_settings(folder, manifest.name, key)
                 check_memory(manifest, seg, feat)
                 x, segments = _extract_all(manifest, seg, feat, workers, progress)
                 store_entry(folder, stem, ".npz", lambda tmp: _save(tmp, x, segments))
                 return FeatureSet(x, segments, key, False, time.perf_counter() - t0)
     x, segments = cached
     return FeatureSet(x, segments, key, True, time.perf_counter() - t0)
+
+
+def _note_other_settings(folder: Path, name: str, key: str) -> None:
+    """One line when the cache holds features of this corpus under other keys only (other
+    settings, or a key computed differently after an update): they are extracted again."""
+    entry = re.compile(rf"{re.escape(name)}-([0-9a-f]{{24}})\.")
+    others = {m.group(1) for p in (folder.iterdir() if folder.is_dir() else [])
+              if (m := entry.match(p.name)) and m.group(1) != key}
+    if others:
+        log.info(f"features of {name}: none cached under these settings (key {key}; "
+                 f"{len(others)} other key(s) cached); extracting them again")
 
 
 def _load_cached(folder: Path, stem: str) -> tuple[np.ndarray, pd.DataFrame] | None:
