@@ -2,7 +2,8 @@
 
 Plain data shared by every stage (data reads :class:`CorpusConfig`, :class:`SegmentSpec` and
 :class:`FeatureSpec`, training :class:`TrainConfig`, evaluation :class:`ProtocolConfig`);
-reading and validating a recipe file is :mod:`transfer.grid.recipe`'s job.
+reading and validating a recipe file is :mod:`transfer.grid.recipe`'s job. One file on
+purpose, above ~400 lines: it is the recipe's whole schema, read top to bottom as one.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ class FeatureSpec:
 
 @dataclass
 class BackboneConfig:
+    """``[backbone]``: a registered backbone and its options (``python -m transfer.inspect
+    backbones``)."""
     name: str = "timnet"
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -370,6 +373,7 @@ class StrategyEntry:
 
 @dataclass
 class Recipe:
+    """A whole recipe: one field per section (:mod:`transfer.grid.recipe` reads it)."""
     name: str = ""
     description: str = ""
     seeds: list[int] = opt(ge=0, le=2**31 - 1, factory=lambda: [0, 1, 2])

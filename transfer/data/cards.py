@@ -51,6 +51,7 @@ CARDS_DIR = _cards_dir()
 
 @dataclass(frozen=True)
 class AudioSpec:
+    """A card's ``[audio]``: which files, and the pattern that names speaker and label."""
     glob: str
     pattern: str
     speaker_format: str = "{speaker}"
@@ -61,6 +62,7 @@ class AudioSpec:
 
 @dataclass(frozen=True)
 class LabelSpec:
+    """A card's ``[labels]``: where labels come from and how they are mapped."""
     names: tuple[str, ...]
     source: str = "path"  # path | table | lines
     codes: dict[str, str] = field(default_factory=dict)
@@ -83,6 +85,7 @@ class LabelSpec:
 
 @dataclass(frozen=True)
 class Card:
+    """A corpus card, checked (:func:`parse_card`)."""
     name: str
     description: str
     task: str
@@ -97,6 +100,7 @@ class Card:
 
     @property
     def env_var(self) -> str:
+        """The environment variable that names the corpus folder."""
         return self.root_env or f"{self.name.upper()}_ROOT"
 
     def final_labels(self, keep: tuple[str, ...] | None = None,

@@ -102,6 +102,7 @@ class Domain:
 
     @property
     def positive_index(self) -> int:
+        """Index of the positive class in ``labels``, -1 without one."""
         return self.labels.index(self.positive) if self.positive in self.labels else -1
 
     def unit_covariates(self, ids: list[str]) -> dict[str, list]:
@@ -211,6 +212,8 @@ def _check_synthetic(cfg: CorpusConfig, card: Card) -> None:
 
 
 def corpus_root(cfg: CorpusConfig, card: Card) -> str | None:
+    """Where the corpus is: a synthetic one in the cache (generated on first use), the
+    recipe's ``root``, or None (the card's ``$<NAME>_ROOT``)."""
     if cfg.synthetic:
         from transfer.data import synth
 

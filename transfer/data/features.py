@@ -137,6 +137,7 @@ class FeatureSet:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """(N, dim, frames)."""
         return tuple(self.x.shape)
 
 

@@ -25,7 +25,8 @@ transfer.inspect features`` read the registry; nothing else names a kind::
             return 1 + samples // opts.hop
 
 The built-in kinds: ``mfcc`` and ``logmel`` (librosa) here, ``ssl`` (its checkpoint logic in
-:mod:`transfer.data.ssl`) below.
+:mod:`transfer.data.ssl`) below. One file on purpose, above ~400 lines: the registry and every
+kind's declaration together are what "adding a kind touches one file" means.
 """
 
 from __future__ import annotations
@@ -265,22 +266,27 @@ class StftKind(FeatureKind):
     """A kind computed from an STFT with ``n_fft`` and ``hop`` (librosa, centred frames)."""
 
     def frames(self, opts: Any, samples: int) -> int:
+        """Centred frames: one per hop, plus one."""
         return 1 + samples // opts.hop
 
     def min_samples(self, opts: Any) -> int:
+        """One STFT window."""
         return opts.n_fft
 
     def frame_setting(self, opts: Any) -> str:
+        """The hop."""
         return f"hop {opts.hop}"
 
     def fewer_frames_fix(self, opts: Any, seg: SegmentSpec, seconds_key: str,
                          needed: int) -> str:
+        """The largest hop or the shortest segment that gives ``needed`` frames."""
         longest_hop = seg.length // (needed - 1)
         shortest = (needed - 1) * opts.hop / seg.sample_rate
         hop = f"use features.hop <= {longest_hop} or " if longest_hop >= 1 else "use "
         return f"{hop}{seconds_key} >= {shortest:g}"
 
     def work_bytes(self, opts: Any, frames: int) -> int:
+        """The STFT of one segment."""
         return (opts.n_fft // 2 + 1) * frames * 8  # complex64 bins per frame
 
 
@@ -291,6 +297,7 @@ class Mfcc(StftKind):
     Options = MfccOptions
 
     def extract(self, segments: np.ndarray, sample_rate: int, opts: Any) -> np.ndarray:
+        """Shape: (N, samples) -> (N, n_mfcc * (1 + deltas), frames)."""
         import librosa  # heavy import kept out of module import time
 
         mfcc = librosa.feature.mfcc(y=segments, sr=sample_rate, n_mfcc=opts.n_mfcc,
@@ -303,6 +310,7 @@ class Mfcc(StftKind):
         return np.concatenate(parts, axis=1).astype(np.float32)  # (N, n_mfcc * (1 + deltas), T)
 
     def dim(self, opts: Any) -> int:
+        """Coefficients times (1 + delta orders)."""
         return opts.n_mfcc * (1 + opts.deltas)
 
 
@@ -313,6 +321,7 @@ class Logmel(StftKind):
     Options = StftOptions
 
     def extract(self, segments: np.ndarray, sample_rate: int, opts: Any) -> np.ndarray:
+        """Shape: (N, samples) -> (N, n_mels, frames)."""
         import librosa
 
         mel = librosa.feature.melspectrogram(y=segments, sr=sample_rate, n_fft=opts.n_fft,
@@ -320,6 +329,7 @@ class Logmel(StftKind):
         return librosa.power_to_db(mel, ref=1.0).astype(np.float32)  # (N, n_mels, T)
 
     def dim(self, opts: Any) -> int:
+        """The mel bands."""
         return opts.n_mels
 
 
@@ -364,51 +374,62 @@ class Ssl(FeatureKind):
     frames_known = False  # the checkpoint's convolutional front decides
 
     def extract(self, segments: np.ndarray, sample_rate: int, opts: Any) -> np.ndarray:
+        """Shape: (N, samples) -> (N, dim, frames) (:func:`transfer.data.ssl.extract`)."""
         from transfer.data import ssl
 
         return ssl.extract(segments, sample_rate, opts)
 
     def dim(self, opts: Any) -> int:
+        """Hidden size, times the layers when they are stacked."""
         from transfer.data import ssl
 
         return ssl.feature_dim(opts)
 
     def frames(self, opts: Any, samples: int) -> int:
+        """The convolutional front's output length, then the pooling."""
         from transfer.data import ssl
 
         return ssl.frames(opts, samples)
 
     def min_samples(self, opts: Any) -> int:
+        """The receptive field of one frame."""
         return SSL_MIN_SAMPLES
 
     def frame_setting(self, opts: Any) -> str:
+        """The pooling."""
         return f"pool_frames {opts.pool_frames}"
 
     def fewer_frames_fix(self, opts: Any, seg: SegmentSpec, seconds_key: str,
                          needed: int) -> str:
+        """Longer segments or less pooling."""
         return f"use a longer {seconds_key} or a smaller features.pool_frames"
 
     def cache_fields(self, opts: Any) -> dict[str, Any]:
+        """The checkpoint's content (not its path), the layers and the pooling."""
         from transfer.data import ssl
 
         return ssl.cache_fields(opts)
 
     def canonical(self, opts: Any) -> Any:
+        """The checkpoint path made absolute (``~`` and ``$VARS`` expanded)."""
         path = str(Path(os.path.expandvars(opts.model)).expanduser().resolve())
         return dataclasses.replace(opts, model=path)
 
     def prepare(self, opts: Any) -> None:
+        """The checkpoint folder exists and holds a supported model."""
         from transfer.data import ssl
 
         ssl.checkpoint_dir(opts.model)
 
     def stacked_layers(self, opts: Any) -> int:
+        """The hidden states with ``layers = "all"``, else 0."""
         from transfer.data import ssl
 
         return ssl.stacked_layers(opts)
 
     def run_jobs(self, jobs: list, workers: int, progress: bool, title: str,
                  reader: Callable) -> list | None:
+        """Audio read in workers, the model here (:func:`transfer.data.ssl.run_jobs`)."""
         from transfer.data import ssl
 
         return ssl.run_jobs(jobs, workers, progress, f"ssl {title}", reader)

@@ -97,6 +97,7 @@ def checkpoint_dir(model: str) -> Path:
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """The checkpoint's config.json."""
     try:
         return json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -124,6 +125,7 @@ def input_normalization(path: Path) -> bool:
 
 
 def expected_rate(path: Path) -> int:
+    """The sample rate the checkpoint expects (preprocessor_config.json, else 16000)."""
     return int(_preprocessor(path).get("sampling_rate", 16000))
 
 
