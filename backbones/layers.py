@@ -18,6 +18,10 @@ a pack of any size, on any device. BatchNorm running statistics and the step cou
 only for runs marked active (a run that has finished or has no batch in this step). The layers
 read that per-run state through :class:`RunInfo`; the training stage owns it
 (:mod:`transfer.train.runs`).
+
+Why one file (~540 lines): the packed layers and their hand-written autograd functions share the
+(G, C, T, B) layout, the GEMM row padding and the per-run state protocol; each layer is one
+class plus its Function.
 """
 
 from __future__ import annotations

@@ -428,7 +428,7 @@ def _ssl_factory(k: int, runs: int = 1):
                             blocks=3, split=2, num_classes=k, stem="bn", dropout=0.1)
 
 
-@pytest.mark.parametrize("name", [n for n in names() if not n.startswith("_")])
+@pytest.mark.parametrize("name", names())
 def test_pack_of_three_equals_three_runs_one_by_one(name):
     _check_pack_equals_one_by_one(name, _factory)
 
@@ -703,7 +703,7 @@ class _RecordingCuda(_FakeCuda):
         return _Recorder(g)
 
 
-@pytest.mark.parametrize("name", [n for n in names() if not n.startswith("_")])
+@pytest.mark.parametrize("name", names())
 def test_a_captured_and_replayed_step_trains_exactly_like_the_eager_step(monkeypatch, name):
     """The training step as the CUDA path runs it (warm-up, one capture, replays), emulated
     on the CPU by :class:`_RecordedGraph`, gives the eager step's curves and weights bit for
@@ -812,7 +812,7 @@ def _assert_same_curves(a: list, b: list, rtol: float, val_rtol: float) -> None:
 
 
 @cuda
-@pytest.mark.parametrize("name", [n for n in names() if not n.startswith("_")])
+@pytest.mark.parametrize("name", names())
 def test_on_a_gpu_a_captured_pack_trains_like_its_runs_one_by_one_on_the_cpu(fp32_cuda, name):
     """Every strategy, fp32: three runs as one captured pack on the GPU against each run
     alone on the CPU (bit-exact there, see above); the GPU's kernels sum in other orders, so

@@ -82,3 +82,20 @@ def test_dry_run_prints_plan_and_bad_recipe_is_clean_error(tmp_path):
     res = subprocess.run([sys.executable, "-m", "transfer.run", str(bad), "--dry-run"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "train.epoch" in res.stderr and "Traceback" not in res.stderr
+
+
+# Issue 28 case 6, with the probe's own values: each trained to a silent wrong table (or passed
+# --dry-run) before strategy and backbone options declared their ranges.
+@pytest.mark.parametrize("assignment, key", [
+    ("backbone.options.bn_momentum=7.5", "bn_momentum"),
+    ("strategies.ddg.mu=5", "mu"),
+    ("strategies.ddg.align_lr=0", "align_lr"),
+    ("strategies.mmd_ae.align_every=-2", "align_every"),
+    ("strategies.dann.disc_hidden=0", "disc_hidden"),
+    ("strategies.dann.adv_weight=-3", "adv_weight"),
+    ("backbone.options.no_such_option=1", "no_such_option"),
+])
+def test_out_of_range_strategy_and_backbone_options_are_refused_at_load(assignment, key):
+    with pytest.raises(UserError, match=key) as err:
+        load_recipe(ROOT / "recipes" / "demo.toml", [assignment])
+    assert "\n" not in str(err.value)

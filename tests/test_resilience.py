@@ -18,7 +18,6 @@ from conftest import tiny_recipe
 from transfer.grid.recipe import load_recipe
 from transfer.report.tables import read_records
 from transfer.run import run_recipe
-from transfer.train.strategies import register
 from transfer.train.strategies.scratch import Scratch
 
 METRIC_COLS = ["unit_uar_mean", "unit_acc_mean", "segment_uar_mean", "segment_auc_mean",
@@ -87,7 +86,6 @@ class _ExplodeOptions:
     fail_fold: int = 1
 
 
-@register("_explodes")
 class _Explodes(Scratch):
     """Scratch, except that it raises on one fold: an injected failure."""
 
@@ -99,7 +97,8 @@ class _Explodes(Scratch):
         return super().loss(tgt, src, progress)
 
 
-def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch, scoped_strategies):
+    scoped_strategies("_explodes")(_Explodes)
     from transfer.grid.experiment import Experiment
 
     original = Experiment._train_and_test
@@ -127,7 +126,6 @@ class _NanOptions:
     bad_seed: int = 1
 
 
-@register("_nan_for_one_seed")
 class _NanForOneSeed(Scratch):
     """Scratch whose loss is NaN for the run with one seed: one diverging run in a pack."""
 
@@ -139,7 +137,8 @@ class _NanForOneSeed(Scratch):
         return torch.where(seeds == self.opts.bad_seed, float("nan"), ce), logs
 
 
-def test_a_diverging_run_fails_alone_and_its_pack_goes_on(tmp_path):
+def test_a_diverging_run_fails_alone_and_its_pack_goes_on(tmp_path, scoped_strategies):
+    scoped_strategies("_nan_for_one_seed")(_NanForOneSeed)
     recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_nan_for_one_seed"]),
                          ["seeds=[0, 1]"])
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
@@ -152,7 +151,9 @@ def test_a_diverging_run_fails_alone_and_its_pack_goes_on(tmp_path):
             assert "diverged" in r["error"]
 
 
-def test_a_raising_pack_fails_its_runs_and_the_grid_goes_on(tmp_path, monkeypatch):
+def test_a_raising_pack_fails_its_runs_and_the_grid_goes_on(tmp_path, monkeypatch,
+                                                            scoped_strategies):
+    scoped_strategies("_explodes")(_Explodes)
     recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["_explodes", "scratch"]))
     monkeypatch.setattr(_Explodes, "_fold", 1, raising=False)  # every pack raises
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)

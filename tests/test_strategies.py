@@ -59,7 +59,8 @@ def test_ddg_alignment_phase_reduces_mmd_in_its_space():
     result = _train("ddg", {"align_every": 1, "align_steps": 20}, 0, strength=3.0)
     mmd = [row["align_mmd"] for row in result.curves if "align_mmd" in row]
     assert len(mmd) == 15 and sum(mmd[-3:]) / 3 < 0.85 * mmd[0]
-    assert all(0.0 <= row["align_disc_acc"] <= 1.0 for row in result.curves)
+    accs = [row["align_disc_acc"] for row in result.curves if "align_mmd" in row]
+    assert len(accs) == 15 and len(set(accs)) > 1  # the discriminator is measured every phase
 
 
 def test_freeze_keeps_general_and_its_batchnorm_statistics():
@@ -91,7 +92,7 @@ SMOKE_OPTIONS = {"transformer_timnet": {"tf_dim": 16, "tf_heads": 2, "tf_ff": 32
 
 
 @pytest.mark.parametrize("backbone", backbones.names())
-@pytest.mark.parametrize("name", [n for n in strategy_names() if not n.startswith("_")])
+@pytest.mark.parametrize("name", strategy_names())
 def test_every_strategy_trains_on_every_backbone(name, backbone):
     """The contract strategies rely on (:class:`backbones.Backbone`) holds for every backbone:
     each strategy builds, takes its steps and phases, and predicts, on each registered one."""

@@ -24,6 +24,9 @@ Writes ``results/bench/<timestamp>.json`` and ``.md`` (after every section, with
   the draw that full training selects;
 - achieved fraction of the device's peak: model FLOPs per segment x segments per second /
   the peak FLOP/s of the device (stated; on a CPU from the instruction sets it reports).
+
+Why one file (~630 lines): one command whose sections share the device, the peak and the
+synthetic data helpers, and write one JSON/markdown report; each section is a function of its own.
 """
 
 from __future__ import annotations

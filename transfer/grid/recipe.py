@@ -141,6 +141,8 @@ def check_data_settings(recipe: Recipe) -> None:
                         naming=options.Naming(prefix=f"{where}.segments"))
         if get_kind(spec.kind).frames_known:  # else (ssl) checked when data is loaded
             check_segments(seg, spec, f"{where}.segments.seconds", f"recipe key '{where}': ")
+
+
 def _one_adapt_as_list(data: dict[str, Any]) -> dict[str, Any]:
     """``evaluate.adapt = "tent"`` means ``["tent"]``."""
     evaluate = data.get("evaluate")

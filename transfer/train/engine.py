@@ -20,6 +20,10 @@ Features stay resident on the device and batches are gathered by index; the step
 synchronises with the host (losses are accumulated on the device and read once per epoch). On
 CUDA the step can be captured in a CUDA graph and replayed (:mod:`transfer.train.capture`).
 Model selection uses the validation subjects only; the test split is never seen here.
+
+Why one file (~440 lines): the loop, its per-run selection (:class:`Selection`), successive
+halving (:class:`Halving`) and the pack's compaction act on the same per-run state each epoch;
+everything else (optimisers, sampler, capture, inference, tensors) lives in its own module.
 """
 
 from __future__ import annotations

@@ -119,14 +119,12 @@ def check_label_mode(cls: type[Strategy], labelled: bool, label: str = "") -> No
     label = label or cls.name
     if not labelled and cls.target_labels == "required":
         why = f" ({cls.unlabelled_note})" if cls.unlabelled_note else ""
-        can = [n for n in names() if _REGISTRY[n].target_labels != "required"
-               and not n.startswith("_")]
+        can = [n for n in names() if _REGISTRY[n].target_labels != "required"]
         raise UserError(f"strategy '{label}' trains on the target's labels, which [target] "
                         f"labelled = false hides{why}; strategies that can run unlabelled: "
                         f"{', '.join(can)}")
     if labelled and cls.target_labels == "none":
-        can = [n for n in names() if _REGISTRY[n].target_labels != "none"
-               and not n.startswith("_")]
+        can = [n for n in names() if _REGISTRY[n].target_labels != "none"]
         raise UserError(f"strategy '{label}' adapts the source's classifier to unlabelled target "
                         "audio: it needs [target] labelled = false, with the target's classes "
                         f"mapped onto the source's; with target labels use: {', '.join(can)}")
