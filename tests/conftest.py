@@ -150,3 +150,16 @@ def scoped_strategies():
     yield base.register
     base._REGISTRY.clear()
     base._REGISTRY.update(before)
+
+
+def run_record(**fields):
+    """A run record built from the fields a test cares about, read through
+    ``RunRecord.from_dict`` like a line of ``runs.jsonl``; the head fields it leaves out get
+    neutral values (and a finished run empty curves, confusion and metrics)."""
+    from transfer.grid.records import RunRecord
+
+    data = {"key": "run", "status": "ok", "strategy": "s", "fold": 0, "seed": 0,
+            "protocol": "subject-kfold", "speaker_dependent": False}
+    if fields.get("status", "ok") == "ok":
+        data.update(metrics={}, curves=[], confusion=[], best_epoch=0)
+    return RunRecord.from_dict({**data, **fields})

@@ -31,10 +31,10 @@ def test_readme_python_example_runs_and_writes_nothing(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(readme_example(), "README.md", "exec"), namespace)  # noqa: S102
     record = namespace["record"]
-    assert record["status"] == "ok", record.get("error")
-    assert set(record["metrics"]) >= {"unit_uar", "segment_uar", "unit_f1"}
-    assert 0.0 <= record["metrics"]["unit_uar"] <= 1.0
-    assert record["sizes"]["test"] > 0 and record["epochs_run"] == 3
+    assert record.ok, record.error
+    assert set(record.metrics) >= {"unit_uar", "segment_uar", "unit_f1"}
+    assert 0.0 <= record.metrics["unit_uar"] <= 1.0
+    assert record.sizes["test"] > 0 and record.epochs_run == 3
     assert out.getvalue().startswith("ok {")
     assert os.listdir(tmp_path) == []  # no file written, not even a cache
 

@@ -25,7 +25,7 @@ from transfer.data.domain import segment_spec
 from transfer.data.synth import make
 from transfer.evaluate.protocols import make_splits
 from transfer.grid.recipe import apply_set, parse_recipe
-from transfer.grid.records import read_records
+from transfer.grid.records import RunRecord, read_records
 from transfer.train.device import pick_device
 
 
@@ -333,7 +333,7 @@ def test_non_record_json_line_in_runs_jsonl_is_reported_and_ignored(tmp_path, ca
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps(good) + "\n42\n[1, 2]\n{\"note\": \"hand-written\"}\n"
                     + json.dumps(good) + "\n{\"key\": \"tor")
-    assert read_records(path) == [good, good]
+    assert read_records(path) == [RunRecord.from_dict(good)] * 2
     err = capsys.readouterr().err
     for n in (2, 3, 4):
         assert f"line {n} is not a run record (" in err

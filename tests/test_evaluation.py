@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_tone
+from conftest import run_record, write_tone
 from sklearn.metrics import balanced_accuracy_score
 
 from transfer import UserError
@@ -17,6 +17,7 @@ from transfer.evaluate.protocols import make_splits
 from transfer.evaluate.stats import paired_test, paired_uar_diff_ci, pooled_uar_ci
 from transfer.grid.experiment import Experiment
 from transfer.grid.recipe import load_recipe, parse_recipe
+from transfer.grid.records import RunRecord
 from transfer.report.tables import build_table, leak_table, markdown
 from transfer.report.tables import main as report_main
 from transfer.run import run_recipe
@@ -184,7 +185,7 @@ def test_leak_report_on_a_target_where_speaker_identity_predicts_the_label(tmp_p
     assert sorted({s.protocol for s in plan}) == ["segment-random", "subject-kfold"]
     assert len({s.key for s in plan}) == len(plan) == 3
     records = [exp.execute(s) for s in plan]
-    assert all(r["status"] == "ok" for r in records)
+    assert all(r.ok for r in records)
     from transfer.report.tables import write_outputs
 
     write_outputs(tmp_path, records, ["scratch"], None, "leak", plots=False,
@@ -224,7 +225,7 @@ def test_demo_recipe_writes_the_leak_report():
 
 # --- confidence intervals and paired tests ---------------------------------------------------
 def _records(strategy: str, accuracy: float, folds: int, seeds: list[int], units: int = 20,
-             protocol: str = "subject-kfold", seed: int = 0) -> list[dict]:
+             protocol: str = "subject-kfold", seed: int = 0) -> list[RunRecord]:
     """Run records whose test units are predicted right with probability ``accuracy``."""
     rng = np.random.default_rng(seed)
     out = []
@@ -235,14 +236,13 @@ def _records(strategy: str, accuracy: float, folds: int, seeds: list[int], units
             pred = np.where(right, y, 1 - y)
             prob = np.stack([1 - pred, pred], 1) * 0.8 + 0.1
             ids = [f"u{f}-{i}" for i in range(units)]
-            out.append({"key": f"{strategy}-{protocol}-{f}-{s}", "strategy": strategy,
-                        "strategy_name": strategy.split("_")[0], "fold": f, "seed": s,
-                        "protocol": protocol, "speaker_dependent": protocol == "segment-random",
-                        "unit": "subject", "status": "ok",
-                        "metrics": {"unit_uar": balanced_accuracy_score(y, pred),
-                                    "segment_uar": balanced_accuracy_score(y, pred)},
-                        "units": {"id": ids, "y": y.tolist(), "prob": prob.tolist()},
-                        "curves": [], "confusion": [], "best_epoch": 0})
+            out.append(run_record(
+                key=f"{strategy}-{protocol}-{f}-{s}", strategy=strategy,
+                strategy_name=strategy.split("_")[0], fold=f, seed=s, protocol=protocol,
+                speaker_dependent=protocol == "segment-random", unit="subject",
+                metrics={"unit_uar": balanced_accuracy_score(y, pred),
+                         "segment_uar": balanced_accuracy_score(y, pred)},
+                units={"id": ids, "y": y.tolist(), "prob": prob.tolist()}))
     return out
 
 
@@ -252,9 +252,9 @@ def test_bootstrap_ci_known_answers():
     # exactly 3 of 4 units of each class right, in every fold and seed: UAR 0.75
     recs = _records("scratch", 1.0, 4, [0, 1], units=48)
     for r in recs:
-        prob = np.array(r["units"]["prob"])
+        prob = np.array(r.units.prob)
         prob[::4] = prob[::4, ::-1]  # every 4th unit (both classes alike) wrong
-        r["units"]["prob"] = prob.tolist()
+        r.units.prob[:] = prob.tolist()
     ci = pooled_uar_ci(recs)
     assert ci.point == pytest.approx(0.75) and ci.seeds == 2 and ci.units == 192
     assert ci.low < 0.75 < ci.high and 0.05 < ci.high - ci.low < 0.2
@@ -262,8 +262,8 @@ def test_bootstrap_ci_known_answers():
     recs = _records("scratch", 0.7, 4, [0, 1], units=50)
     per_seed = []
     for s in (0, 1):
-        y = np.concatenate([r["units"]["y"] for r in recs if r["seed"] == s])
-        p = np.concatenate([np.argmax(r["units"]["prob"], 1) for r in recs if r["seed"] == s])
+        y = np.concatenate([r.units.y for r in recs if r.seed == s])
+        p = np.concatenate([np.argmax(r.units.prob, 1) for r in recs if r.seed == s])
         per_seed.append(balanced_accuracy_score(y, p))
     assert pooled_uar_ci(recs).point == pytest.approx(np.mean(per_seed))
 
@@ -279,10 +279,10 @@ def test_paired_difference_interval_cancels_what_the_units_share():
     extra = hard[:6]  # ... except these, which "better" gets right
     for recs, wrong in ((ref, hard), (better, np.setdiff1d(hard, extra))):
         for r in recs:
-            prob = np.array(r["units"]["prob"])
-            mine = [i - 40 * r["fold"] for i in wrong if i // 40 == r["fold"]]
+            prob = np.array(r.units.prob)
+            mine = [i - 40 * r.fold for i in wrong if i // 40 == r.fold]
             prob[mine] = prob[mine, ::-1]
-            r["units"]["prob"] = prob.tolist()
+            r.units.prob[:] = prob.tolist()
     a, b = pooled_uar_ci(better), pooled_uar_ci(ref)
     assert a.low < b.high  # side by side: overlapping error bars
     d = paired_uar_diff_ci(better, ref)
@@ -322,7 +322,7 @@ def test_report_rebuilds_table_and_leak_report_from_records(tmp_path):
     recs = (_records("scratch", 0.5, 4, [0]) + _records("good", 0.9, 4, [0])
             + _records("scratch", 0.9, 1, [0], protocol="segment-random")
             + _records("good", 1.0, 1, [0], protocol="segment-random"))
-    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
     (tmp_path / "summary.json").write_text(json.dumps(
         {"order": ["scratch", "good"], "title": "t", "protocol": "subject-kfold"}))
     assert report_main([str(tmp_path), "--no-plots"]) == 0

@@ -28,8 +28,9 @@ from transfer.data import load_domain
 from transfer.data.audio import SegmentSpec
 from transfer.data.corpora import build_manifest
 from transfer.data.features import FeatureSpec, load_features
+from transfer.grid.folder import toolkit_info
 from transfer.grid.recipe import load_recipe
-from transfer.grid.records import read_records, toolkit_info
+from transfer.grid.records import read_records
 from transfer.run import run_recipe
 from transfer.train.pretrain import pretrain
 
@@ -96,8 +97,8 @@ def test_kill_9_mid_grid_then_resume_loses_no_finished_run(finished, tmp_path):
     assert out2 == out and failed == 0
     after = read_records(records)
     assert records.read_text().startswith(complete)  # finished records untouched
-    keys = [r["key"] for r in after]
-    lost = sum(keys.count(r["key"]) > 1 for r in before)  # finished runs that ran again
+    keys = [r.key for r in after]
+    lost = sum(keys.count(r.key) > 1 for r in before)  # finished runs that ran again
     assert lost == 0 and len(after) == 2 and len(set(keys)) == 2
     assert (out / "table.csv").read_bytes() == (reference / "table.csv").read_bytes()
 
@@ -454,7 +455,7 @@ def test_resume_refuses_another_recipe_and_tables_only_planned_runs(finished, tm
     assert main(args + ["--set", "seeds=[0, 1]"]) == 2
     assert "seeds (was [0], now [0, 1])" in capsys.readouterr().err
     assert (out / "recipe.json").read_text() == recipe_json  # not overwritten
-    foreign = {**read_records(out / "runs.jsonl")[0], "key": "from-another-recipe"}
+    foreign = {**read_records(out / "runs.jsonl")[0].to_dict(), "key": "from-another-recipe"}
     with open(out / "runs.jsonl", "a") as fh:
         fh.write(json.dumps(foreign) + "\n")
     _, table, failed = run_recipe(load_recipe(path, ["jobs=2"]), results_dir=tmp_path / "res",
@@ -495,7 +496,7 @@ def test_wheel_ships_the_cards_and_an_installed_copy_finds_them(tmp_path):
     if shutil.which("git"):
         subprocess.run(["git", "init", "-q", str(elsewhere)], check=True)
     probe = ("import json, transfer; from transfer.data.cards import CARDS_DIR, available_cards, "
-             "load_card; from transfer.grid.records import toolkit_info; print(json.dumps("
+             "load_card; from transfer.grid.folder import toolkit_info; print(json.dumps("
              "{'file': transfer.__file__, 'dir': str(CARDS_DIR), 'cards': available_cards(), "
              "'modma': load_card('modma').path, 'info': toolkit_info()}))")
     env = {**os.environ, "PYTHONPATH": str(site)}

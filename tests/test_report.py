@@ -10,6 +10,7 @@ label.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_record
 from sklearn.linear_model import LogisticRegression
 
 from transfer import UserError
@@ -36,6 +38,7 @@ from transfer.evaluate.calibration import (
 from transfer.evaluate.operating import choose_threshold, operating_point, record_threshold
 from transfer.evaluate.protocols import make_splits
 from transfer.evaluate.subgroups import subgroup_table
+from transfer.grid.records import RunRecord
 from transfer.report.sections import subgroups_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +55,7 @@ def gap_corpus(tmp_path_factory) -> Path:
 
 
 def _latent_records(root: Path, folds: int = 5, seeds: tuple[int, ...] = (0, 1, 2)
-                    ) -> list[dict]:
+                    ) -> list[RunRecord]:
     """Run records of a model that reads the designed prosodic factor: per (fold, seed) a
     logistic regression on each subject's mean latent arousal (``latents.csv``), fitted on the
     fold's training subjects; covariates from the corpus card, as a run stores them."""
@@ -74,10 +77,9 @@ def _latent_records(root: Path, folds: int = 5, seeds: tuple[int, ...] = (0, 1, 
         units = outputs(split.test)
         units["covariates"] = {c: [None if pd.isna(v) else (float(v) if c == "age" else str(v))
                                    for v in covs[c].to_numpy()[split.test]] for c in covs}
-        records.append({"key": f"oracle-{split.fold}-{split.seed}", "strategy": "oracle",
-                        "fold": split.fold, "seed": split.seed, "status": "ok",
-                        "labels": labels, "positive": "MDD", "units": units,
-                        "val_units": outputs(split.val)})
+        records.append(run_record(key=f"oracle-{split.fold}-{split.seed}", strategy="oracle",
+                                  fold=split.fold, seed=split.seed, labels=labels,
+                                  positive="MDD", units=units, val_units=outputs(split.val)))
     return records
 
 
@@ -112,8 +114,8 @@ def test_covariates_from_cards_and_why_none(tmp_path, tiny_modma):
     # a card without covariates: none, and a note that says why
     casia = read_covariates(load_card("casia"), tmp_path)
     assert casia.table is None and "no subject table" in casia.note
-    note = subgroups_markdown(pd.DataFrame(), {}, [{"covariates_note": casia.note}], "subject",
-                              "MDD")
+    note = subgroups_markdown(pd.DataFrame(), {}, [run_record(covariates_note=casia.note)],
+                              "subject", "MDD")
     assert note.startswith("No subgroups: corpus 'casia' has no subject table")
     base = {"name": "c", "sample_rate": 16000,
             "audio": {"glob": "*/*.wav", "pattern": r"^(?P<speaker>\w+)/(?P<label>\w+)\.wav$"},
@@ -139,7 +141,7 @@ def test_threshold_known_answers():
     assert one_class.value == 0.5 and one_class.fallback
 
 
-def _random_records(n_runs: int = 6, seed: int = 0) -> list[dict]:
+def _random_records(n_runs: int = 6, seed: int = 0) -> list[RunRecord]:
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n_runs):
@@ -149,9 +151,8 @@ def _random_records(n_runs: int = 6, seed: int = 0) -> list[dict]:
             return {"id": [f"{tag}{k}-{i}" for i in range(n)], "y": y.tolist(),
                     "prob": np.stack([1 - p1, p1], 1).round(4).tolist()}
 
-        out.append({"key": f"r{k}", "strategy": "s", "fold": k, "seed": 0, "status": "ok",
-                    "labels": ["HC", "MDD"], "positive": "MDD", "units": units(12, "t"),
-                    "val_units": units(10, "v")})
+        out.append(run_record(key=f"r{k}", strategy="s", fold=k, labels=["HC", "MDD"],
+                              positive="MDD", units=units(12, "t"), val_units=units(10, "v")))
     return out
 
 
@@ -161,13 +162,13 @@ def test_changing_only_test_labels_changes_no_threshold(rule):
     before = [record_threshold(r, rule, 0.8).value for r in records]
     point = operating_point(records, rule, 0.8)
     for r in records:  # every test label flipped
-        r["units"]["y"] = [1 - v for v in r["units"]["y"]]
+        r.units.y[:] = [1 - v for v in r.units.y]
     assert [record_threshold(r, rule, 0.8).value for r in records] == before
     flipped = operating_point(records, rule, 0.8)
     assert flipped.threshold_mean == point.threshold_mean
     assert flipped.sens.point != point.sens.point  # the test labels do reach the scores
     for r in records:  # the validation labels, by contrast, choose the threshold
-        r["val_units"]["y"] = [1 - v for v in r["val_units"]["y"]]
+        r.val_units.y[:] = [1 - v for v in r.val_units.y]
     assert [record_threshold(r, rule, 0.8).value for r in records] != before
 
 
@@ -200,9 +201,9 @@ def test_temperature_scaling_fitted_on_validation_lowers_the_overconfident_ece()
     calibrated_p, calibrated_y = _overconfident(3000, 2, sharpen=1.0)
     assert ece(reliability(calibrated_p, calibrated_y)) < 0.03
     # pooled over runs, as the report shows it
-    runs = [{"status": "ok", "calibration": record,
-             "units": {"y": test_y[:200].tolist(), "prob": test_p[:200].tolist(),
-                       "prob_ts": scaled[:200].tolist()}}]
+    runs = [run_record(calibration=record,
+                       units={"id": [str(i) for i in range(200)], "y": test_y[:200].tolist(),
+                              "prob": test_p[:200].tolist(), "prob_ts": scaled[:200].tolist()})]
     summary = calibration_summary(runs, positive=1)
     assert summary["segment_ece_after"] < summary["segment_ece_before"]
     assert summary["unit_ece_after"] < summary["unit_ece_before"]
@@ -280,21 +281,21 @@ def test_emobox_predictions_match_the_records(demo_dir):
     from transfer.grid.records import read_records
 
     records = [r for r in read_records(demo_dir / "runs.jsonl")
-               if r["protocol"] == "subject-kfold"]
+               if r.protocol == "subject-kfold"]
     scores = pd.read_csv(demo_dir / "predictions" / "scores.csv")
     assert len(scores) == len(records) == 14
     label_map = json.loads((demo_dir / "predictions" / "label_map.json").read_text())
-    assert label_map == {name: i for i, name in enumerate(records[0]["labels"])}
+    assert label_map == {name: i for i, name in enumerate(records[0].labels)}
     for r in records:
-        tag = f"fold{r['fold']}-seed{r['seed']}"
+        tag = f"fold{r.fold}-seed{r.seed}"
         preds = [json.loads(line) for line in
-                 (demo_dir / "predictions" / f"{r['strategy']}-{tag}.jsonl").open()]
-        assert [p["key"] for p in preds] == r["units"]["id"]
-        assert [p["pred"] for p in preds] == np.argmax(r["units"]["prob"], 1).tolist()
-        row = scores[(scores["strategy"] == r["strategy"]) & (scores["fold"] == r["fold"])]
-        assert row["UA"].item() == pytest.approx(r["metrics"]["unit_uar"])
-        assert row["WA"].item() == pytest.approx(r["metrics"]["unit_acc"])
-        assert row["macro-F1"].item() == pytest.approx(r["metrics"]["unit_f1"])
+                 (demo_dir / "predictions" / f"{r.strategy}-{tag}.jsonl").open()]
+        assert [p["key"] for p in preds] == r.units.id
+        assert [p["pred"] for p in preds] == np.argmax(r.units.prob, 1).tolist()
+        row = scores[(scores["strategy"] == r.strategy) & (scores["fold"] == r.fold)]
+        assert row["UA"].item() == pytest.approx(r.metrics["unit_uar"])
+        assert row["WA"].item() == pytest.approx(r.metrics["unit_acc"])
+        assert row["macro-F1"].item() == pytest.approx(r.metrics["unit_f1"])
 
 
 def test_report_rebuild_with_other_report_settings(demo_dir, tmp_path):
@@ -344,9 +345,9 @@ def test_tensorboard_event_files(tmp_path):
 
     curves = [{"epoch": e, "loss": 1.0 / e, "align_mmd": 0.5 / e, "val_uar": 0.5 + 0.1 * e}
               for e in (1, 2, 3)]
-    record = {"status": "ok", "strategy": "ddg", "protocol": "subject-kfold", "fold": 1,
-              "seed": 0, "curves": curves}
-    (run_dir,) = write_tensorboard(tmp_path, [record, {**record, "status": "failed"}])
+    record = run_record(strategy="ddg", fold=1, curves=curves)
+    (run_dir,) = write_tensorboard(tmp_path, [record, dataclasses.replace(record,
+                                                                          status="failed")])
     assert run_dir == tmp_path / "ddg" / "subject-kfold" / "fold1-seed0"
     events = EventAccumulator(str(run_dir))
     events.Reload()
@@ -372,7 +373,7 @@ def test_tensorboard_without_the_extra_is_a_one_line_error(tmp_path, monkeypatch
 
 def test_a_covariate_with_one_group_has_no_gap():
     records = _random_records(2)
-    for r in records:
-        r["units"]["covariates"] = {"site": ["A"] * len(r["units"]["id"])}
+    records = [dataclasses.replace(r, units=dataclasses.replace(
+        r.units, covariates={"site": ["A"] * len(r.units.id)})) for r in records]
     table, _ = subgroup_table(records, ["s"], {})
     assert list(table["group"]) == ["A"] and not [c for c in table.columns if "gap" in c]

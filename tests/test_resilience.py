@@ -67,7 +67,7 @@ def test_killed_grid_resumes_and_matches_uninterrupted(tmp_path, sig):
     assert done.returncode == 0, done.stderr
     after = read_records(records)
     assert len(after) == 8  # only the missing runs ran again
-    assert len({r["key"] for r in after}) == 8
+    assert len({r.key for r in after}) == 8
     pd.testing.assert_frame_equal(_table(out)[METRIC_COLS], _table(reference)[METRIC_COLS])
 
 
@@ -113,9 +113,9 @@ def test_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch, sco
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     assert failed == 1
     records = read_records(out / "runs.jsonl")
-    bad = [r for r in records if r["status"] == "failed"]
-    assert len(bad) == 1 and "injected failure" in bad[0]["error"] and bad[0]["fold"] == 1
-    assert sum(r["status"] == "ok" for r in records) == 3
+    bad = [r for r in records if not r.ok]
+    assert len(bad) == 1 and "injected failure" in bad[0].error and bad[0].fold == 1
+    assert sum(r.ok for r in records) == 3
     row = table.set_index("strategy").loc["_explodes"]
     assert row["failed"] == 1 and row["runs"] == 1
     assert "(1 failed)" in (out / "table.md").read_text()
@@ -143,12 +143,12 @@ def test_a_diverging_run_fails_alone_and_its_pack_goes_on(tmp_path, scoped_strat
                          ["seeds=[0, 1]"])
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     records = read_records(out / "runs.jsonl")
-    assert {r["pack"] for r in records} == {4}  # 2 folds x 2 seeds trained as one model
+    assert {r.pack for r in records} == {4}  # 2 folds x 2 seeds trained as one model
     assert failed == 2 and table.loc[0, "runs"] == 2
     for r in records:
-        assert (r["status"] == "failed") == (r["seed"] == 1)
-        if r["seed"] == 1:
-            assert "diverged" in r["error"]
+        assert (not r.ok) == (r.seed == 1)
+        if r.seed == 1:
+            assert "diverged" in r.error
 
 
 def test_a_raising_pack_fails_its_runs_and_the_grid_goes_on(tmp_path, monkeypatch,
@@ -158,10 +158,10 @@ def test_a_raising_pack_fails_its_runs_and_the_grid_goes_on(tmp_path, monkeypatc
     monkeypatch.setattr(_Explodes, "_fold", 1, raising=False)  # every pack raises
     out, table, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     records = read_records(out / "runs.jsonl")
-    bad = [r for r in records if r["status"] == "failed"]
-    assert failed == 2 and {r["strategy"] for r in bad} == {"_explodes"}
-    assert all("injected failure" in r["error"] and r["pack"] == 2 for r in bad)
-    assert sum(r["status"] == "ok" for r in records) == 2
+    bad = [r for r in records if not r.ok]
+    assert failed == 2 and {r.strategy for r in bad} == {"_explodes"}
+    assert all("injected failure" in r.error and r.pack == 2 for r in bad)
+    assert sum(r.ok for r in records) == 2
 
 
 def test_packed_grid_table_equals_one_by_one(tmp_path):
@@ -201,7 +201,7 @@ def test_ray_executor_matches_local(tmp_path):
         ray.shutdown()
     assert failed == 0
     pd.testing.assert_frame_equal(_table(remote)[METRIC_COLS], _table(local)[METRIC_COLS])
-    assert {r["pack"] for r in read_records(remote / "runs.jsonl")} == {1}  # packs were split
+    assert {r.pack for r in read_records(remote / "runs.jsonl")} == {1}  # packs were split
 
 
 def test_spread_orders_costliest_first_and_splits_what_does_not_divide_evenly():
@@ -241,6 +241,6 @@ def test_packed_runs_match_one_by_one(tmp_path):
     single, _, _ = run_recipe(recipe, results_dir=tmp_path / "one", progress=False, jobs=1)
     packed, _, failed = run_recipe(recipe, results_dir=tmp_path / "two", progress=False, jobs=2)
     assert failed == 0
-    packs = sorted(r["pack"] for r in read_records(packed / "runs.jsonl"))
+    packs = sorted(r.pack for r in read_records(packed / "runs.jsonl"))
     assert packs[:2] == [1, 1] and packs[-1] > 1  # one pack was split between the workers
     pd.testing.assert_frame_equal(_table(packed)[METRIC_COLS], _table(single)[METRIC_COLS])

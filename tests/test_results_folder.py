@@ -114,7 +114,7 @@ def test_second_writer_of_a_results_folder_is_refused(finished, tmp_path, monkey
         first.join(120)
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]  # one line
     assert code == 2 and f"{out} is in use by another run (process {os.getpid()})" in line
-    keys = [r["key"] for r in read_records(out / "runs.jsonl")]
+    keys = [r.key for r in read_records(out / "runs.jsonl")]
     assert len(keys) == 2 and len(set(keys)) == 2
 
 
@@ -191,7 +191,7 @@ def test_report_builds_only_from_the_plans_runs(finished, tmp_path, capsys):
     out = _copy(original, tmp_path)
     record = read_records(out / "runs.jsonl")[0]
     with open(out / "runs.jsonl", "a") as fh:  # a run of other data in the same folder
-        fh.write(json.dumps({**record, "key": "other-data"}) + "\n")
+        fh.write(json.dumps({**record.to_dict(), "key": "other-data"}) + "\n")
     assert report_main([str(out), "--no-plots"]) == 0
     assert list(pd.read_csv(out / "table.csv")["runs"]) == [2]  # not 3
 
@@ -221,7 +221,7 @@ def test_resumed_export_run_exports_every_run(finished, tmp_path):
     (out / "models" / "scratch.pt").unlink()
     run_recipe(load_recipe(path), results_dir=tmp_path, resume=out, progress=False)
     records = read_records(out / "runs.jsonl")
-    assert all((out / r["model"]).is_file() for r in records) and len(records) == 2
+    assert all((out / r.model).is_file() for r in records) and len(records) == 2
     assert (out / "models" / "scratch.pt").is_file()
 
 

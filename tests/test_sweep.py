@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import run_record, tiny_recipe
 
 from transfer import UserError
 from transfer.common.config import TrainConfig
@@ -17,6 +17,7 @@ from transfer.common.options import LogUniform, search_space
 from transfer.grid import sweep
 from transfer.grid.experiment import Experiment
 from transfer.grid.recipe import apply_set, load_recipe, parse_recipe
+from transfer.grid.records import read_records
 from transfer.report import sweep as report_sweep
 from transfer.run import run_recipe
 from transfer.train.engine import Halving, _Fit, fit_runs
@@ -121,7 +122,7 @@ def _fold(exp: Experiment, fold: int):
     todo = [s for s in exp.plan() if s.fold == fold and s.protocol == "subject-kfold"]
     out = []
     for pack in exp.packs(todo):
-        out += exp.execute_pack(pack)
+        out += [res.record for res in exp.execute_pack(pack)]
     return out
 
 
@@ -140,24 +141,24 @@ def test_changing_only_the_test_folds_labels_changes_no_selection(loaded):
     finally:
         exp.target.y[:] = y
         exp._tensors = {}
-    key = {r["key"]: r for r in after}
+    key = {r.key: r for r in after}
     for r in before:
-        assert r["validation"] == key[r["key"]]["validation"]
-    assert [(r["strategy"], r["draw"]) for r in report_sweep.selected(before)] \
-        == [(r["strategy"], r["draw"]) for r in report_sweep.selected(after)]
+        assert r.validation == key[r.key].validation
+    assert [(r.strategy, r.draw) for r in report_sweep.selected(before)] \
+        == [(r.strategy, r.draw) for r in report_sweep.selected(after)]
     for r in before:  # the test folds did change: their units' labels are flipped
-        assert key[r["key"]]["units"]["y"] == [1 - v for v in r["units"]["y"]]
+        assert key[r.key].units.y == [1 - v for v in r.units.y]
 
 
 def test_selection_reads_only_validation_scores():
-    def rec(draw, val, test, fold=0):
-        return {"key": f"{draw}-{fold}", "strategy": "a", "protocol": "p", "fold": fold,
-                "seed": 0, "draw": draw, "status": "ok", "hparams": {"train.lr": 10.0 ** -draw},
-                "validation": {"unit_uar": val, "loss": 0.5}, "metrics": {"unit_uar": test}}
-    records = [rec(0, 0.6, 0.9), rec(1, 0.8, 0.5), rec(2, 0.8, 0.7), rec(3, 0.4, 1.0)]
-    records[2]["validation"]["loss"] = 0.4  # tie on UAR: the lower loss wins
-    assert report_sweep.selected(records)[0]["draw"] == 2
-    assert report_sweep.oracle(records)[0]["draw"] == 3
+    def rec(draw, val, test, fold=0, loss=0.5):
+        return run_record(key=f"{draw}-{fold}", strategy="a", protocol="p", fold=fold,
+                          draw=draw, hparams={"train.lr": 10.0 ** -draw},
+                          validation={"unit_uar": val, "loss": loss}, metrics={"unit_uar": test})
+    records = [rec(0, 0.6, 0.9), rec(1, 0.8, 0.5), rec(2, 0.8, 0.7, loss=0.4),
+               rec(3, 0.4, 1.0)]  # draws 1 and 2 tie on UAR: the lower loss wins
+    assert report_sweep.selected(records)[0].draw == 2
+    assert report_sweep.oracle(records)[0].draw == 3
     frame = report_sweep.selection_frame(records)
     assert frame.loc[0, "regret"] == pytest.approx(0.3) and frame.loc[0, "default_test"] == 0.9
 
@@ -176,11 +177,11 @@ train = { lr = { choice = [1e-7, 0.01] }, weight_decay = false }
     assert 1e-7 in lrs and 0.01 in lrs  # the space gives both: a real choice
     out, _, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
     assert failed == 0
-    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    records = read_records(out / "runs.jsonl")
     chosen = report_sweep.selected(records)
     assert len(chosen) == 3
-    assert all(r["hparams"].get("train.lr") == 0.01 for r in chosen), \
-        [(r["fold"], r["hparams"], r["validation"]) for r in chosen]
+    assert all(r.hparams.get("train.lr") == 0.01 for r in chosen), \
+        [(r.fold, r.hparams, r.validation) for r in chosen]
     text = (out / "sweep.md").read_text()
     assert "oracle" in text and "regret" in text and (out / "sweep.csv").is_file()
     assert (out / "figures" / "sweep_scratch.png").is_file()
@@ -268,14 +269,14 @@ rungs = [0.34]
     recipe = load_recipe(path, ["train.epochs=3"])
     assert sweep.rung_epochs(recipe) == (1,)
     out, _, failed = run_recipe(recipe, results_dir=tmp_path / "res", progress=False)
-    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    records = read_records(out / "runs.jsonl")
     assert failed == 0 and len(records) == 4 * 2
-    halved = [r for r in records if r.get("stopped") == "halving"]
-    assert halved and all(r["draw"] != 0 for r in halved)
-    assert all(r["epochs_run"] == 1 for r in halved)
+    halved = [r for r in records if r.stopped == "halving"]
+    assert halved and all(r.draw != 0 for r in halved)
+    assert all(r.epochs_run == 1 for r in halved)
     per_group = {}
     for r in records:
-        per_group.setdefault((r["strategy"], r["fold"]), []).append(r.get("stopped"))
+        per_group.setdefault((r.strategy, r.fold), []).append(r.stopped)
     assert all(s.count("halving") == 2 for s in per_group.values())  # 4 draws -> 2 survive
     table = (out / "table.csv").read_text()
     assert "scratch" in table and (out / "sweep.md").is_file()

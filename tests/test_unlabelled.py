@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_record
 
 import backbones
 from transfer import UserError
@@ -101,7 +102,9 @@ def _arrays(unit: str = "subject", n_speakers: int = 6, labels: list[str] | None
     x = rng.normal(size=(len(y), 6, 16)).astype(np.float32)
     x[:, 0] += y[:, None]
     files = np.array([f"{s}/r{i}.wav" for i, s in enumerate(speakers)])
-    return Domain.from_arrays(x, y, speakers, labels=labels, files=files, unit=unit)
+    positive = labels[1] if len(labels) == 2 else ""  # a binary target names its positive class
+    return Domain.from_arrays(x, y, speakers, labels=labels, positive=positive, files=files,
+                              unit=unit)
 
 
 def test_target_classes_take_the_source_order_or_name_the_difference():
@@ -221,19 +224,18 @@ def test_unlabelled_runs_hide_target_labels_and_a_source_free_run_gets_no_source
     assert exp.target.labels == ["a", "b"]  # the source's order
     records = {}
     for pack in exp.packs(exp.plan()):
-        for rec in exp.execute_pack(pack):
-            records.setdefault(rec["strategy"], []).append(rec)
+        for res in exp.execute_pack(pack):
+            records.setdefault(res.record.strategy, []).append(res.record)
     assert seen["shot"][0] is None and seen["dann"][0] is not None
     assert all((y == -1).all() for _, y in seen.values())
-    assert all(r["source_free"] for r in records["shot"] + records["shot+adabn"])
-    assert not any(r["source_free"] for r in records["dann"])
-    assert all(r["status"] == "failed" and "out of bounds" in r["error"]
-               for r in records["_peeks"])
+    assert all(r.source_free for r in records["shot"] + records["shot+adabn"])
+    assert not any(r.source_free for r in records["dann"])
+    assert all(r.status == "failed" and "out of bounds" in r.error for r in records["_peeks"])
     for r in records["dann"] + records["shot"]:
-        assert r["status"] == "ok" and set(selection.RULES) <= set(r["selection"])
-        assert r["validation"]["rule"] == "source_acc" and "target_val_uar" in r["selection"]
+        assert r.ok and set(selection.RULES) <= set(r.selection)
+        assert r.validation.rule == "source_acc" and "target_val_uar" in r.selection
     plain, adapted = records["dann"][0], records["dann+adabn"][0]
-    assert plain["curves"] == adapted["curves"] and plain["pack"] == adapted["pack"] == 2
+    assert plain.curves == adapted.curves and plain.pack == adapted.pack == 2
 
 
 # --- label-free selection -----------------------------------------------------------------------
@@ -266,8 +268,8 @@ def test_selection_report_regret_is_the_oracle_minus_the_pick():
     from transfer.report.selection import regrets, selection_table
 
     def rec(label, fold, test, **scores):
-        return {"strategy": label, "fold": fold, "seed": 0, "status": "ok", "adapt": "none",
-                "metrics": {"unit_uar": test}, "selection": scores}
+        return run_record(key=f"{label}-{fold}", strategy=label, fold=fold,
+                          metrics={"unit_uar": test}, selection=scores)
 
     records = [rec("a", 0, 0.8, source_acc=0.9, snd=0.1), rec("b", 0, 0.6, source_acc=0.5,
                                                                 snd=0.9),

@@ -507,9 +507,8 @@ def bench_sweep(device: torch.device, quick: bool, draws: int = 8, epochs: int =
             if report is not None:
                 report(f"sweep {name}: {runs} runs in {timings[name]:.1f} s "
                        f"({runs / timings[name] * 3600:.0f} draws per hour)")
-    full = {(r["fold"], r["seed"]): r["draw"] for r in selected(records["packed"])}
-    stopped = {(r["fold"], r["seed"], r["draw"]) for r in records["halving"]
-               if r.get("stopped") == "halving"}
+    full = {(r.fold, r.seed): r.draw for r in selected(records["packed"])}
+    stopped = {(r.fold, r.seed, r.draw) for r in records["halving"] if r.stopped == "halving"}
     dropped = sum(1 for (f, s), d in full.items() if (f, s, d) in stopped)
     runs = len(records["packed"])
     return {**out, "sweep_runs": runs,

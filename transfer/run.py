@@ -38,17 +38,16 @@ from transfer.grid.experiment import (
     export_best,
     precision,
 )
-from transfer.grid.recipe import load_recipe
-from transfer.grid.records import (
+from transfer.grid.folder import (
     check_resume,
     check_writable,
     folder_lock,
     new_results_path,
-    planned,
-    read_records,
     read_summary,
     results_folder,
 )
+from transfer.grid.recipe import load_recipe
+from transfer.grid.records import RunRecord, planned, read_records
 from transfer.grid.sweep import space_table
 from transfer.report.tables import latest, print_leak, print_table, write_outputs
 from transfer.report.tensorboard import require_tensorboard
@@ -79,6 +78,13 @@ def _print_dry_run(recipe: Recipe) -> None:
         if draws > 1:
             for field, space in space_table(e):
                 print(f"  {'':<14} tunes {field}: {space}")
+    adapted = [a for a in recipe.evaluate.adapt if a != "none"]
+    if adapted:  # extra table rows, one training: each variant only changes the evaluation
+        print(f"test-time adaptation of every trained model: {', '.join(adapted)} "
+              f"(per {recipe.evaluate.per}); one table row each, the training shared")
+    if not recipe.target.labelled:
+        print("target labels hidden from training ([target] labelled = false): read only to "
+              "score the test folds; the last epoch is kept")
 
 
 def run_recipe(recipe: Recipe, *, results_dir: Path, resume: Path | None = None,
@@ -171,8 +177,8 @@ def check_resumed_export(out: Path, recipe: Recipe, keys: set[str]) -> None:
     are kept while a run trains, so runs recorded without ``--export`` cannot be exported."""
     if not recipe.export:
         return
-    done = [r for r in planned(read_records(out / "runs.jsonl"), keys) if r["status"] == "ok"]
-    missing = [r for r in done if not r.get("model") or not (out / r["model"]).is_file()]
+    done = [r for r in planned(read_records(out / "runs.jsonl"), keys) if r.ok]
+    missing = [r for r in done if not r.model or not (out / r.model).is_file()]
     if missing:
         raise UserError(f"--export: {len(missing)} of the {len(done)} run(s) already recorded "
                         f"in {out} were trained without --export (or their models/runs/ "
@@ -199,9 +205,9 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
     records_path = out / "runs.jsonl"
     keys = {s.key for s in plan}
     everything = read_records(records_path)
-    done = {r["key"] for r in planned(everything, keys) if r["status"] == "ok"}
+    done = {r.key for r in planned(everything, keys) if r.ok}
     todo = [s for s in plan if s.key not in done]
-    others = {r["key"] for r in everything} - keys
+    others = {r.key for r in everything} - keys
     if others:
         log.info(f"note: {len(others)} run(s) recorded in {records_path} are not runs of this "
                  "plan (recorded with another version); they are left out of the table")
@@ -224,7 +230,7 @@ def _run_plan(exp: Experiment, plan: list[RunSpec], out: Path, **how: Any) -> tu
         if recipe.export:
             for path in export_best(out, latest(records), summary["order"]):
                 console.print(f"exported {path}")
-    failed = sum(1 for r in latest(records) if r["status"] != "ok" and not _bad_draw(r))
+    failed = sum(1 for r in latest(records) if not r.ok and not _bad_draw(r))
     return out, table, failed
 
 
@@ -247,10 +253,10 @@ def _summary(exp: Experiment, plan: list[RunSpec]) -> dict[str, Any]:
     return summary
 
 
-def _bad_draw(record: dict) -> bool:
+def _bad_draw(record: RunRecord) -> bool:
     """A sweep draw (not the recipe's settings) that diverged: a bad setting, which selection
     passes over, not a failure of the grid."""
-    return bool(record.get("draw")) and "diverged" in record.get("error", "")
+    return bool(record.draw) and "diverged" in record.error
 
 
 def _terminate(signum: int, frame: Any) -> None:

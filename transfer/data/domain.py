@@ -117,14 +117,6 @@ class Domain:
                                                      else str(v)) for v in rows[name]]
                 for name in rows.columns}
 
-
-def _given_covariates(covariates: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
-    """Covariates handed to :meth:`Domain.from_arrays` (index: speaker), or why none."""
-    if covariates is None:
-        return None, "no covariates were given (Domain.from_arrays(covariates=...))"
-    table = pd.DataFrame(covariates)
-    table.index = table.index.astype(str)
-    return table, ""
     def with_label_order(self, labels: list[str], other: str = "the source") -> Domain:
         """The same domain with its classes in the order ``labels`` (another domain's: the
         unlabelled mode scores the source's classifier on the target). The two label sets must
@@ -136,6 +128,15 @@ def _given_covariates(covariates: pd.DataFrame | None) -> tuple[pd.DataFrame | N
                 "keep in [target] and [source]")
         index = np.array([labels.index(lab) for lab in self.labels], np.int64)
         return dataclasses.replace(self, y=index[self.y], labels=list(labels))
+
+
+def _given_covariates(covariates: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
+    """Covariates handed to :meth:`Domain.from_arrays` (index: speaker), or why none."""
+    if covariates is None:
+        return None, "no covariates were given (Domain.from_arrays(covariates=...))"
+    table = pd.DataFrame(covariates)
+    table.index = table.index.astype(str)
+    return table, ""
 
 
 def check_per_speaker(unit: str, what: str, corpus: str = "the target") -> None:

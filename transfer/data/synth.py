@@ -76,6 +76,7 @@ CACHE_VERSION = 5  # bump whenever the generator changes what it writes
 SIZES: dict[str, dict[str, dict]] = {
     "casia": {
         "tiny": {"speakers": 2, "texts": 3, "seconds": None},
+        "loso": {"speakers": 4, "texts": 3, "seconds": None},  # CASIA's 4 speakers, tiny: LOSO tests
         "small": {"speakers": 4, "texts": 12, "seconds": None},
         "demo": {"speakers": 8, "texts": 12, "seconds": (3.0, 4.0)},
         "full": {"speakers": 4, "texts": 50, "seconds": None},

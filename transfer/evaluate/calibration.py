@@ -21,12 +21,16 @@ scaling without the logits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
+
+from transfer.evaluate.outputs import Calibration, ScoredRun
 
 #: Confidence bins of the calibration error and the reliability diagrams; 10 equal-width bins
 #: is the usual choice for a few hundred predictions (Guo et al. use 15 for 10 000 and more).
@@ -151,16 +155,21 @@ def run_calibration(val_prob: np.ndarray, val_y: np.ndarray, test_prob: np.ndarr
     return record, scaled
 
 
-def _unit_arrays(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    probs = [np.asarray(r["units"][key], dtype=float) for r in records if key in r["units"]]
-    ys = [np.asarray(r["units"]["y"]) for r in records if key in r["units"]]
+def _unit_arrays(records: Sequence[ScoredRun], scaled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The test units' probabilities (``scaled``: after temperature scaling) and labels of
+    every run that recorded them, pooled: (U, K), (U,)."""
+    units = [r.units for r in records if r.units is not None]
+    pairs = [(u.prob_ts if scaled else u.prob, u.y) for u in units]
+    probs = [np.asarray(p, dtype=float) for p, _ in pairs if p is not None]
+    ys = [np.asarray(y) for p, y in pairs if p is not None]
     if not probs:
         return np.zeros((0, 2)), np.zeros(0, np.int64)
     return np.concatenate(probs), np.concatenate(ys)
 
 
-def _temperatures(cal: list[dict]) -> dict[str, float]:
-    temps = np.array([c["temperature"] for c in cal], dtype=float)
+def _temperatures(cal: list[Calibration]) -> dict[str, float]:
+    """Mean, min and max of the runs' temperatures (NaN without runs)."""
+    temps = np.array([c.temperature for c in cal], dtype=float)
     if not len(temps):
         return {"temperature_mean": math.nan, "temperature_min": math.nan,
                 "temperature_max": math.nan}
@@ -168,28 +177,28 @@ def _temperatures(cal: list[dict]) -> dict[str, float]:
             "temperature_max": float(temps.max())}
 
 
-def _pooled(ok: list[dict], cal: list[dict], when: str, key: str, positive: int
+def _pooled(ok: Sequence[ScoredRun], cal: list[Calibration], when: str, positive: int
             ) -> dict[str, Any]:
-    """Segment and unit calibration of the runs before (``prob``) or after (``prob_ts``)."""
-    n_seg = sum(c["n"] for c in cal)
-    seg = add_bins([c[when] for c in cal])
-    prob, y = _unit_arrays(ok, key)
+    """Segment and unit calibration of the runs ``before`` or ``after`` temperature scaling."""
+    n_seg = sum(c.n for c in cal)
+    parts = [c.before if when == "before" else c.after for c in cal]
+    seg = add_bins([dataclasses.asdict(b) for b in parts])
+    prob, y = _unit_arrays(ok, scaled=when == "after")
     unit = reliability(prob, y) if len(y) else add_bins([])
     return {f"segment_bins_{when}": seg, f"segment_ece_{when}": ece(seg),
-            f"segment_brier_{when}": (sum(c[when]["brier"] for c in cal) / n_seg if n_seg
+            f"segment_brier_{when}": (sum(b.brier for b in parts) / n_seg if n_seg
                                       else math.nan),
             f"unit_bins_{when}": unit, f"unit_ece_{when}": ece(unit),
             f"unit_brier_{when}": brier(prob, y, positive) if len(y) else math.nan}
 
 
-def calibration_summary(records: list[dict], positive: int = -1) -> dict[str, Any]:
+def calibration_summary(records: Sequence[ScoredRun], positive: int = -1) -> dict[str, Any]:
     """Pooled calibration of a strategy's finished runs, before and after temperature scaling:
     ``unit_ece_*``/``unit_brier_*`` over every test unit of every run (the unit's mean
     probability), ``segment_ece_*``/``segment_brier_*`` from the runs' segment counts, the
     temperatures' mean, min and max, and the pooled bins (``segment_bins_*``,
     ``unit_bins_*``) for reliability diagrams."""
-    ok = [r for r in records if r.get("status") == "ok" and r.get("units")]
-    cal = [r["calibration"] for r in ok if r.get("calibration")]
+    ok = [r for r in records if r.scored]
+    cal = [r.calibration for r in ok if r.calibration is not None]
     return {"runs": len(ok), "calibrated_runs": len(cal), **_temperatures(cal),
-            **_pooled(ok, cal, "before", "prob", positive),
-            **_pooled(ok, cal, "after", "prob_ts", positive)}
+            **_pooled(ok, cal, "before", positive), **_pooled(ok, cal, "after", positive)}

@@ -17,11 +17,13 @@ validation units cannot set a threshold (one class only; no J above 0), the run 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from transfer.evaluate.outputs import ScoredRun, positive_index
 from transfer.evaluate.stats import Interval, pooled_units, uar_interval
 
 RULES = ("youden", "specificity")
@@ -63,30 +65,21 @@ def choose_threshold(is_positive: np.ndarray, score: np.ndarray, rule: str = "yo
     return Threshold(float(min(thr[k], 1.0 + 1e-9)))  # +inf: above every probability
 
 
-def positive_index(record: dict) -> int:
-    """The positive class of a run record: its ``positive`` label, else the second of two
-    labels (the metrics' convention), else -1 (no positive class: more than two labels)."""
-    labels = record.get("labels") or []
-    if record.get("positive") in labels:
-        return labels.index(record["positive"])
-    return 1 if len(labels) == 2 else -1
-
-
 def positive_calls(score: np.ndarray, threshold: float) -> np.ndarray:
     """(N,) bool: the units called positive at ``threshold``."""
     return np.asarray(score, dtype=float) >= threshold
 
 
-def record_threshold(record: dict, rule: str = "youden", specificity: float = 0.8
+def record_threshold(record: ScoredRun, rule: str = "youden", specificity: float = 0.8
                      ) -> Threshold | None:
     """The threshold of one run, from its validation units only (``val_units``); None where
     the run has none or the task has no positive class."""
     pos = positive_index(record)
-    val = record.get("val_units")
-    if pos < 0 or not val or not val.get("id"):
+    val = record.val_units
+    if pos < 0 or val is None or not val.id:
         return None
-    score = np.asarray(val["prob"], dtype=float)[:, pos]
-    return choose_threshold(np.asarray(val["y"]) == pos, score, rule, specificity)
+    score = np.asarray(val.prob, dtype=float)[:, pos]
+    return choose_threshold(np.asarray(val.y) == pos, score, rule, specificity)
 
 
 @dataclass(frozen=True)
@@ -105,28 +98,28 @@ class OperatingPoint:
     spec_argmax: Interval
 
 
-def operating_point(records: list[dict], rule: str = "youden", specificity: float = 0.8
+def operating_point(records: Sequence[ScoredRun], rule: str = "youden", specificity: float = 0.8
                     ) -> OperatingPoint | None:
     """Every finished run's threshold applied to its own test units; the units of all folds
     pooled per seed (mean over seeds), with bootstrap intervals as the table's UAR. None for a
     task without a positive class or runs without validation units."""
-    ok = [r for r in records if r.get("status") == "ok" and r.get("units")]
-    found = {r["key"]: record_threshold(r, rule, specificity) for r in ok}
-    ok = [r for r in ok if found[r["key"]] is not None]
+    ok = [r for r in records if r.scored]
+    found = {r.key: record_threshold(r, rule, specificity) for r in ok}
+    ok = [r for r in ok if found[r.key] is not None]
     if not ok:
         return None
     pos = positive_index(ok[0])
 
-    def at_threshold(r: dict) -> np.ndarray:
-        score = np.asarray(r["units"]["prob"], dtype=float)[:, pos]
-        return np.where(positive_calls(score, found[r["key"]].value), pos, 1 - pos)
+    def at_threshold(r: ScoredRun) -> np.ndarray:
+        score = np.asarray(r.units.prob, dtype=float)[:, pos]
+        return np.where(positive_calls(score, found[r.key].value), pos, 1 - pos)
 
     def of_class(positive: bool):
-        return lambda r: (np.asarray(r["units"]["y"]) == pos) == positive
+        return lambda r: (np.asarray(r.units.y) == pos) == positive
 
-    values = np.array([found[r["key"]].value for r in ok])
+    values = np.array([found[r.key].value for r in ok])
     return OperatingPoint(
-        len(ok), sum(1 for r in ok if found[r["key"]].fallback),
+        len(ok), sum(1 for r in ok if found[r.key].fallback),
         float(values.mean()), float(values.min()), float(values.max()),
         uar_interval(pooled_units(ok, at_threshold, of_class(True))),
         uar_interval(pooled_units(ok, at_threshold, of_class(False))),
@@ -134,16 +127,19 @@ def operating_point(records: list[dict], rule: str = "youden", specificity: floa
         uar_interval(pooled_units(ok, keep=of_class(False))))
 
 
-def pooled_scores(records: list[dict], key: str = "prob") -> tuple[np.ndarray, np.ndarray]:
+def pooled_scores(records: Sequence[ScoredRun], scaled: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Every finished run's test units pooled (all folds and seeds): (is positive, the
-    positive class's probability), for pooled ROC and PR curves."""
+    positive class's probability; ``scaled``: after temperature scaling), for pooled ROC and
+    PR curves."""
     ys, scores = [], []
     for r in records:
         pos = positive_index(r)
-        if r.get("status") != "ok" or not r.get("units") or pos < 0:
+        prob = (r.units.prob_ts if scaled else r.units.prob) if r.scored else None
+        if prob is None or pos < 0:
             continue
-        ys.append(np.asarray(r["units"]["y"]) == pos)
-        scores.append(np.asarray(r["units"][key], dtype=float)[:, pos])
+        ys.append(np.asarray(r.units.y) == pos)
+        scores.append(np.asarray(prob, dtype=float)[:, pos])
     if not ys:
         return np.zeros(0, bool), np.zeros(0)
     return np.concatenate(ys), np.concatenate(scores)

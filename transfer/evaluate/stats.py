@@ -21,11 +21,13 @@ Both are computed from the run records alone (``python -m transfer.report.tables
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from transfer.evaluate.outputs import ScoredRun
 
 N_BOOTSTRAP = 2000
 EXACT_UP_TO = 16  # pairs: 2^16 sign patterns are enumerated; more pairs use 2^16 random ones
@@ -52,8 +54,9 @@ class PairedResult:
 PerSeed = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def pooled_units(records: list[dict], predict: Callable[[dict], np.ndarray] | None = None,
-                 keep: Callable[[dict], np.ndarray] | None = None) -> PerSeed:
+def pooled_units(records: Sequence[ScoredRun],
+                 predict: Callable[[ScoredRun], np.ndarray] | None = None,
+                 keep: Callable[[ScoredRun], np.ndarray] | None = None) -> PerSeed:
     """Per seed, the test units of all its folds: (ids, labels, predicted class).
 
     ``predict(record)``: the predicted class of each of the record's test units (default: the
@@ -63,14 +66,14 @@ def pooled_units(records: list[dict], predict: Callable[[dict], np.ndarray] | No
     """
     by_seed: dict[int, list[tuple[str, int, int]]] = {}
     for r in records:
-        units = r.get("units")
-        if r.get("status") != "ok" or not units:
+        if not r.scored:
             continue
-        pred = (np.asarray(units["prob"], dtype=float).argmax(1) if predict is None
+        units = r.units
+        pred = (np.asarray(units.prob, dtype=float).argmax(1) if predict is None
                 else np.asarray(predict(r)))
         mask = np.ones(len(pred), bool) if keep is None else np.asarray(keep(r), bool)
-        rows = by_seed.setdefault(int(r["seed"]), [])
-        rows += [(str(i), int(y), int(p)) for i, y, p, m in zip(units["id"], units["y"], pred, mask)
+        rows = by_seed.setdefault(int(r.seed), [])
+        rows += [(str(i), int(y), int(p)) for i, y, p, m in zip(units.id, units.y, pred, mask)
                  if m]
     out = {}
     for seed, rows in by_seed.items():
@@ -125,7 +128,7 @@ def _bootstrap(statistic, n: int, level: float, n_resamples: int, seed: int
     return float(low), float(high)
 
 
-def pooled_uar_ci(records: list[dict], level: float = 0.95, n_resamples: int = N_BOOTSTRAP,
+def pooled_uar_ci(records: Sequence[ScoredRun], level: float = 0.95, n_resamples: int = N_BOOTSTRAP,
                   seed: int = 0) -> Interval:
     """Decision-unit UAR pooled over folds per seed, mean over seeds, with a bootstrap CI."""
     return uar_interval(pooled_units(records), level, n_resamples, seed)
@@ -180,7 +183,7 @@ def uar_gap_interval(a: PerSeed, b: PerSeed, level: float = 0.95,
     return Interval(point, float(low), float(high), len(ya) + len(yb), len(seeds))
 
 
-def paired_uar_diff_ci(records: list[dict], reference: list[dict], level: float = 0.95,
+def paired_uar_diff_ci(records: Sequence[ScoredRun], reference: Sequence[ScoredRun], level: float = 0.95,
                        n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> Interval:
     """Pooled decision-unit UAR of ``records`` minus that of ``reference``, on the units both
     tested under the same seeds, with a paired bootstrap CI: every resample draws the same

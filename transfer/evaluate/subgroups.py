@@ -24,12 +24,13 @@ bands, at the median of the tested units.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from transfer.evaluate.operating import positive_index
+from transfer.evaluate.outputs import ScoredRun
 from transfer.evaluate.stats import (
     Interval,
     paired_test,
@@ -58,11 +59,10 @@ def group_of(value: object, edges: list[float] | None) -> str | None:
     return band_names(edges)[int(np.searchsorted(edges, float(value), side="right"))]
 
 
-def covariate_edges(records: list[dict], name: str, bands: dict[str, list[float]]
+def covariate_edges(records: Sequence[ScoredRun], name: str, bands: dict[str, list[float]]
                     ) -> tuple[list[float] | None, str]:
     """The band edges of covariate ``name`` (None for a category) and how they were set."""
-    values = [v for r in records for v in r["units"].get("covariates", {}).get(name, [])
-              if v is not None]
+    values = [v for r in records for v in r.units.covariates.get(name, []) if v is not None]
     if not values or not all(is_number(v) for v in values):
         return None, ""
     if name in bands:
@@ -84,19 +84,20 @@ def _classes(metric: str, pos: int) -> Callable[[np.ndarray], np.ndarray]:
             "spec": lambda y: y != pos}[metric]
 
 
-def _groups(record: dict, name: str, edges: list[float] | None) -> np.ndarray:
-    values = record["units"].get("covariates", {}).get(name, [None] * len(record["units"]["id"]))
+def _groups(record: ScoredRun, name: str, edges: list[float] | None) -> np.ndarray:
+    """(U,) the group of each of the run's test units (None: no value)."""
+    values = record.units.covariates.get(name, [None] * len(record.units.id))
     return np.array([group_of(v, edges) for v in values], dtype=object)
 
 
-def _row(ok: list[dict], in_group: Callable[[dict], np.ndarray], metrics: tuple[str, ...],
+def _row(ok: list[ScoredRun], in_group: Callable[[ScoredRun], np.ndarray], metrics: tuple[str, ...],
          pos: int) -> dict[str, float]:
     """UAR, sensitivity and specificity with their intervals of one group's units."""
     out: dict[str, float] = {}
     for metric in ("uar", "sens", "spec"):
         of_class = _classes(metric, pos)
         ci = (uar_interval(pooled_units(
-            ok, keep=lambda r, c=of_class: in_group(r) & c(np.asarray(r["units"]["y"]))))
+            ok, keep=lambda r, c=of_class: in_group(r) & c(np.asarray(r.units.y))))
               if metric in metrics else Interval(math.nan, math.nan, math.nan, 0, 0))
         if metric == "uar":
             out["units"] = ci.units
@@ -104,13 +105,13 @@ def _row(ok: list[dict], in_group: Callable[[dict], np.ndarray], metrics: tuple[
     return out
 
 
-def _per_run(ok: list[dict], mine: Callable[[dict], np.ndarray],
-             theirs: Callable[[dict], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _per_run(ok: list[ScoredRun], mine: Callable[[ScoredRun], np.ndarray],
+             theirs: Callable[[ScoredRun], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per run that tested units of both sets: the UAR of its units in each set."""
     a, b = [], []
     for r in ok:
-        y = np.asarray(r["units"]["y"])
-        pred = np.asarray(r["units"]["prob"], dtype=float).argmax(1)
+        y = np.asarray(r.units.y)
+        pred = np.asarray(r.units.prob, dtype=float).argmax(1)
         m, t = mine(r), theirs(r)
         if m.any() and t.any():
             a.append(_run_uar(y[m], pred[m]))
@@ -118,7 +119,7 @@ def _per_run(ok: list[dict], mine: Callable[[dict], np.ndarray],
     return np.array(a), np.array(b)
 
 
-def _gap(ok: list[dict], in_group: Callable[[dict, str], np.ndarray], group: str, ref: str,
+def _gap(ok: list[ScoredRun], in_group: Callable[[ScoredRun, str], np.ndarray], group: str, ref: str,
          metrics: tuple[str, ...], pos: int) -> dict[str, float]:
     """Per metric: the pooled gap (group - ref) with its bootstrap interval, and the paired
     test of the per-run gaps."""
@@ -126,8 +127,8 @@ def _gap(ok: list[dict], in_group: Callable[[dict, str], np.ndarray], group: str
     for metric in metrics:
         of_class = _classes(metric, pos)
 
-        def keep(g: str, c=of_class) -> Callable[[dict], np.ndarray]:
-            return lambda rec: in_group(rec, g) & c(np.asarray(rec["units"]["y"]))
+        def keep(g: str, c=of_class) -> Callable[[ScoredRun], np.ndarray]:
+            return lambda rec: in_group(rec, g) & c(np.asarray(rec.units.y))
 
         ci = uar_gap_interval(pooled_units(ok, keep=keep(group)), pooled_units(ok, keep=keep(ref)))
         test = paired_test(*_per_run(ok, keep(group), keep(ref)))
@@ -137,15 +138,15 @@ def _gap(ok: list[dict], in_group: Callable[[dict, str], np.ndarray], group: str
     return out
 
 
-def covariate_names(records: list[dict]) -> list[str]:
+def covariate_names(records: Sequence[ScoredRun]) -> list[str]:
     """The covariates stored with the records' test units, in first-seen order."""
     names: dict[str, None] = {}
     for r in records:
-        names.update(dict.fromkeys((r.get("units") or {}).get("covariates", {})))
+        names.update(dict.fromkeys(r.units.covariates if r.units is not None else {}))
     return list(names)
 
 
-def subgroup_rows(ok: list[dict], name: str, edges: list[float] | None) -> list[dict]:
+def subgroup_rows(ok: list[ScoredRun], name: str, edges: list[float] | None) -> list[dict]:
     """One row per group of covariate ``name`` for one strategy's finished runs."""
     pos = positive_index(ok[0])
     metrics = ("uar", "sens", "spec") if pos >= 0 else ("uar",)
@@ -153,7 +154,7 @@ def subgroup_rows(ok: list[dict], name: str, edges: list[float] | None) -> list[
     order = band_names(edges) if edges is not None else found
     groups = [g for g in order if g in found]
 
-    def in_group(r: dict, g: str) -> np.ndarray:
+    def in_group(r: ScoredRun, g: str) -> np.ndarray:
         return _groups(r, name, edges) == g
 
     rows = []
@@ -166,17 +167,17 @@ def subgroup_rows(ok: list[dict], name: str, edges: list[float] | None) -> list[
     return rows
 
 
-def subgroup_table(records: list[dict], order: list[str], bands: dict[str, list[float]]
+def subgroup_table(records: Sequence[ScoredRun], order: list[str], bands: dict[str, list[float]]
                    ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Per strategy (in ``order``), covariate and group: units, UAR, sensitivity and
     specificity with their intervals, and the gap to the first group with its interval and
     paired test. Returns the table and, per numeric covariate, how its bands were set."""
-    ok_all = [r for r in records if r.get("status") == "ok" and r.get("units")]
+    ok_all = [r for r in records if r.scored]
     names = covariate_names(ok_all)
     edges = {n: covariate_edges(ok_all, n, bands) for n in names}
     rows = []
     for label in order:
-        ok = [r for r in ok_all if r["strategy"] == label]
+        ok = [r for r in ok_all if r.strategy == label]
         if not ok:
             continue
         for name in names:

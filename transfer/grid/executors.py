@@ -32,7 +32,7 @@ import torch
 from transfer import UserError
 from transfer.common.lifeline import die_with_parent
 from transfer.common.progress import progress_bar
-from transfer.grid.records import write_record
+from transfer.grid.records import RunResult, write_record
 
 
 def default_jobs(device: torch.device, threads: int = 1) -> int:
@@ -98,10 +98,10 @@ def _sequential(exp, packs: list[list], records_path: Path, progress: bool) -> N
                 desc = label if not uars else f"{label} val UAR {sum(uars) / len(uars):.3f}"
                 bar.update(task, completed=epoch, description=desc)
 
-            records = exp.execute_pack(pack, on_epoch)
+            results = exp.execute_pack(pack, on_epoch)
             bar.remove_task(task)
-            for record in records:
-                write_record(records_path, record)
+            for res in results:
+                write_record(records_path, res.record, res.package)
             bar.advance(grid, len(pack))
 
 
@@ -115,7 +115,8 @@ def _init_worker(experiment: Any, threads: int, parent: int) -> None:
     _WORKER["exp"] = experiment
 
 
-def _work(pack: list) -> list[dict[str, Any]]:
+def _work(pack: list) -> list[RunResult]:
+    """Run one pack in a worker process; its results are pickled back to the parent."""
     return _WORKER["exp"].execute_pack(pack)
 
 
@@ -132,8 +133,8 @@ def _processes(exp, packs: list[list], records_path: Path, progress: bool, jobs:
                 finished, _ = wait(set(pending), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     pack = pending.pop(fut)
-                    for record in fut.result():
-                        write_record(records_path, record)
+                    for res in fut.result():
+                        write_record(records_path, res.record, res.package)
                     bar.advance(grid, len(pack))
         except KeyboardInterrupt:
             for fut in pending:

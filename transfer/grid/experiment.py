@@ -5,7 +5,13 @@ the single run (a pack of runs) that executors call.
 domains already in memory (:meth:`Experiment.from_domains`: a benchmark, a notebook, a test).
 :meth:`Experiment.plan` lists the runs (:class:`RunSpec`); :meth:`Experiment.execute_pack`
 trains and evaluates one pack and returns one record per run. Executors
-(:mod:`transfer.grid.executors`) call it; it never imports them.
+(:mod:`transfer.grid.executors`) call it; it never imports them. What a trained pack measured
+is built in :mod:`transfer.grid.measure`.
+
+One file above ~400 lines, on purpose: the experiment's preparation, its plan, its packing and
+its execution all read the same prepared state (data, splits, pretrained model, device
+tensors), and the small helpers at the end (``environment``, ``spread``) are what
+``transfer.run`` and the executors need of an experiment.
 """
 
 from __future__ import annotations
@@ -32,15 +38,14 @@ from transfer.common.cache import content_hash
 from transfer.common.config import Recipe, StrategyEntry
 from transfer.data import Domain, load_domain
 from transfer.data.domain import check_per_speaker
-from transfer.evaluate.calibration import run_calibration
-from transfer.evaluate.metrics import confusion, evaluate, unit_outputs, validation_scores
 from transfer.evaluate.protocols import SPEAKER_DEPENDENT, Split, make_splits, protocols, with_protocol
 from transfer.grid import sweep
-from transfer.grid.records import RunRecord, toolkit_info
+from transfer.grid.folder import toolkit_info
+from transfer.grid.measure import score_pack
+from transfer.grid.records import RunRecord, RunResult
 from transfer.train.device import amp_enabled, cpu_has_native_bf16, pick_device, to_device
-from transfer.train.engine import FitResult, Halving, fit_runs
-from transfer.train.infer import embed_runs, predict_runs
-from transfer.train.packs import build_pack, unpack_model
+from transfer.train.engine import Halving, fit_runs
+from transfer.train.packs import build_pack
 from transfer.train.pretrain import (
     Pretrained,
     backbone_errors,
@@ -279,6 +284,7 @@ class Experiment:
         return list(dict.fromkeys(s.row for s in self.plan()))
 
     def split_of(self, spec: RunSpec) -> Split:
+        """The split ``spec`` trains and tests on (its protocol, fold and seed)."""
         return self.splits[(spec.protocol or self.recipe.protocol.name, spec.fold, spec.seed)]
 
     def _device_data(self) -> dict[str, Any]:
@@ -359,51 +365,51 @@ class Experiment:
         return spread(packs, slots if self.device.type == "cpu" else 1, self.pack_cost,
                       self.unit_of)
 
-    def execute(self, spec: RunSpec, on_epoch=None) -> dict[str, Any]:
-        """Train and evaluate one run (a pack of one)."""
-        return self.execute_pack([spec], on_epoch)[0]
+    def execute(self, spec: RunSpec, on_epoch=None) -> RunRecord:
+        """Train and evaluate one run (a pack of one); its record (no model package)."""
+        return self.execute_pack([spec], on_epoch)[0].record
 
-    def execute_pack(self, specs: list[RunSpec], on_epoch=None) -> list[dict[str, Any]]:
+    def execute_pack(self, specs: list[RunSpec], on_epoch=None) -> list[RunResult]:
         """Train and evaluate the runs of one pack (one strategy entry, several folds and
-        seeds) as one model; one record per run. A failure is returned as failed records, not
-        raised: an error fails the whole pack, a diverging run only itself."""
+        seeds) as one model; one result (record, and model package with ``--export``) per run.
+        A failure is returned as failed records, not raised: an error fails the whole pack, a
+        diverging run only itself."""
         entry = self.entries[specs[0].strategy]
         cls = get_strategy(entry.name)
         t0 = time.perf_counter()
         try:
-            records = self._train_and_test(entry, cls, specs, on_epoch)
+            results = self._train_and_test(entry, cls, specs, on_epoch)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - a failing pack must not stop the grid
             return self.failed_records(specs, f"{type(err).__name__}: {err}",
                                        traceback.format_exc(limit=8), time.perf_counter() - t0)
-        seconds = time.perf_counter() - t0
-        out, pack = [], len({s.run for s in specs})
-        for spec, (error, result) in zip(specs, records, strict=True):
-            head = self._base(spec, pack)
-            out.append(RunRecord.failed(head, error, seconds=seconds, result=result) if error
-                       else RunRecord.ok(head, result, seconds))
-        return [rec.to_dict() for rec in out]
+        seconds = round(time.perf_counter() - t0, 2)
+        return [RunResult(dataclasses.replace(res.record, seconds=seconds), res.package)
+                for res in results]
 
-    def _base(self, spec: RunSpec, pack: int) -> dict[str, Any]:
-        """What every record of a run says, whether it succeeded or not."""
+    def head(self, spec: RunSpec, pack: int) -> RunRecord:
+        """The record of a run before its results: what it says whether it succeeded or not
+        (``pack``: how many runs trained together)."""
         entry = self.entries[spec.strategy]
         split = self.split_of(spec)
         protocol = spec.protocol or self.recipe.protocol.name
-        return {"key": spec.key, "strategy": spec.row, "strategy_name": entry.name,
-                "fold": spec.fold, "seed": spec.seed, "protocol": protocol,
-                "speaker_dependent": protocol in SPEAKER_DEPENDENT, "unit": self.target.unit,
-                "uses_source": get_strategy(entry.name).needs_source,
-                "labels": self.target.labels, "positive": self.target.positive,
-                "sizes": {"train": len(split.train), "val": len(split.val),
-                          "test": len(split.test)}, "pack": pack,
-                "draw": spec.draw, "hparams": spec.hparams, "adapt": spec.adapt}
+        return RunRecord(key=spec.key, strategy=spec.row, strategy_name=entry.name,
+                         fold=spec.fold, seed=spec.seed, protocol=protocol,
+                         speaker_dependent=protocol in SPEAKER_DEPENDENT, unit=self.target.unit,
+                         uses_source=get_strategy(entry.name).needs_source,
+                         labels=list(self.target.labels), positive=self.target.positive,
+                         sizes={"train": len(split.train), "val": len(split.val),
+                                "test": len(split.test)}, pack=pack,
+                         draw=spec.draw, hparams=spec.hparams, adapt=spec.adapt)
 
     def failed_records(self, specs: list[RunSpec], error: str, tb: str = "",
-                       seconds: float = 0.0) -> list[dict[str, Any]]:
-        """Records of runs that failed (a raising pack, a lost worker)."""
+                       seconds: float = 0.0) -> list[RunResult]:
+        """Results of runs that failed (a raising pack, a lost worker)."""
         pack = len({s.run for s in specs})
-        return [RunRecord.failed(self._base(s, pack), error, tb, seconds).to_dict() for s in specs]
+        return [RunResult(dataclasses.replace(self.head(s, pack), status="failed", error=error,
+                                              traceback=tb, seconds=round(seconds, 2)))
+                for s in specs]
 
     def _domains(self, specs: list[RunSpec]) -> tuple[DomainTensors, DomainTensors | None]:
         """The pack's target (per run: its fold's training and validation indices and
@@ -449,11 +455,12 @@ class Experiment:
         return Halving(rungs, [groups[s.group] for s in specs], [s.draw == 0 for s in specs])
 
     def _train_and_test(self, entry: StrategyEntry, cls, specs: list[RunSpec], on_epoch
-                        ) -> list[tuple[str, dict[str, Any]]]:
-        """Per spec: (error or "", what it measured). A run's test-time adaptation variants
-        share its training: each (protocol, fold, seed, draw) trains once. A strategy with
-        neither source batches nor phases trains without the source at all (source-free)."""
-        r, dev = self.recipe, self.device
+                        ) -> list[RunResult]:
+        """Per spec: what it measured (:func:`~transfer.grid.measure.score_pack`). A run's
+        test-time adaptation variants share its training: each (protocol, fold, seed, draw)
+        trains once. A strategy with neither source batches nor phases trains without the
+        source at all (source-free)."""
+        dev = self.device
         torch.set_num_threads(self.threads)
         runs = list({s.run: s for s in reversed(specs)}.values())[::-1]  # first spec per run
         target, source = self._domains(runs)
@@ -463,169 +470,12 @@ class Experiment:
         source_free = not (strategy.uses_source_batches or strategy.phases())
         results = fit_runs(strategy, target, None if source_free else source, cfgs,
                            [s.seed for s in runs], dev, on_epoch, self._halving(runs))
-        splits = [self.split_of(s) for s in runs]
-        tests = [to_device(sp.test, dev) for sp in splits]
-        probs = [p.cpu().numpy() for p in predict_runs(strategy, target, tests, amp=r.train.amp)]
-        vals = [to_device(sp.val, dev) for sp in splits]
-        val_probs = [p.cpu().numpy() for p in predict_runs(strategy, target, vals,
-                                                            amp=r.train.amp)]
-        extra = self._extras(strategy, target, source, tests, vals, val_probs, runs)
-        for e in extra:
-            e["source_free"] = source_free
-        index = {run.run: k for k, run in enumerate(runs)}
-        return [self._spec_record(strategy, target, spec, index[spec.run],
-                                  results[index[spec.run]], probs[index[spec.run]],
-                                  val_probs[index[spec.run]], extra[index[spec.run]])
-                for spec in specs]
-
-    def _extras(self, strategy, target: DomainTensors, source: DomainTensors | None,
-                tests: list, vals: list, val_probs: list[np.ndarray], runs: list[RunSpec]
-                ) -> list[dict[str, Any]]:
-        """Per run, what its record holds beside its scores: the domain gap (diagnostics) and,
-        in the unlabelled mode, the label-free selection scores."""
-        r = self.recipe
-        extra: list[dict[str, Any]] = [{} for _ in runs]
-        if source is None:
-            return extra
-        if r.diagnostics.enabled:
-            for k, gap in enumerate(self._gaps(strategy, source, target, tests, runs)):
-                extra[k]["gap"] = gap
-        if not r.target.labelled:
-            splits = [self.split_of(s) for s in runs]
-            for k, scores in enumerate(self._selection_scores(strategy, target, source, vals,
-                                                              val_probs, splits)):
-                extra[k]["selection"] = scores
-        return extra
-
-    def _spec_record(self, strategy, target: DomainTensors, spec: RunSpec, k: int,
-                     result: FitResult, prob: np.ndarray, val_prob: np.ndarray,
-                     extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """(error or "", what ``spec`` measured) for run ``k`` of the trained pack; ``prob``:
-        its test probabilities as trained (a test-time adaptation variant adapts first)."""
-        r, split = self.recipe, self.split_of(spec)
-        if result.diverged:
-            return (f"FloatingPointError: training diverged (non-finite loss) at epoch "
-                    f"{result.epochs_run}",
-                    {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                     "stopped": result.stopped})
-        if spec.adapt != "none":
-            prob = self._adapted_probs(strategy, k, split, target.norm[k], spec)
-        record = {**self._record(split, result, prob, val_prob), **extra}
-        if not r.target.labelled and "selection" in record:
-            # a sweep selects by the recipe's label-free rule; the validation labels' score is
-            # kept only for the selection report (what a few target labels would give)
-            scores = {**record["selection"],
-                      "target_val_uar": record["validation"].get("unit_uar", float("nan"))}
-            record["selection"] = scores
-            rule = r.sweep.select if r.sweep.select != "validation" else "source_acc"
-            record["validation"] = {"rule": rule, "score": scores[rule]}
-        if r.export and spec.protocol in ("", r.protocol.name) and spec.adapt == "none":
-            record["_model"] = self._package(unpack_model(strategy, k), target.norm[k], spec,
-                                             record["metrics"])  # the model as trained
-        return "", record
-
-    def _adapted_probs(self, strategy, k: int, split: Split, norm: Standardizer,
-                       spec: RunSpec) -> np.ndarray:
-        """Test probabilities of run ``k`` after test-time adaptation to its test audio."""
-        from transfer.train.adapt import adapt_predict
-
-        ev, d = self.recipe.evaluate, self._device_data()
-        model = unpack_model(strategy, k).to(self.device)
-        x = norm(d["tx"][to_device(split.test, self.device)])  # (N, F, T), as in training
-        return adapt_predict(model, x, self.target.groups[split.test], spec.adapt, spec.per,
-                             ev.tent_steps, ev.tent_lr, ev.batch_size)
-
-    def _selection_scores(self, strategy, target: DomainTensors, source: DomainTensors,
-                          vals: list, val_probs: list[np.ndarray], splits: list[Split]
-                          ) -> list[dict[str, float]]:
-        """Per run, every label-free selection rule's score (:mod:`transfer.evaluate.selection`)
-        from the run's outputs on its target validation audio (labels unread) and on the
-        held-out source speakers."""
-        from transfer.evaluate.selection import label_free_scores
-
-        k, held = len(vals), source.val[0]
-        src_k = source.for_runs(k)
-        p_s = predict_runs(strategy, src_k, [held] * k, amp=self.recipe.train.amp)
-        z_t = embed_runs(strategy, target, vals)
-        z_s = embed_runs(strategy, src_k, [held] * k)
-        y_s = source.y[held].cpu().numpy()
-        return [label_free_scores(val_probs[j], p_s[j].cpu().numpy(), y_s, z_t[j].cpu().numpy(),
-                                  z_s[j].cpu().numpy(), seed=sp.seed)
-                for j, sp in enumerate(splits)]
-
-    def _record(self, split: Split, result: FitResult, prob: np.ndarray, val_prob: np.ndarray
-                ) -> dict[str, Any]:
-        """What a finished run measured: test metrics (per segment and decision unit), the
-        decision units' outputs (for CIs and tests), validation metrics (for selecting a
-        sweep's draw; never the test fold), curves and confusion."""
-        t = self.target
-        y_test, units = t.y[split.test], t.unit_ids[split.test]
-        metrics = evaluate(y_test, prob, units, t.positive_index, t.unit)
-        return {
-            "metrics": metrics, "positive": t.positive,
-            **self._outputs(split, prob, val_prob),  # per unit: for CIs, subgroups, ...
-            "validation": validation_scores(t.y[split.val], val_prob, t.unit_ids[split.val],
-                                            t.positive_index, t.unit),
-            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "stopped": result.stopped, "train_seconds": round(result.seconds, 2),
-            "curves": [{k2: (round(v, 5) if isinstance(v, float) else v)
-                        for k2, v in row.items()} for row in result.curves],
-            "confusion": confusion(y_test, prob, len(t.labels)),
-        }
-
-    def _outputs(self, split: Split, prob: np.ndarray, val_prob: np.ndarray) -> dict[str, Any]:
-        """A run's compact per-unit outputs: the test units (id, label, mean probabilities, the
-        same after temperature scaling, subject covariates), the validation units (id, label,
-        mean probabilities: the report's thresholds come from these alone) and the segments'
-        calibration counts (:mod:`~transfer.evaluate.calibration`; the temperature is fitted on
-        the validation segments)."""
-        t, kind = self.target, self.target.unit
-        y_test, test_units = t.y[split.test], t.unit_ids[split.test]
-        y_val, val_units = t.y[split.val], t.unit_ids[split.val]
-        calibration, scaled = run_calibration(val_prob, y_val, prob, y_test, t.positive_index)
-        units = unit_outputs(y_test, prob, test_units, kind)
-        units["prob_ts"] = unit_outputs(y_test, scaled, test_units, kind)["prob"]
-        covariates = t.unit_covariates(units["id"])
-        if covariates:
-            units["covariates"] = covariates
-        out: dict[str, Any] = {"units": units, "calibration": calibration}
-        if not covariates:
-            out["covariates_note"] = t.covariates_note or "the target has no subject covariates"
-        if len(split.val):
-            out["val_units"] = unit_outputs(y_val, val_prob, val_units, kind)
-        return out
-
-    def _gaps(self, strategy, source: DomainTensors, target: DomainTensors,
-              tests: list, specs: list[RunSpec]) -> list[dict]:
-        from transfer.evaluate.diagnostics import domain_gap
-
-        r = self.recipe
-        k = len(specs)
-        zs = embed_runs(strategy, source.for_runs(k), [source.val[0]] * k)
-        zt = embed_runs(strategy, target, tests)
-        first = next(iter(self.splits.values()))
-        return [domain_gap(a.cpu().numpy(), b.cpu().numpy(), max_samples=r.diagnostics.max_samples,
-                           seed=spec.seed,
-                           projection=self.split_of(spec) is first and r.diagnostics.plot)
-                for a, b, spec in zip(zs, zt, specs, strict=True)]
-
-    def _package(self, model, norm: Standardizer, spec: RunSpec, metrics: dict) -> dict:
-        from transfer.data.cards import load_card
-        from transfer.data.domain import _resolve, feature_spec, segment_spec
-        from transfer.train.package import make_package
-
-        card = load_card(_resolve(self.recipe.target.corpus, self.base))
-        seg = segment_spec(self.recipe.target, card, self.recipe.features.sample_rate)
-        return make_package(
-            model, backbone=self.recipe.backbone.name, segments=seg,
-            features=feature_spec(self.recipe.features), mean=norm.mean, std=norm.std,
-            labels=self.target.labels, positive=self.target.positive,
-            recipe_hash=content_hash(self.recipe.to_dict()),
-            info={"strategy": spec.strategy, "fold": spec.fold, "seed": spec.seed,
-                  "recipe": self.recipe.name, **{k: float(v) for k, v in metrics.items()}})
+        pack = len({s.run for s in specs})
+        return score_pack(self, strategy, target, source, runs, results, specs,
+                          [self.head(s, pack) for s in specs], source_free)
 
 
-def export_best(out: Path, records: list[dict], order: list[str]) -> list[Path]:
+def export_best(out: Path, records: list[RunRecord], order: list[str]) -> list[Path]:
     """Per strategy, the run with the best validation UAR at its selected epoch becomes
     ``models/<strategy>.pt`` (the per-run packages are in ``models/runs/``). Each is copied
     to a temporary file and renamed into place, so an interrupted export (Ctrl-C, SIGTERM, a
@@ -638,16 +488,16 @@ def export_best(out: Path, records: list[dict], order: list[str]) -> list[Path]:
     for label in order:
         best, best_score = None, -1.0
         for r in records:
-            if r["strategy"] != label or r["status"] != "ok" or not r.get("model"):
+            if r.strategy != label or not r.ok or not r.model:
                 continue
-            row = next((c for c in r["curves"] if c["epoch"] == r["best_epoch"]), {})
-            score = row.get("val_uar", 0.0)
-            if score > best_score and (out / r["model"]).is_file():
+            row = next((c for c in r.curves if c.epoch == r.best_epoch), None)
+            score = row.val_uar if row is not None and row.val_uar is not None else 0.0
+            if score > best_score and (out / r.model).is_file():
                 best, best_score = r, score
         if best is not None:
             target = out / "models" / f"{label}.pt"
             with atomic_path(target) as tmp:
-                shutil.copyfile(out / best["model"], tmp)
+                shutil.copyfile(out / best.model, tmp)
             written.append(target)
     return written
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from transfer import UserError
 from transfer.common.progress import progress_bar
-from transfer.grid.records import write_record
+from transfer.grid.records import RunResult, write_record
 
 _EXPERIMENTS: dict[str, Any] = {}  # per worker process: the experiment of a grid, kept once
 
@@ -31,7 +31,8 @@ def require_ray() -> None:
         raise UserError(f"--executor ray needs Ray, which is not installed: {INSTALL}") from None
 
 
-def _run(key: str, experiment: Any, pack: list) -> list[dict[str, Any]]:
+def _run(key: str, experiment: Any, pack: list) -> list[RunResult]:
+    """One Ray task: run ``pack`` on the grid's experiment (kept once per worker process)."""
     if key not in _EXPERIMENTS:
         _EXPERIMENTS.clear()
         _EXPERIMENTS[key] = experiment
@@ -65,11 +66,11 @@ def execute_ray(exp, packs: list[list], records_path: Path, *, address: str | No
                 for ref in done:
                     pack = pending.pop(ref)
                     try:
-                        records = ray.get(ref)
+                        results = ray.get(ref)
                     except Exception as err:  # noqa: BLE001 - a lost worker fails its pack
-                        records = exp.failed_records(pack, f"ray: {err}")
-                    for record in records:
-                        write_record(records_path, record)
+                        results = exp.failed_records(pack, f"ray: {err}")
+                    for res in results:
+                        write_record(records_path, res.record, res.package)
                     bar.advance(grid, len(pack))
         except KeyboardInterrupt:
             for ref in pending:

@@ -1,80 +1,143 @@
-"""The results folder of a run: its records, what may be resumed, and nothing half-written.
+"""The records of a grid's runs, typed, and ``runs.jsonl`` that holds them.
 
-- :class:`RunRecord` is what a run's record says: one constructor for finished and failed
-  runs (:meth:`RunRecord.ok`, :meth:`RunRecord.failed`), one ``to_dict`` for ``runs.jsonl``.
-- :func:`write_record` appends a finished run's record (and writes its model package);
-  :func:`read_records` reads ``runs.jsonl``, ignoring a torn last line (a crash) and reporting
-  any other line that is not a run record (JSON that lacks a field a table needs included),
-  instead of failing on it.
-- :func:`check_resume` refuses to resume a folder recorded with another recipe, naming the keys
-  that differ; :func:`planned` keeps only the records of runs the current plan contains, and
-  :func:`read_summary` reads ``summary.json``, which names that plan's run keys (``plan``) so
-  that a table rebuilt later (``transfer.report``) uses them only.
-- :func:`results_folder` creates a new results folder exclusively (two runs started in the same
-  second get two folders) and removes it again when the run fails before its first record;
-  :func:`folder_lock` keeps a second writer (a run or a ``--resume``) out of a folder in use.
-  Errors of a full disk, a read-only folder or missing permissions become one-line
-  :class:`transfer.UserError` messages that say what was kept.
-- :func:`toolkit_info` says which ser-transfer wrote the results: version, install location,
-  and the commit only when the toolkit itself is a git checkout.
+- :class:`RunRecord` is what one run says: a head (who it is: key, strategy, fold, seed,
+  protocol, ...) that every status has, and what a finished run measured, in typed fields
+  (metrics, per-unit outputs, curves, confusion, domain gap, validation scores, calibration,
+  timing). :meth:`RunRecord.to_dict` writes one line of ``runs.jsonl``;
+  :meth:`RunRecord.from_dict` reads one back, checked (a line that is not a record is a
+  :class:`~transfer.evaluate.outputs.RecordError` with a one-line reason).
+- :class:`RunResult` is what a grid's pack gives per run: the record and, beside it (never in
+  it), the model package to export.
+- :func:`write_record` appends a record to ``runs.jsonl`` (and writes its model package);
+  :func:`read_records` reads ``runs.jsonl`` into records, ignoring a torn last line (a crash)
+  and reporting any other line that is not a run record instead of failing on it.
+
+The keys on disk are those of the versions before the typed record, so their folders resume and
+rebuild unchanged. Records from before decision units (metrics ``subject_*``, no ``unit``) are
+converted once, in :meth:`RunRecord.from_dict`: the rename is exact (the subject was the only
+unit then), so such a folder's table can still be rebuilt without training again.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from transfer import REPO_ROOT, UserError, __version__
 from transfer.common.cache import append_line
-from transfer.common.console import ENVIRONMENT_ERRORS
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no folder locks
-    fcntl = None
+from transfer.evaluate.outputs import (
+    Calibration,
+    Gap,
+    RecordError,
+    UnitOutputs,
+    Validation,
+    field_of,
+    number_map,
+)
 
 log = logging.getLogger(__name__)
 
-#: Recipe keys that do not change what a run computes: a resume may differ in them.
-NOT_RESULTS = ("name", "description", "jobs", "device", "export", "sweep", "report", "log")
-
-#: File-system errors that are the user's environment, not a bug.
-DISK_ERRORS = ENVIRONMENT_ERRORS
-
 _reported: set[tuple[str, int]] = set()
+
+#: A head field without a default in :data:`HEAD`: every record must hold it.
+REQUIRED = dataclasses.MISSING
+
+#: The head of a record as ``runs.jsonl`` holds it: name -> (type, default when absent).
+#: ``unit`` defaults to "subject": records from before decision units decided per subject.
+HEAD: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "key": (str, REQUIRED), "status": (str, REQUIRED), "strategy": (str, REQUIRED),
+    "fold": (int, REQUIRED), "seed": (int, REQUIRED), "protocol": (str, REQUIRED),
+    "speaker_dependent": (bool, REQUIRED), "strategy_name": (str, ""), "unit": (str, "subject"),
+    "uses_source": (bool, False), "labels": (list, []), "sizes": (dict, {}), "pack": (int, 1),
+    "positive": (str, ""), "draw": (int, 0), "hparams": (dict, {}), "adapt": (str, "none"),
+    "error": (str, ""), "traceback": (str, ""), "seconds": (float, 0.0)}
+
+#: What a finished run's record must hold besides the head.
+OK_FIELDS = ("metrics", "curves", "confusion", "best_epoch")
+
+#: Optional scalar results: name -> type (absent: None).
+SCALARS: dict[str, type] = {"epochs_run": int, "stopped": str, "train_seconds": float,
+                            "source_free": bool, "covariates_note": str, "model": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRow:
+    """One epoch of a run's training curve.
+
+    ``loss`` is the target loss, ``val_uar``/``val_loss`` the validation scores the epoch is
+    selected by (absent without validation labels); ``terms`` holds the strategy's own logged
+    terms (``align_mmd``, ``adv``, ``disc_acc``, ...).
+    """
+
+    epoch: int
+    loss: float | None = None
+    val_uar: float | None = None
+    val_loss: float | None = None
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        """Every value the row holds, by name (``epoch`` aside)."""
+        named = {n: getattr(self, n) for n in ("loss", "val_uar", "val_loss")}
+        return {**{n: v for n, v in named.items() if v is not None}, **self.terms}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as ``runs.jsonl`` holds it: ``epoch`` and every value at the top level."""
+        return {"epoch": self.epoch, **self.scalars()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EpochRow:
+        """Read a row back (a :class:`RecordError` when it is not one)."""
+        if not isinstance(data, dict):
+            raise RecordError(f"a row of its 'curves' is {type(data).__name__}, not dict")
+        epoch = field_of(data, "epoch", int, "curves")
+        values = number_map({k: v for k, v in data.items() if k != "epoch"}, "curves")
+        named = {n: values.pop(n) for n in ("loss", "val_uar", "val_loss") if n in values}
+        return cls(epoch, **named, terms=values)
+
+    @classmethod
+    def of(cls, row: dict[str, float], decimals: int = 5) -> EpochRow:
+        """A row of the engine's log (:class:`transfer.train.engine.FitResult`), its values
+        rounded to ``decimals`` (a curve is read by eye; the full floats bloat the file)."""
+        return cls.from_dict({k: round(v, decimals) if isinstance(v, float) else v
+                              for k, v in row.items()})
 
 
 @dataclasses.dataclass
 class RunRecord:
     """One run of a grid, finished or failed: who it is, then what it gave.
 
-    The head (``key`` .. ``pack``) is the same for every status, so a failed run (a raising
+    The head (``key`` .. ``seconds``) is the same for every status, so a failed run (a raising
     pack, a lost Ray worker, a diverged run) keeps its protocol and ``speaker_dependent`` mark
-    in the table. ``result`` holds what a finished run measured (``metrics``, ``units``,
-    ``curves``, ``confusion``, ``gap``, ...) and a failed run's ``best_epoch``/``epochs_run``.
+    in the table. A finished run also holds its results: ``metrics`` (``segment_<m>`` and
+    ``unit_<m>`` for every m of :data:`transfer.evaluate.metrics.METRICS`), the test and
+    validation units' outputs, the per-epoch ``curves``, the test segments' ``confusion``
+    matrix, ``validation`` scores, ``calibration``, the domain ``gap`` (diagnostics), the
+    label-free ``selection`` scores (unlabelled mode) and its timing; a diverged run its
+    ``best_epoch``/``epochs_run``/``stopped``.
+
+    ``metrics`` is a ``{name: float}`` map rather than a class with one attribute per metric:
+    the names are declared once (:data:`~transfer.evaluate.metrics.METRICS`, two levels) and
+    every reader goes over them by name (the table's columns, the sweep's selection metric), so
+    attributes would only be read back through ``getattr``. :meth:`metric` reads one (NaN where
+    a record lacks it).
     """
 
     key: str
     strategy: str  # the table row: the strategy entry's label (+ its test-time adaptation)
-    strategy_name: str
     fold: int
     seed: int
-    protocol: str
-    speaker_dependent: bool
-    unit: str
-    uses_source: bool
-    labels: list[str]
-    sizes: dict[str, int]
-    pack: int  # runs trained together as one model
+    protocol: str = ""
+    speaker_dependent: bool = False
+    strategy_name: str = ""
+    unit: str = "subject"
+    uses_source: bool = False
+    labels: list[str] = dataclasses.field(default_factory=list)
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    pack: int = 1  # runs trained together as one model
     positive: str = ""  # the positive class of a binary target: what sens/spec refer to
     draw: int = 0  # the sweep draw (0: the recipe's settings)
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # the draw's values
@@ -82,60 +145,126 @@ class RunRecord:
     status: str = "ok"  # "ok" | "failed"
     error: str = ""
     traceback: str = ""
-    seconds: float = 0.0
-    result: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0  # wall time of the pack the run trained in
+    # --- results ---------------------------------------------------------------------------
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    units: UnitOutputs | None = None  # the test units
+    val_units: UnitOutputs | None = None  # the validation units (thresholds come from these)
+    validation: Validation | None = None
+    selection: dict[str, float] = dataclasses.field(default_factory=dict)  # label-free rules
+    curves: list[EpochRow] = dataclasses.field(default_factory=list)
+    confusion: list[list[int]] = dataclasses.field(default_factory=list)
+    gap: Gap | None = None
+    calibration: Calibration | None = None
+    covariates_note: str | None = None  # why the test units have no covariates
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    stopped: str | None = None  # "", "patience", "halving" or "diverged"
+    train_seconds: float | None = None
+    source_free: bool | None = None  # trained without the source at all
+    model: str | None = None  # the exported package, relative to the results folder
 
-    @classmethod
-    def ok(cls, head: dict[str, Any], result: dict[str, Any], seconds: float) -> RunRecord:
-        return cls(**head, status="ok", seconds=round(seconds, 2), result=result)
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished."""
+        return self.status == "ok"
 
-    @classmethod
-    def failed(cls, head: dict[str, Any], error: str, traceback: str = "", seconds: float = 0.0,
-               result: dict[str, Any] | None = None) -> RunRecord:
-        return cls(**head, status="failed", error=error, traceback=traceback,
-                   seconds=round(seconds, 2), result=dict(result or {}))
+    @property
+    def scored(self) -> bool:
+        """Whether the run finished and holds its test units' outputs."""
+        return self.ok and self.units is not None
+
+    def metric(self, name: str) -> float:
+        """One of :attr:`metrics` (``unit_uar``, ``segment_auc``, ...); NaN when absent."""
+        return self.metrics.get(name, math.nan)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as written to ``runs.jsonl`` (the result's keys at the top level)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("result", "error", "traceback")}
-        if self.status != "ok":
-            out["error"], out["traceback"] = self.error, self.traceback
-        return {**out, **self.result}
+        """The record as one line of ``runs.jsonl`` holds it: the head and the results at the
+        top level (a result only where the run has it)."""
+        out: dict[str, Any] = {n: getattr(self, n) for n in HEAD
+                               if n not in ("error", "traceback") or not self.ok}
+        if self.ok:
+            out.update(metrics=self.metrics, confusion=self.confusion,
+                       curves=[row.to_dict() for row in self.curves])
+        for name in ("units", "val_units", "validation", "gap", "calibration"):
+            part = getattr(self, name)
+            if part is not None:
+                out[name] = part.to_dict()
+        if self.selection:
+            out["selection"] = self.selection
+        for name in ("best_epoch", *SCALARS):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunRecord:
+        """A record from one parsed line of ``runs.jsonl``; a :class:`RecordError` with a
+        one-line reason when it is not one (not an object, a field missing or of the wrong
+        type). Records from before decision units are converted (see the module docstring)."""
+        if not isinstance(data, dict):
+            raise RecordError("not a JSON object")
+        if data.get("status") not in ("ok", "failed"):
+            raise RecordError(f"its status is {data.get('status')!r}, not 'ok' or 'failed'")
+        head = {n: field_of(data, n, kind, "", copy.deepcopy(default))
+                for n, (kind, default) in HEAD.items()}
+        if head["status"] == "ok":
+            missing = [n for n in OK_FIELDS if n not in data]
+            if missing:
+                raise RecordError(f"it lacks {missing[0]!r}")
+        return cls(**head, **_results(data))
 
 
-#: What every record holds (the table and the resume read them without a default), with its
-#: type; a finished run's record also holds :data:`OK_FIELDS`.
-HEAD_FIELDS: dict[str, type] = {"key": str, "status": str, "strategy": str, "fold": int,
-                                "seed": int, "protocol": str, "speaker_dependent": bool}
-OK_FIELDS: dict[str, type] = {"metrics": dict, "curves": list, "confusion": list,
-                              "best_epoch": int}
+def _results(data: dict[str, Any]) -> dict[str, Any]:
+    """The typed result fields of a parsed record (absent ones left to their defaults)."""
+    out: dict[str, Any] = {}
+    if "metrics" in data:
+        metrics = number_map(data["metrics"], "metrics")
+        out["metrics"] = {_unit_name(k): v for k, v in metrics.items()}
+    if "curves" in data:
+        out["curves"] = [EpochRow.from_dict(row) for row in field_of(data, "curves", list)]
+    if "confusion" in data:
+        out["confusion"] = field_of(data, "confusion", list)
+    if "selection" in data:
+        out["selection"] = number_map(data["selection"], "selection")
+    parts = {"units": UnitOutputs.from_dict, "validation": Validation.from_dict,
+             "val_units": lambda d: UnitOutputs.from_dict(d, "val_units"),
+             "gap": Gap.from_dict, "calibration": Calibration.from_dict}
+    out.update({n: read(data[n]) for n, read in parts.items() if data.get(n) is not None})
+    out.update({n: field_of(data, n, kind) for n, kind in SCALARS.items() if n in data})
+    if "best_epoch" in data:
+        out["best_epoch"] = field_of(data, "best_epoch", int)
+    return out
 
 
-def record_problem(record: Any) -> str:
-    """Why ``record`` (one parsed line of ``runs.jsonl``) is not a run record; "" when it is."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    if record.get("status") not in ("ok", "failed"):
-        return f"its status is {record.get('status')!r}, not 'ok' or 'failed'"
-    fields = {**HEAD_FIELDS, **(OK_FIELDS if record["status"] == "ok" else {})}
-    for name, kind in fields.items():
-        if name not in record:
-            return f"it lacks {name!r}"
-        value = record[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"its {name!r} is {type(value).__name__}, not {kind.__name__}"
-    numbers = (isinstance(v, (int, float)) and not isinstance(v, bool)
-               for v in record.get("metrics", {}).values())
-    return "" if all(numbers) else "its 'metrics' are not all numbers"
+def _unit_name(metric: str) -> str:
+    """A metric's name; records from before decision units say ``subject_*`` for ``unit_*``."""
+    return "unit_" + metric[len("subject_"):] if metric.startswith("subject_") else metric
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
+class RunResult(NamedTuple):
+    """What a grid's pack gives per run: its record and, beside it, the model package to
+    export (:func:`transfer.train.package.make_package`; None without ``--export``)."""
+
+    record: RunRecord
+    package: dict[str, Any] | None = None
+
+
+def record_problem(data: Any) -> str:
+    """Why ``data`` (one parsed line of ``runs.jsonl``) is not a run record; "" when it is."""
+    try:
+        RunRecord.from_dict(data)
+    except RecordError as err:
+        return str(err)
+    return ""
+
+
+def read_records(path: str | Path) -> list[RunRecord]:
     """Every run record of a records file.
 
     A torn last line (a crash in the middle of a write) is ignored silently; any other line
-    that is not a run record (:func:`record_problem`: not JSON, or JSON that lacks a field the
-    table needs) is reported once, with the reason, and ignored; a resume redoes its run.
+    that is not a run record (not JSON, or JSON that :meth:`RunRecord.from_dict` refuses) is
+    reported once, in one line with the reason, and ignored; a resume redoes its run.
     """
     path = Path(path)
     if not path.is_file():
@@ -146,299 +275,37 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            problem = record_problem(record)
+            records.append(RunRecord.from_dict(json.loads(line)))
+            continue
         except json.JSONDecodeError:
             if n == len(lines):  # torn last line
                 continue
             problem = "not JSON"
-        if not problem:
-            records.append(record)
-        elif (str(path), n) not in _reported:
+        except RecordError as err:
+            problem = str(err)
+        if (str(path), n) not in _reported:
             _reported.add((str(path), n))
             log.warning(f"warning: {path} line {n} is not a run record ({problem}); ignored: "
                         f"{line[:60]!r}")
     return records
 
 
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one finished run's record to ``runs.jsonl`` (flushed and fsynced); its model
-    package, if any, is written first by this (the parent) process, whichever process trained
-    it, and the record names it."""
-
-    package = record.pop("_model", None)
+def write_record(path: Path, record: RunRecord, package: dict[str, Any] | None = None) -> None:
+    """Append one run's record to ``runs.jsonl`` (flushed and fsynced). Its model package, if
+    any, is written first by this (the parent) process, whichever process trained it, into
+    ``models/runs/``, and the record names it (``model``)."""
     if package is not None:
         from transfer.train.package import save_package
 
-        rel = f"models/runs/{record['strategy']}-fold{record['fold']}-seed{record['seed']}.pt"
+        rel = f"models/runs/{record.strategy}-fold{record.fold}-seed{record.seed}.pt"
         save_package(package, path.parent / rel)
-        record["model"] = rel
-    append_line(path, json.dumps(record, default=float))
-    if record["status"] != "ok":
-        log.error(f"run failed {record['strategy']} fold {record['fold']} seed {record['seed']}: "
-                  f"{record['error']}")
+        record.model = rel
+    append_line(path, json.dumps(record.to_dict(), default=float))
+    if not record.ok:
+        log.error(f"run failed {record.strategy} fold {record.fold} seed {record.seed}: "
+                  f"{record.error}")
 
 
-def planned(records: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
+def planned(records: list[RunRecord], keys: set[str]) -> list[RunRecord]:
     """The records of the runs whose keys the current plan contains."""
-    return [r for r in records if r["key"] in keys]
-
-
-#: summary.json's fields that are read back, with their types.
-SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
-    "title": (str,), "order": (list,), "source": (dict, type(None)), "protocol": (str,),
-    "plan": (list,), "data": (dict,), "spaces": (dict,)}
-
-
-def read_summary(out: Path) -> dict[str, Any]:
-    """``summary.json`` of a results folder (``{}`` when there is none), checked: a damaged or
-    edited file is a :class:`UserError` naming the field, never a table with wrong rows.
-
-    ``plan`` lists the run keys of the grid that wrote it (older folders have none);
-    ``order`` the strategy labels in table order; ``data`` what the runs were trained on.
-    """
-    path = out / "summary.json"
-    if not path.exists():
-        return {}
-    fix = f"rewrite it with: python -m transfer.run RECIPE --resume {out}"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is damaged ({type(err).__name__}: {err}); {fix}") from None
-    if not isinstance(summary, dict):
-        raise UserError(f"{path} must hold a JSON object, not {type(summary).__name__}; {fix}")
-    for name, kinds in SUMMARY_FIELDS.items():
-        if name in summary and not isinstance(summary[name], kinds):
-            raise UserError(f"{path}: {name!r} must be {' or '.join(k.__name__ for k in kinds)}, "
-                            f"got {summary[name]!r}; {fix}")
-    for name in ("order", "plan"):
-        if not all(isinstance(v, str) for v in summary.get(name, [])):
-            raise UserError(f"{path}: {name!r} must be a list of strings, got "
-                            f"{summary[name]!r}; {fix}")
-    return summary
-
-
-#: The files and folders a run writes in its results folder.
-OUTPUT_FILES = ("runs.jsonl", "recipe.json", "environment.json", "summary.json", "table.md",
-                "table.csv", "leak.md", "leak.csv")
-OUTPUT_FOLDERS = ("figures", "models", "models/runs")
-
-
-def check_outputs(out: Path) -> None:
-    """Every output of a run in ``out`` that exists is a file (or a folder) as it should be:
-    a ``runs.jsonl`` that is a folder is an error now, not after the first pack trained."""
-    for name in OUTPUT_FILES:
-        if (out / name).exists() and not (out / name).is_file():
-            raise UserError(f"{out / name} is not a file; a run writes its {name} there: move "
-                            "it away, or start a new run without --resume")
-    for name in OUTPUT_FOLDERS:
-        if (out / name).exists() and not (out / name).is_dir():
-            raise UserError(f"{out / name} is not a folder; a run writes its {name}/ there: "
-                            "move it away, or start a new run without --resume")
-
-
-def has_records(out: Path) -> bool:
-    return bool(read_records(out / "runs.jsonl"))
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for k, v in value.items():
-            flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return flat or {prefix: {}}
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        flat = {f"{prefix}.length": len(value)}
-        for i, v in enumerate(value):
-            flat.update(_flatten(v, f"{prefix}[{i}]"))
-        return flat
-    return {prefix: value}
-
-
-def recipe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key (was X, now Y)' for every result-relevant key in which two resolved recipes differ."""
-    old = {k: v for k, v in _flatten(recorded).items() if k.split(".")[0] not in NOT_RESULTS}
-    new = {k: v for k, v in _flatten(current).items() if k.split(".")[0] not in NOT_RESULTS}
-    missing = object()
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, missing), new.get(key, missing)
-        if a != b:
-            diffs.append(f"{key} (was {'absent' if a is missing else json.dumps(a)}, "
-                         f"now {'absent' if b is missing else json.dumps(b)})")
-    return diffs
-
-
-def check_resume(out: Path, recipe_dict: dict[str, Any]) -> dict[str, Any]:
-    """Refuse to resume ``out`` unless it was recorded with the same recipe (up to
-    :data:`NOT_RESULTS`); the error names the keys that differ. Returns the recorded recipe."""
-    if not out.is_dir():
-        raise UserError(f"--resume: no results folder {out}")
-    saved = out / "recipe.json"
-    if not saved.is_file():
-        raise UserError(f"--resume: {out} has no recipe.json, so it is not a results folder of "
-                        "python -m transfer.run")
-    try:
-        recorded = json.loads(saved.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"--resume: {saved} is not valid JSON ({err})") from None
-    if not isinstance(recorded, dict):
-        raise UserError(f"--resume: {saved} must hold a JSON object (the resolved recipe), not "
-                        f"{type(recorded).__name__}")
-    current = json.loads(json.dumps(recipe_dict, default=str))  # as recipe.json holds it
-    diffs = recipe_differences(recorded, current)
-    if diffs:
-        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-        raise UserError(f"--resume: {out} was run with a different recipe, so its runs cannot be "
-                        f"mixed with this one's. Differences: {shown}. Undo the change to finish "
-                        "that run, or start a new one without --resume")
-    check_writable(out)
-    check_outputs(out)
-    return recorded
-
-
-def check_writable(folder: Path) -> None:
-    """A clear error now, not a traceback after hours of training, when ``folder`` (or, while it
-    does not exist yet, its nearest existing parent) cannot be written."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"cannot write results to {folder}: {probe} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write results to {folder}: {probe} is not writable "
-                        f"({err.strerror or err}); choose another --results-dir") from None
-
-
-def new_results_path(results_dir: Path, name: str, stamp: str) -> Path:
-    """``<results_dir>/<name>/<stamp>``, with ``-1``, ``-2``, ... when that exists: a first
-    choice; :func:`results_folder` creates it exclusively and takes the next free name when
-    another run created it meanwhile."""
-    out, n = results_dir / name / stamp, 1
-    while out.exists():
-        out, n = results_dir / name / f"{stamp}-{n}", n + 1
-    return out
-
-
-def _create_exclusively(out: Path, created: list[Path]) -> Path:
-    """Create ``out`` (and its missing parents), or ``out-1``, ``out-2``, ... when another
-    process created it first: ``mkdir`` either makes a new folder or fails, so no two runs
-    share one. The folders made are appended to ``created``."""
-    for parent in reversed(out.parents):
-        if not parent.exists():
-            with contextlib.suppress(FileExistsError):  # another run may make it meanwhile
-                parent.mkdir()
-                created.append(parent)
-    base, n = out, 0
-    while True:
-        try:
-            out.mkdir()
-        except FileExistsError:
-            n += 1
-            out = base.with_name(f"{base.name}-{n}")
-            continue
-        created.append(out)
-        return out
-
-
-@contextlib.contextmanager
-def folder_lock(out: Path) -> Iterator[None]:
-    """Hold the lock of results folder ``out`` (the file ``out/.lock``) for the block.
-
-    A second run or ``--resume`` that would write to the same folder gets a one-line error
-    naming it, instead of redoing the same runs and recording them twice. The kernel drops
-    the lock when its holder dies (``kill -9`` included), so a crash never leaves it locked.
-    """
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(f"{out} is in use by another run (process {holder}) that writes its "
-                            "records there; wait for it to end, then resume the folder if it "
-                            "was interrupted") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-@contextlib.contextmanager
-def results_folder(out: Path, *, new: bool) -> Iterator[Path]:
-    """Create (``new``) or reuse the results folder ``out`` for the block; yields the folder.
-
-    A new folder is created exclusively (``out``, else ``out-1``, ...) and locked
-    (:func:`folder_lock`) for the block; a reused one (``--resume``) must already be locked
-    by the caller. If the block fails before the first run record is written, a new folder is
-    removed again (with the parents it created, when they are left empty): a failed start
-    leaves nothing behind. File-system errors (full disk, read-only folder) become a
-    :class:`UserError` that says which file and what was kept.
-    """
-    created: list[Path] = []
-    try:
-        if new:
-            out = _create_exclusively(out, created)
-            with folder_lock(out):
-                yield out
-        else:
-            yield out
-    except BaseException as err:
-        kept = has_records(out) if out.is_dir() else False
-        if new and not kept:
-            _remove_created(out, created)
-        if isinstance(err, OSError) and err.errno in DISK_ERRORS:
-            raise UserError(disk_message(err, out, kept)) from None
-        raise
-
-
-def _remove_created(out: Path, created: list[Path]) -> None:
-    if out in created:
-        shutil.rmtree(out, ignore_errors=True)
-    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only when empty
-
-
-def disk_message(err: OSError, out: Path, kept: bool) -> str:
-    what = err.filename or out
-    if kept:
-        n = len(read_records(out / "runs.jsonl"))
-        tail = (f"the {n} finished run(s) in {out / 'runs.jsonl'} are intact; fix this, then "
-                f"finish with --resume {out}")
-    else:
-        tail = "no run had finished, so no results folder was left behind"
-    return f"cannot write {what}: {err.strerror or err}; {tail}"
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
-                              timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def toolkit_info() -> dict[str, Any]:
-    """Version and install location of this ser-transfer; its git commit (and whether the
-    working tree has uncommitted changes) only when the toolkit itself is a git checkout, not
-    when it is installed inside some other repository."""
-    import transfer
-
-    location = Path(transfer.__file__).resolve().parent
-    commit = dirty = None
-    top = _git("rev-parse", "--show-toplevel")
-    if top and Path(top).resolve() == REPO_ROOT.resolve():
-        commit = _git("rev-parse", "HEAD")
-        status = _git("status", "--porcelain", "--untracked-files=no")
-        dirty = None if status is None else bool(status)
-    return {"ser_transfer": __version__, "install_location": str(location),
-            "git_commit": commit, "git_dirty": dirty}
+    return [r for r in records if r.key in keys]

@@ -14,6 +14,7 @@ import pandas as pd
 from transfer.common.cache import atomic_path
 from transfer.common.config import ReportConfig
 from transfer.evaluate.operating import pooled_scores
+from transfer.grid.records import RunRecord
 from transfer.report.emobox import write_predictions
 from transfer.report.html import Section, read_json, write_html
 from transfer.report.sections import (
@@ -62,14 +63,14 @@ def emobox_markdown(scores: pd.DataFrame, order: list[str]) -> str:
         "keys."])
 
 
-def _figures(out_dir: Path, records: list[dict], order: list[str], bins: dict,
+def _figures(out_dir: Path, records: list[RunRecord], order: list[str], bins: dict,
              sub: pd.DataFrame, table: pd.DataFrame, report: ReportConfig) -> dict[str, Path]:
     from transfer.report.plots import reliability_figure, roc_pr_figure, subgroup_figure
 
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     unit, positive = table.attrs.get("unit", "subject"), table.attrs.get("positive", "")
-    curves = {label: pooled_scores([r for r in records if r["strategy"] == label])
+    curves = {label: pooled_scores([r for r in records if r.strategy == label])
               for label in order}
     made = {"reliability": reliability_figure(fig_dir, bins, report.temperature),
             "roc_pr": roc_pr_figure(fig_dir, curves, positive, unit) if positive else None,
@@ -104,7 +105,7 @@ def _summary(table: pd.DataFrame) -> str:
             f"{positive}reference row: {a.get('reference') or '-'}.")
 
 
-def write_report(out_dir: Path, records: list[dict], order: list[str], table: pd.DataFrame,
+def write_report(out_dir: Path, records: list[RunRecord], order: list[str], table: pd.DataFrame,
                  report: ReportConfig, title: str, *, plots: bool = True,
                  table_md: str = "", leak_md: str = "") -> Path:
     """Write the sections' CSVs (``operating_points.csv``, ``calibration.csv``,

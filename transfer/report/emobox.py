@@ -32,6 +32,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from transfer.common.cache import atomic_write_text
+from transfer.grid.records import RunRecord
 
 
 def _safe(name: str) -> str:
@@ -50,30 +51,30 @@ def _lines(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def write_predictions(out_dir: Path, records: list[dict]) -> pd.DataFrame:
+def write_predictions(out_dir: Path, records: list[RunRecord]) -> pd.DataFrame:
     """Every finished run's test predictions in EmoBox's form (see the module docstring), and
     the table of its scores (also written as ``predictions/scores.csv``)."""
-    ok = [r for r in records if r.get("status") == "ok" and r.get("units")]
+    ok = [r for r in records if r.scored]
     folder = Path(out_dir) / "predictions"
     if folder.exists():  # a rebuild: no file of an earlier build stays behind
         shutil.rmtree(folder)
     if not ok:
         return pd.DataFrame()
     folder.mkdir(parents=True)
-    labels = ok[0].get("labels") or [str(k) for k in range(len(ok[0]["units"]["prob"][0]))]
+    labels = ok[0].labels or [str(k) for k in range(len(ok[0].units.prob[0]))]
     atomic_write_text(folder / "label_map.json",
                       json.dumps({name: i for i, name in enumerate(labels)}, indent=2))
     rows = []
     for r in ok:
-        units = r["units"]
-        y = np.asarray(units["y"], dtype=np.int64)
-        pred = np.asarray(units["prob"], dtype=float).argmax(1)
-        tag = f"fold{r['fold']}-seed{r['seed']}"
-        atomic_write_text(folder / f"{_safe(r['strategy'])}-{tag}.jsonl", _lines(
-            [{"key": k, "pred": int(p)} for k, p in zip(units["id"], pred)]))
+        units = r.units
+        y = np.asarray(units.y, dtype=np.int64)
+        pred = np.asarray(units.prob, dtype=float).argmax(1)
+        tag = f"fold{r.fold}-seed{r.seed}"
+        atomic_write_text(folder / f"{_safe(r.strategy)}-{tag}.jsonl", _lines(
+            [{"key": k, "pred": int(p)} for k, p in zip(units.id, pred)]))
         atomic_write_text(folder / f"targets-{tag}.jsonl", _lines(
-            [{"key": k, "label": int(v)} for k, v in zip(units["id"], y)]))
-        rows.append({"strategy": r["strategy"], "fold": r["fold"], "seed": r["seed"],
+            [{"key": k, "label": int(v)} for k, v in zip(units.id, y)]))
+        rows.append({"strategy": r.strategy, "fold": r.fold, "seed": r.seed,
                      **emobox_scores(y, pred)})
     scores = pd.DataFrame(rows)
     scores.to_csv(folder / "scores.csv", index=False)

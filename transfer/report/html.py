@@ -81,6 +81,8 @@ def figure_html(path: Path) -> str:
 
 
 def section_html(s: Section) -> str:
+    """One section as HTML: its title, rendered Markdown, inlined figures and preformatted
+    text."""
     parts = [f'<section id="{s.id}">', f"<h2>{html.escape(s.title)}</h2>"]
     if s.markdown:
         parts.append(render_markdown(_demote(s.markdown)))

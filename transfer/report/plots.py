@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from transfer.grid.records import RunRecord
+
 
 def _safe(name: str) -> str:
     """A strategy label as a file-name part."""
@@ -23,38 +25,38 @@ def _pyplot():
     return plt
 
 
-def write_plots(out_dir: Path, records: list[dict], order: list[str]) -> list[Path]:
+def write_plots(out_dir: Path, records: list[RunRecord], order: list[str]) -> list[Path]:
     """Per strategy: learning curves, the confusion matrix of all test segments and, where
     recorded, the PCA of source vs target features; written to ``out_dir/figures``."""
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     written = []
     for label in order:
-        ok = [r for r in records if r["strategy"] == label and r["status"] == "ok"]
+        ok = [r for r in records if r.strategy == label and r.ok]
         if not ok:
             continue
         written.append(_curves(fig_dir, label, ok))
         written.append(_confusion(fig_dir, label, ok))
-        proj = next((r["gap"]["projection"] for r in ok if "projection" in r.get("gap", {})), None)
+        proj = next((r.gap.projection for r in ok if r.gap and r.gap.projection), None)
         if proj:
             written.append(_projection(fig_dir, label, proj))
     return written
 
 
-def _curves(fig_dir: Path, label: str, ok: list[dict]) -> Path:
+def _curves(fig_dir: Path, label: str, ok: list[RunRecord]) -> Path:
     """Training loss, validation UAR, and alignment losses where logged."""
     plt = _pyplot()
-    extra = sorted({k for r in ok for row in r["curves"] for k in row
+    extra = sorted({k for r in ok for row in r.curves for k in row.terms
                     if k.startswith(("align_", "autoencoder_")) or k in ("adv", "disc_acc")})
     panels = ["loss", "val_uar", *extra[:4]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, key in zip(axes[0], panels):
         for r in ok:
-            xs = [row["epoch"] for row in r["curves"] if key in row]
-            ys = [row[key] for row in r["curves"] if key in row]
-            ax.plot(xs, ys, alpha=0.6, lw=1)
-            if key == "val_uar" and r["best_epoch"] > 0:
-                ax.axvline(r["best_epoch"], color="grey", alpha=0.15, lw=0.8)
+            points = [(row.epoch, row.scalars()[key]) for row in r.curves
+                      if key in row.scalars()]
+            ax.plot([x for x, _ in points], [y for _, y in points], alpha=0.6, lw=1)
+            if key == "val_uar" and (r.best_epoch or 0) > 0:
+                ax.axvline(r.best_epoch, color="grey", alpha=0.15, lw=0.8)
         ax.set_title(key)
         ax.set_xlabel("epoch")
     fig.suptitle(f"{label}: {len(ok)} runs (grey: selected epochs)")
@@ -62,10 +64,11 @@ def _curves(fig_dir: Path, label: str, ok: list[dict]) -> Path:
     return _save(fig, fig_dir / f"curves_{_safe(label)}.png")
 
 
-def _confusion(fig_dir: Path, label: str, ok: list[dict]) -> Path:
+def _confusion(fig_dir: Path, label: str, ok: list[RunRecord]) -> Path:
+    """The confusion matrix of all test segments of a strategy's runs."""
     plt = _pyplot()
-    cm = np.sum([np.array(r["confusion"]) for r in ok], axis=0)
-    names = ok[0]["labels"]
+    cm = np.sum([np.array(r.confusion) for r in ok], axis=0)
+    names = ok[0].labels
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):

@@ -17,11 +17,12 @@ from transfer.evaluate.calibration import BINS, calibration_summary
 from transfer.evaluate.operating import operating_point, pooled_scores, positive_index
 from transfer.evaluate.stats import N_BOOTSTRAP, Interval
 from transfer.evaluate.subgroups import subgroup_table
+from transfer.grid.records import RunRecord
 
 
-def _ok(records: list[dict], label: str) -> list[dict]:
-    return [r for r in records if r["strategy"] == label and r.get("status") == "ok"
-            and r.get("units")]
+def _ok(records: list[RunRecord], label: str) -> list[RunRecord]:
+    """The finished runs of strategy ``label`` that hold their test units' outputs."""
+    return [r for r in records if r.strategy == label and r.scored]
 
 
 def _isnan(v: Any) -> bool:
@@ -52,7 +53,7 @@ RULE_TEXT = {"youden": "the threshold that maximises Youden's J (sensitivity + s
                             "{unit}s reaches {spec:g}"}
 
 
-def pooled_auc(records: list[dict]) -> tuple[float, float]:
+def pooled_auc(records: list[RunRecord]) -> tuple[float, float]:
     """ROC-AUC and average precision of every run's test units pooled (NaN with one class)."""
     y, score = pooled_scores(records)
     if len(np.unique(y)) < 2:
@@ -60,7 +61,7 @@ def pooled_auc(records: list[dict]) -> tuple[float, float]:
     return float(roc_auc_score(y, score)), float(average_precision_score(y, score))
 
 
-def operating_table(records: list[dict], order: list[str], report: ReportConfig) -> pd.DataFrame:
+def operating_table(records: list[RunRecord], order: list[str], report: ReportConfig) -> pd.DataFrame:
     """Per strategy: the validation thresholds and the pooled test sensitivity/specificity at
     them and at the argmax, with intervals; pooled ROC-AUC and average precision."""
     rows = []
@@ -70,7 +71,7 @@ def operating_table(records: list[dict], order: list[str], report: ReportConfig)
         if point is None:
             continue
         auc, ap = pooled_auc(ok)
-        rows.append({"strategy": label, "positive": ok[0]["labels"][positive_index(ok[0])],
+        rows.append({"strategy": label, "positive": ok[0].labels[positive_index(ok[0])],
                      "rule": report.threshold, "runs": point.runs, "fallbacks": point.fallbacks,
                      "threshold_mean": point.threshold_mean, "threshold_min": point.threshold_min,
                      "threshold_max": point.threshold_max,
@@ -118,7 +119,7 @@ def operating_markdown(table: pd.DataFrame, unit: str, report: ReportConfig) -> 
 CAL_KEYS = ("unit_ece", "unit_brier", "segment_ece", "segment_brier")
 
 
-def calibration_table(records: list[dict], order: list[str]) -> tuple[pd.DataFrame, dict]:
+def calibration_table(records: list[RunRecord], order: list[str]) -> tuple[pd.DataFrame, dict]:
     """Per strategy: ECE and Brier score of test units and segments before and after
     temperature scaling, and the temperatures; with the pooled bins per strategy (figures)."""
     rows, bins = [], {}
@@ -175,13 +176,13 @@ def calibration_markdown(table: pd.DataFrame, unit: str, report: ReportConfig) -
 
 
 # --- subgroups ---------------------------------------------------------------------------------
-def no_covariates_note(records: list[dict]) -> str:
+def no_covariates_note(records: list[RunRecord]) -> str:
     """Why the records have no subgroups."""
-    notes = [r.get("covariates_note") for r in records if r.get("covariates_note")]
+    notes = [r.covariates_note for r in records if r.covariates_note]
     return notes[0] if notes else "the run records hold no subject covariates"
 
 
-def subgroups_markdown(table: pd.DataFrame, how: dict[str, str], records: list[dict],
+def subgroups_markdown(table: pd.DataFrame, how: dict[str, str], records: list[RunRecord],
                        unit: str, positive: str) -> str:
     """The subgroups section: one table per covariate and what it means (or why none)."""
     if table.empty:
@@ -226,7 +227,7 @@ def _gap_cell(r: pd.Series, metric: str) -> str:
     return f"{text} p {r[f'{metric}_gap_p']:.2g}{weak} (n={int(r[f'{metric}_gap_pairs'])})"
 
 
-def subgroups(records: list[dict], order: list[str], report: ReportConfig
+def subgroups(records: list[RunRecord], order: list[str], report: ReportConfig
               ) -> tuple[pd.DataFrame, dict[str, str]]:
     """The subgroup table (:func:`transfer.evaluate.subgroups.subgroup_table`)."""
     return subgroup_table(records, order, report.bands)

@@ -22,34 +22,31 @@ import pandas as pd
 
 from transfer.common.cache import atomic_path, atomic_write_text
 from transfer.evaluate.selection import RULES
+from transfer.grid.records import RunRecord
 
 REFERENCES = {"random": "nothing (the mean over the candidates)",
               "target_val_uar": "target validation labels (not label-free)"}
 
 
-def _candidates(records: list[dict]) -> dict[tuple, list[dict]]:
+def _candidates(records: list[RunRecord]) -> dict[tuple, list[RunRecord]]:
     """The runs with selection scores, grouped by (protocol, fold, seed)."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        if r.get("status") == "ok" and r.get("selection") and r.get("adapt", "none") == "none":
-            groups.setdefault((r.get("protocol", ""), r["fold"], r["seed"]), []).append(r)
+        if r.ok and r.selection and r.adapt == "none":
+            groups.setdefault((r.protocol, r.fold, r.seed), []).append(r)
     return {k: v for k, v in groups.items() if len(v) > 1}
 
 
-def _test_uar(r: dict) -> float:
-    return r["metrics"].get("unit_uar", math.nan)
-
-
-def regrets(records: list[dict]) -> dict[str, list[tuple[float, bool]]]:
+def regrets(records: list[RunRecord]) -> dict[str, list[tuple[float, bool]]]:
     """Per rule (and reference), per (fold, seed) with two or more candidates: (regret, whether
     it picked a best run)."""
     out: dict[str, list[tuple[float, bool]]] = {rule: [] for rule in [*RULES, *REFERENCES]}
     for runs in _candidates(records).values():
-        test = np.array([_test_uar(r) for r in runs])
+        test = np.array([r.metric("unit_uar") for r in runs])
         best = np.nanmax(test)
         out["random"].append((float(np.nanmean(best - test)), False))
         for rule in [*RULES, "target_val_uar"]:
-            scores = np.array([r["selection"].get(rule, math.nan) for r in runs], dtype=float)
+            scores = np.array([r.selection.get(rule, math.nan) for r in runs], dtype=float)
             if np.all(np.isnan(scores)):
                 continue
             pick = int(np.nanargmax(scores))
@@ -57,7 +54,7 @@ def regrets(records: list[dict]) -> dict[str, list[tuple[float, bool]]]:
     return out
 
 
-def selection_table(records: list[dict]) -> pd.DataFrame:
+def selection_table(records: list[RunRecord]) -> pd.DataFrame:
     """One row per rule: what it reads, its mean and worst regret, how often it picked the best
     run, over how many (fold, seed) pairs."""
     rows = []
@@ -77,6 +74,7 @@ def _f(v: float) -> str:
 
 
 def selection_markdown(table: pd.DataFrame, candidates: list[str]) -> str:
+    """selection.md: every rule's regret (:func:`selection_table`) and how to read it."""
     lines = ["# Label-free model selection", "",
              f"Candidates per (fold, seed): {', '.join(candidates)}. Regret: the best test UAR "
              "of the candidates minus the test UAR of the one the rule picks (0 = it picks the "
@@ -94,7 +92,7 @@ def selection_markdown(table: pd.DataFrame, candidates: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_selection(out_dir: Path, records: list[dict], order: list[str]) -> bool:
+def write_selection(out_dir: Path, records: list[RunRecord], order: list[str]) -> bool:
     """``selection.md``/``selection.csv`` where the records carry selection scores (the
     unlabelled mode) and some (fold, seed) has two or more candidates; returns whether
     written."""
@@ -102,7 +100,7 @@ def write_selection(out_dir: Path, records: list[dict], order: list[str]) -> boo
     if not groups:
         return False
     table = selection_table(records)
-    names = {r["strategy"] for runs in groups.values() for r in runs}
+    names = {r.strategy for runs in groups.values() for r in runs}
     candidates = [label for label in order if label in names] or sorted(names)
     with atomic_path(Path(out_dir) / "selection.csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -21,84 +21,80 @@ import numpy as np
 import pandas as pd
 
 from transfer.common.cache import atomic_path, atomic_write_text
+from transfer.grid.records import RunRecord
 
 METRIC = "unit_uar"
 
 
-def is_sweep(records: list[dict]) -> bool:
+def is_sweep(records: list[RunRecord]) -> bool:
     """Whether the records hold more than one draw of some run."""
-    return any(r.get("draw", 0) for r in records)
+    return any(r.draw for r in records)
 
 
-def _val_rank(r: dict) -> tuple[float, float]:
-    v = r.get("validation") or {}
-    if "score" in v:  # an unlabelled target: the recipe's label-free rule (sweep.select)
-        score = v["score"]
-        return (-math.inf if math.isnan(score) else score, 0.0)
-    uar, loss = v.get("unit_uar", math.nan), v.get("loss", math.nan)
-    return (-math.inf if math.isnan(uar) else uar, -math.inf if math.isnan(loss) else -loss)
+def _val_rank(r: RunRecord) -> tuple[float, float]:
+    """How selection ranks a run's draw (:attr:`Validation.rank`; none recorded: last)."""
+    return r.validation.rank if r.validation else (-math.inf, -math.inf)
 
 
-def _groups(records: list[dict]) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
+def _groups(records: list[RunRecord]) -> dict[tuple, list[RunRecord]]:
+    out: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        out.setdefault((r["strategy"], r.get("protocol", ""), r["fold"], r["seed"]), []).append(r)
+        out.setdefault((r.strategy, r.protocol, r.fold, r.seed), []).append(r)
     return out
 
 
-def selected(records: list[dict]) -> list[dict]:
+def selected(records: list[RunRecord]) -> list[RunRecord]:
     """Per (strategy, protocol, fold, seed), the finished draw with the best validation score
     (unit UAR, ties by lower validation loss, then the lower draw); a group with no finished
     draw keeps its draw-0 record (a failure shows in the table)."""
     out = []
     for group in _groups(records).values():
-        ok = [r for r in group if r["status"] == "ok"]
+        ok = [r for r in group if r.ok]
         if ok:
-            out.append(max(ok, key=lambda r: (*_val_rank(r), -r.get("draw", 0))))
+            out.append(max(ok, key=lambda r: (*_val_rank(r), -r.draw)))
         else:
-            out.append(min(group, key=lambda r: r.get("draw", 0)))
+            out.append(min(group, key=lambda r: r.draw))
     return out
 
 
-def oracle(records: list[dict]) -> list[dict]:
+def oracle(records: list[RunRecord]) -> list[RunRecord]:
     """Per group, the finished draw with the best *test* score (an upper bound, not a result)."""
     out = []
     for group in _groups(records).values():
-        ok = [r for r in group if r["status"] == "ok"]
+        ok = [r for r in group if r.ok]
         if ok:
-            out.append(max(ok, key=lambda r: (r["metrics"].get(METRIC, -math.inf),
-                                              -r.get("draw", 0))))
+            out.append(max(ok, key=lambda r: (r.metrics.get(METRIC, -math.inf), -r.draw)))
     return out
 
 
-def defaults(records: list[dict]) -> list[dict]:
+def defaults(records: list[RunRecord]) -> list[RunRecord]:
     """The draw-0 records: the recipe's own settings."""
-    return [r for r in records if not r.get("draw", 0)]
+    return [r for r in records if not r.draw]
 
 
-def selection_frame(records: list[dict]) -> pd.DataFrame:
+def selection_frame(records: list[RunRecord]) -> pd.DataFrame:
     """One row per (strategy, protocol, fold, seed): the selected draw and its settings, its
     validation and test scores, the default's and the oracle's test scores, the regret."""
     rows = []
     for (label, protocol, fold, seed), group in _groups(records).items():
-        ok = [r for r in group if r["status"] == "ok"]
+        ok = [r for r in group if r.ok]
         if not ok:
             continue
         sel = selected(group)[0]
         best = oracle(group)[0]
-        default = next((r for r in ok if not r.get("draw", 0)), None)
-        test = sel["metrics"].get(METRIC, math.nan)
+        default = next((r for r in ok if not r.draw), None)
+        test = sel.metric(METRIC)
         rows.append({
             "strategy": label, "protocol": protocol, "fold": fold, "seed": seed,
             "draws": len(group), "finished": len(ok),
-            "stopped_by_halving": sum(1 for r in ok if r.get("stopped") == "halving"),
-            "selected_draw": sel.get("draw", 0), "selected": _describe(sel.get("hparams", {})),
-            "selected_val": sel.get("validation", {}).get(METRIC, math.nan),
+            "stopped_by_halving": sum(1 for r in ok if r.stopped == "halving"),
+            "selected_draw": sel.draw, "selected": _describe(sel.hparams),
+            "selected_val": sel.validation.unit_uar if sel.validation else math.nan,
             "selected_test": test,
-            "default_test": default["metrics"].get(METRIC, math.nan) if default else math.nan,
-            "oracle_draw": best.get("draw", 0),
-            "oracle_test": best["metrics"].get(METRIC, math.nan),
-            "regret": best["metrics"].get(METRIC, math.nan) - test,
+            "default_test": default.metric(METRIC) if default else math.nan,
+            "oracle_draw": best.draw,
+            "oracle_test": best.metric(METRIC),
+            "regret": best.metric(METRIC) - test,
         })
     return pd.DataFrame(rows)
 
@@ -131,11 +127,11 @@ def summary(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def selected_by(records: list[dict]) -> str:
+def selected_by(records: list[RunRecord]) -> str:
     """What selected the draws: the validation subjects' labels, or (an unlabelled target)
     the recipe's label-free rule."""
-    rule = next((r["validation"]["rule"] for r in records
-                 if "rule" in (r.get("validation") or {})), None)
+    rule = next((r.validation.rule for r in records if r.validation and r.validation.rule),
+                None)
     if rule:
         return (f"best score of the label-free rule `{rule}` (the target's labels are hidden; "
                 "selection.md says how far each rule can be trusted)")
@@ -178,7 +174,7 @@ def sweep_markdown(frame: pd.DataFrame, summ: pd.DataFrame, spaces: dict[str, li
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(out_dir: Path, records: list[dict], order: list[str]) -> list[Path]:
+def plot_sweep(out_dir: Path, records: list[RunRecord], order: list[str]) -> list[Path]:
     """Per strategy, the validation score of every finished draw against each tuned setting
     (log axis for settings spanning more than a decade)."""
     import matplotlib
@@ -191,9 +187,8 @@ def plot_sweep(out_dir: Path, records: list[dict], order: list[str]) -> list[Pat
     written = []
     (out_dir / "figures").mkdir(exist_ok=True)
     for label in order:
-        ok = [r for r in records if r["strategy"] == label and r["status"] == "ok"
-              and r.get("hparams")]
-        names = list(dict.fromkeys(k for r in ok for k in r["hparams"]))
+        ok = [r for r in records if r.strategy == label and r.ok and r.hparams]
+        names = list(dict.fromkeys(k for r in ok for k in r.hparams))
         if not names:
             continue
         fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
@@ -209,10 +204,10 @@ def plot_sweep(out_dir: Path, records: list[dict], order: list[str]) -> list[Pat
     return written
 
 
-def _scatter(ax: Any, records: list[dict], name: str) -> None:
+def _scatter(ax: Any, records: list[RunRecord], name: str) -> None:
     """One setting's values against the validation score (log axis over a decade or more)."""
-    pts = [(r["hparams"][name], _val_rank(r)[0]) for r in records
-           if isinstance(r["hparams"].get(name), (int, float))]
+    pts = [(r.hparams[name], _val_rank(r)[0]) for r in records
+           if isinstance(r.hparams.get(name), (int, float))]
     xs = np.array([p[0] for p in pts], dtype=float)
     ys = np.array([p[1] for p in pts], dtype=float)
     ax.scatter(xs, ys, s=14, alpha=0.7)
@@ -222,13 +217,13 @@ def _scatter(ax: Any, records: list[dict], name: str) -> None:
     ax.set_ylabel("validation unit UAR")
 
 
-def write_sweep(out_dir: Path, records: list[dict], order: list[str], protocol: str,
+def write_sweep(out_dir: Path, records: list[RunRecord], order: list[str], protocol: str,
                 spaces: dict[str, list] | None = None, title: str = "",
-                plots: bool = True) -> list[dict]:
+                plots: bool = True) -> list[RunRecord]:
     """Write sweep.md, sweep.csv, sweep_summary.csv and the figures; return the records the
     tuned table is built from (the selected draw of every run under ``protocol``, and the
     other protocols' runs as they are)."""
-    tuned = [r for r in records if r.get("protocol", protocol) == protocol]
+    tuned = [r for r in records if r.protocol == protocol]
     frame = selection_frame(tuned)
     summ = summary(frame, order)
     with atomic_path(out_dir / "sweep.csv") as tmp:
@@ -239,5 +234,5 @@ def write_sweep(out_dir: Path, records: list[dict], order: list[str], protocol: 
                                                            selected_by(tuned)))
     if plots:
         plot_sweep(out_dir, tuned, order)
-    others = [r for r in records if r.get("protocol", protocol) != protocol]
+    others = [r for r in records if r.protocol != protocol]
     return selected(tuned) + others

@@ -5,6 +5,10 @@ confidence intervals, the tests against ``scratch`` and sensitivity/specificity 
 validation thresholds, ``leak.md``/``leak.csv`` where the records hold several protocols,
 ``figures/``, and through :mod:`transfer.report.build` the report's sections and
 ``report.html``) for a finished or partial run.
+
+One file above ~400 lines, on purpose: the leak report is :func:`build_table` under a second
+protocol and shares its cells and formatting helpers, and :func:`write_outputs` (with the
+command line around it) writes both; split apart, the two halves would import each other.
 """
 
 from __future__ import annotations
@@ -27,51 +31,40 @@ from transfer.common.console import console, main_guard
 from transfer.evaluate.metrics import METRICS
 from transfer.evaluate.operating import operating_point, positive_index
 from transfer.evaluate.stats import N_BOOTSTRAP, paired_test, paired_uar_diff_ci, pooled_uar_ci
-from transfer.grid.records import planned, read_records, read_summary
+from transfer.grid.folder import read_summary
+from transfer.grid.records import RunRecord, planned, read_records
 from transfer.report.sections import RULE_TEXT
 from transfer.report.sweep import is_sweep, write_sweep
 
-GAP = ["gap_mmd", "gap_a_distance"]
 
-
-def latest(records: list[dict]) -> list[dict]:
+def latest(records: list[RunRecord]) -> list[RunRecord]:
     """One record per run key: a later success replaces an earlier failure."""
-    by_key: dict[str, dict] = {}
+    by_key: dict[str, RunRecord] = {}
     for r in records:
-        if r.get("status") == "ok" or r["key"] not in by_key:
-            by_key[r["key"]] = r
+        if r.ok or r.key not in by_key:
+            by_key[r.key] = r
     return list(by_key.values())
 
 
-def _metric(r: dict, key: str) -> float:
-    """A run's metric; records written before decision units have ``subject_*`` for ``unit_*``."""
-    m = r["metrics"]
-    if key in m:
-        return m[key]
-    if key.startswith("unit_"):
-        return m.get("subject_" + key[len("unit_"):], math.nan)
-    return math.nan
-
-
-def primary_protocol(records: list[dict], protocol: str | None = None) -> str:
+def primary_protocol(records: list[RunRecord], protocol: str | None = None) -> str:
     """The protocol the table reports: the one given, else the first speaker-independent one."""
     if protocol:
         return protocol
-    names = list(dict.fromkeys(r.get("protocol", "") for r in records))
+    names = list(dict.fromkeys(r.protocol for r in records))
     honest = [n for n in names
-              if not any(r.get("speaker_dependent") for r in records if r.get("protocol") == n)]
+              if not any(r.speaker_dependent for r in records if r.protocol == n)]
     return (honest or names or [""])[0]
 
 
-def unit_of(records: list[dict]) -> str:
+def unit_of(records: list[RunRecord]) -> str:
     """The decision unit of the records (records written before units existed: subject)."""
-    return next((r["unit"] for r in records if r.get("unit")), "subject")
+    return next((r.unit for r in records if r.unit), "subject")
 
 
-def reference_label(records: list[dict], order: list[str]) -> str | None:
+def reference_label(records: list[RunRecord], order: list[str]) -> str | None:
     """The row every other strategy is tested against: the first ``scratch`` entry, else (an
     unlabelled target) the first ``source_only`` entry, the unadapted source model."""
-    kinds = {r["strategy"]: (r.get("strategy_name", r["strategy"]), r.get("adapt", "none"))
+    kinds = {r.strategy: (r.strategy_name or r.strategy, r.adapt)
              for r in records}  # a test-time adapted row is no reference
     for reference in ("scratch", "source_only"):
         label = next((label for label in order if kinds.get(label) == (reference, "none")), None)
@@ -80,16 +73,16 @@ def reference_label(records: list[dict], order: list[str]) -> str | None:
     return None
 
 
-def positive_name(records: list[dict]) -> str:
+def positive_name(records: list[RunRecord]) -> str:
     """The positive class named by the records ('' where the task has none)."""
     for r in records:
         pos = positive_index(r)
         if pos >= 0:
-            return r["labels"][pos]
+            return r.labels[pos]
     return ""
 
 
-def build_table(records: list[dict], order: list[str] | None = None,
+def build_table(records: list[RunRecord], order: list[str] | None = None,
                 source: dict | None = None, protocol: str | None = None,
                 report: ReportConfig | None = None) -> pd.DataFrame:
     """One row per strategy under one protocol (default: :func:`primary_protocol`): mean and
@@ -98,12 +91,12 @@ def build_table(records: list[dict], order: list[str] | None = None,
     runs' validation thresholds (``report``: how they are chosen)."""
     records = latest(records)
     protocol = primary_protocol(records, protocol)
-    records = [r for r in records if r.get("protocol", protocol) == protocol]
-    labels = order or list(dict.fromkeys(r["strategy"] for r in records))
+    records = [r for r in records if r.protocol == protocol]
+    labels = order or list(dict.fromkeys(r.strategy for r in records))
     unit = unit_of(records)
     ref = reference_label(records, labels)
     report = report or ReportConfig()
-    ref_ok = [r for r in records if r["strategy"] == ref and r["status"] == "ok"]
+    ref_ok = [r for r in records if r.strategy == ref and r.ok]
     rows = [_row(label, records, protocol, unit, ref_ok if ref not in (None, label) else None,
                  report, source) for label in labels]
     table = pd.DataFrame(rows)
@@ -113,48 +106,50 @@ def build_table(records: list[dict], order: list[str] | None = None,
     return table
 
 
-def _row(label: str, records: list[dict], protocol: str, unit: str,
-         ref_ok: list[dict] | None, report: ReportConfig, source: dict | None) -> dict[str, Any]:
+def _row(label: str, records: list[RunRecord], protocol: str, unit: str,
+         ref_ok: list[RunRecord] | None, report: ReportConfig, source: dict | None
+         ) -> dict[str, Any]:
     """The table row of one strategy (``ref_ok``: the reference's runs, None for the
     reference itself)."""
-    mine = [r for r in records if r["strategy"] == label]
-    ok = [r for r in mine if r["status"] == "ok"]
+    mine = [r for r in records if r.strategy == label]
+    ok = [r for r in mine if r.ok]
     return {"strategy": label,
-            "protocol": mine[0]["protocol"] if mine else protocol,
-            "speaker_dependent": bool(mine and mine[0]["speaker_dependent"]),
+            "protocol": mine[0].protocol if mine else protocol,
+            "speaker_dependent": bool(mine and mine[0].speaker_dependent),
             "unit": unit, "runs": len(ok), "failed": len(mine) - len(ok),
             **_metric_cells(ok), **_pooled_cells(ok), **_reference_cells(ok, ref_ok),
             **_threshold_cells(ok, report), **_gap_cells(ok), **_source_cells(mine, source)}
 
 
-def _metric_cells(ok: list[dict]) -> dict[str, float]:
+def _metric_cells(ok: list[RunRecord]) -> dict[str, float]:
     """Mean and std over runs of every metric at both levels."""
     row = {}
     for level in ("unit", "segment"):
         for m in METRICS:
-            vals = np.array([_metric(r, f"{level}_{m}") for r in ok], dtype=float)
+            vals = np.array([r.metric(f"{level}_{m}") for r in ok], dtype=float)
             row[f"{level}_{m}_mean"] = _nan(np.nanmean, vals)
             row[f"{level}_{m}_std"] = _nan(lambda v: np.nanstd(v, ddof=0), vals)
     return row
 
 
-def _pooled_cells(ok: list[dict]) -> dict[str, float]:
+def _pooled_cells(ok: list[RunRecord]) -> dict[str, float]:
     ci = pooled_uar_ci(ok)
     return {"unit_uar_pooled": ci.point, "unit_uar_ci_low": ci.low, "unit_uar_ci_high": ci.high,
             "units_tested": ci.units}
 
 
-def _reference_cells(ok: list[dict], ref_ok: list[dict] | None) -> dict[str, float]:
+def _reference_cells(ok: list[RunRecord], ref_ok: list[RunRecord] | None
+                     ) -> dict[str, float]:
     """The comparison with the reference row (None: this is the reference, or there is none):
     the pooled difference with its paired interval and the paired test over runs."""
     if ref_ok is None:
         return {"vs_scratch_diff": math.nan, "vs_scratch_p": math.nan, "vs_scratch_pairs": 0,
                 "vs_scratch_min_p": math.nan, "vs_scratch_pooled_diff": math.nan,
                 "vs_scratch_diff_ci_low": math.nan, "vs_scratch_diff_ci_high": math.nan}
-    ref_uar = {(r["fold"], r["seed"]): _metric(r, "unit_uar") for r in ref_ok}
+    ref_uar = {(r.fold, r.seed): r.metric("unit_uar") for r in ref_ok}
     delta = paired_uar_diff_ci(ok, ref_ok)
-    pairs = [(_metric(r, "unit_uar"), ref_uar[(r["fold"], r["seed"])]) for r in ok
-             if (r["fold"], r["seed"]) in ref_uar]
+    pairs = [(r.metric("unit_uar"), ref_uar[(r.fold, r.seed)]) for r in ok
+             if (r.fold, r.seed) in ref_uar]
     test = paired_test(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
     return {"vs_scratch_diff": test.mean_diff, "vs_scratch_p": test.p,
             "vs_scratch_pairs": test.pairs, "vs_scratch_min_p": test.min_p,
@@ -162,7 +157,7 @@ def _reference_cells(ok: list[dict], ref_ok: list[dict] | None) -> dict[str, flo
             "vs_scratch_diff_ci_high": delta.high}
 
 
-def _threshold_cells(ok: list[dict], report: ReportConfig) -> dict[str, float]:
+def _threshold_cells(ok: list[RunRecord], report: ReportConfig) -> dict[str, float]:
     """Pooled sensitivity and specificity at the runs' validation thresholds."""
     point = operating_point(ok, report.threshold, report.specificity)
     row: dict[str, float] = {"threshold_mean": point.threshold_mean if point else math.nan}
@@ -174,13 +169,17 @@ def _threshold_cells(ok: list[dict], report: ReportConfig) -> dict[str, float]:
     return row
 
 
-def _gap_cells(ok: list[dict]) -> dict[str, float]:
-    return {f"{g}_mean": _nan(np.nanmean, np.array([r.get("gap", {}).get(g, math.nan)
-                                                   for r in ok], dtype=float)) for g in GAP}
+def _gap_cells(ok: list[RunRecord]) -> dict[str, float]:
+    """Mean over runs of the domain gap (NaN where no run measured it)."""
+    gaps = [r.gap for r in ok]
+    cells = {"gap_mmd": [g.mmd if g else math.nan for g in gaps],
+             "gap_a_distance": [g.a_distance if g else math.nan for g in gaps]}
+    return {f"{name}_mean": _nan(np.nanmean, np.array(vals, dtype=float))
+            for name, vals in cells.items()}
 
 
-def _source_cells(mine: list[dict], source: dict | None) -> dict[str, float]:
-    uses_source = bool(mine and mine[0].get("uses_source"))
+def _source_cells(mine: list[RunRecord], source: dict | None) -> dict[str, float]:
+    uses_source = bool(mine and mine[0].uses_source)
     return {k: (source or {}).get(k, math.nan) if uses_source else math.nan
             for k in ("source_acc", "source_uar")}
 
@@ -339,13 +338,13 @@ def print_table(table: pd.DataFrame, title: str = "") -> None:
 
 
 # --- leak report -----------------------------------------------------------------------------
-def leak_table(records: list[dict], order: list[str], protocol: str | None = None
+def leak_table(records: list[RunRecord], order: list[str], protocol: str | None = None
                ) -> pd.DataFrame | None:
     """Per strategy and compared protocol: the honest and the compared scores and their
     difference; None when the records hold one protocol only."""
     records = latest(records)
     honest = primary_protocol(records, protocol)
-    others = [p for p in dict.fromkeys(r.get("protocol", honest) for r in records) if p != honest]
+    others = [p for p in dict.fromkeys(r.protocol for r in records) if p != honest]
     if not others:
         return None
     base = build_table(records, order, protocol=honest).set_index("strategy")
@@ -385,6 +384,7 @@ def _why(honest: str, other: str, leaky: bool, unit: str) -> str:
 
 
 def leak_markdown(leak: pd.DataFrame, title: str = "") -> str:
+    """leak.md: per compared protocol, the honest and compared scores and why they differ."""
     lines = [f"# Leak report{': ' + title if title else ''}", ""]
     for other, part in leak.groupby("compared_protocol", sort=False):
         first = part.iloc[0]
@@ -421,7 +421,7 @@ def print_leak(out_dir: Path) -> None:
         print(path.read_text(encoding="utf-8"))
 
 
-def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: dict | None,
+def write_outputs(out_dir: Path, records: list[RunRecord], order: list[str], source: dict | None,
                   title: str, plots: bool = True, protocol: str | None = None,
                   report: ReportConfig | None = None, tensorboard: Path | None = None,
                   spaces: dict[str, list] | None = None) -> pd.DataFrame:
@@ -435,7 +435,7 @@ def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: 
     all_records = records
     protocol = primary_protocol(records, protocol)
     if is_sweep(records):
-        unlabelled = any("rule" in (r.get("validation") or {}) for r in records)
+        unlabelled = any(r.validation is not None and r.validation.rule for r in records)
         records = write_sweep(out_dir, records, order, protocol, spaces, title, plots)
         title += (" - tuned: each fold's draw selected by a label-free rule (sweep.md)"
                   if unlabelled else
@@ -457,11 +457,11 @@ def write_outputs(out_dir: Path, records: list[dict], order: list[str], source: 
             + ": see leak.md.\n")
     from transfer.report.selection import write_selection
 
-    if write_selection(out_dir, [r for r in latest(records) if r.get("protocol", protocol)
-                                 == protocol], order):
+    if write_selection(out_dir, [r for r in latest(records) if r.protocol == protocol],
+                       order):
         text += "\nLabel-free model selection, each rule's regret: see selection.md.\n"
     atomic_write_text(out_dir / "table.md", text)
-    honest = [r for r in records if r.get("protocol", protocol) == protocol]
+    honest = [r for r in records if r.protocol == protocol]
     if plots:
         from transfer.report.plots import write_plots
 
@@ -497,6 +497,7 @@ def report_settings(out: Path, sets: list[str]) -> ReportConfig:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.report RESULTS_DIR``: rebuild a results folder's outputs."""
     parser = argparse.ArgumentParser(prog="python -m transfer.report",
                                      description="Rebuild the tables, figures and report.html "
                                                  "of a results dir from its run records.")

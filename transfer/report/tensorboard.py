@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from transfer import UserError
+from transfer.grid.records import RunRecord
 
 INSTALL = 'pip install -e ".[tensorboard]"  (or: pip install tensorboard)'
 
@@ -35,24 +36,23 @@ def _tag(key: str) -> str:
     return "train/" + key
 
 
-def write_tensorboard(logdir: Path, records: list[dict]) -> list[Path]:
+def write_tensorboard(logdir: Path, records: list[RunRecord]) -> list[Path]:
     """One event-file folder per finished run (replacing an earlier build's); returns them."""
     require_tensorboard()
     from torch.utils.tensorboard import SummaryWriter
 
     written = []
     for r in records:
-        if r.get("status") != "ok" or not r.get("curves"):
+        if not r.ok or not r.curves:
             continue
-        draw = f"-draw{r['draw']}" if r.get("draw") else ""  # a sweep's other settings
-        run_dir = (Path(logdir) / r["strategy"] / (r.get("protocol") or "protocol")
-                   / f"fold{r['fold']}-seed{r['seed']}{draw}")
+        draw = f"-draw{r.draw}" if r.draw else ""  # a sweep's other settings
+        run_dir = (Path(logdir) / r.strategy / (r.protocol or "protocol")
+                   / f"fold{r.fold}-seed{r.seed}{draw}")
         if run_dir.exists():
             shutil.rmtree(run_dir)
         with SummaryWriter(str(run_dir)) as writer:
-            for row in r["curves"]:
-                for key, value in row.items():
-                    if key != "epoch" and isinstance(value, (int, float)):
-                        writer.add_scalar(_tag(key), float(value), int(row["epoch"]))
+            for row in r.curves:
+                for key, value in row.scalars().items():
+                    writer.add_scalar(_tag(key), float(value), row.epoch)
         written.append(run_dir)
     return written
