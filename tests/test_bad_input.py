@@ -237,7 +237,7 @@ GOOD = {"rate": "16000", "pattern": r"^(?P<speaker>[^/]+)/(?P<label>[^/.]+)\.wav
     ({"rate": "0"}, r"'sample_rate' must be a positive integer"),
     ({"names": '"ab"'}, r"\[labels\]: 'names' must be a list of strings, got 'ab'"),
     ({"seconds": '"ten"'}, r"\[segments\]: 'seconds' must be a number, got 'ten'"),
-    ({"seconds": "0"}, r"\[segments\] seconds must be > 0"),
+    ({"seconds": "0"}, r"\[segments\]: 'seconds' must be > 0"),
     ({"pattern": r"^(?P<speaker>[^/]+/(?P<label>.*)\.wav$"},
      r"\[audio\] pattern is not a valid regular expression \(missing \)"),
     ({"pattern": r"^[^/]+/(?P<label>[^/.]+)\.wav$"},
@@ -274,7 +274,7 @@ BASE = {"target": {"corpus": "modma"}, "strategies": [{"name": "scratch"}]}
     ("pretrain.lr=0", r"'pretrain\.lr' must be > 0"),
     ("pretrain.val_fraction=0", r"'pretrain\.val_fraction' must be in \(0, 1\)"),
     ("target.segments.seconds=0", r"'target\.segments\.seconds' must be > 0, got 0\.0; leave "
-                                  r"it out to use the corpus card's length"),
+                                  r"it out for the default: the corpus card's, else 10 s"),
     ("target.segments.overlap_s=-1", r"'target\.segments\.overlap_s' must be >= 0"),
     ("target.max_bad_share=2", r"'target\.max_bad_share' must be in \[0, 1\]"),
     ("protocol.folds=1", r"'protocol\.folds' must be >= 2, got 1; subject-kfold needs a "

@@ -11,7 +11,7 @@ from conftest import run_record, write_tone
 from sklearn.metrics import balanced_accuracy_score
 
 from transfer import UserError
-from transfer.common.config import CorpusConfig, FeaturesConfig, ProtocolConfig
+from transfer.common.config import CorpusConfig, FeatureSpec, ProtocolConfig
 from transfer.data import Domain, load_domain
 from transfer.evaluate.protocols import make_splits
 from transfer.evaluate.stats import paired_test, paired_uar_diff_ci, pooled_uar_ci
@@ -92,17 +92,17 @@ def test_subject_card_whose_table_contradicts_itself_is_a_clear_error(tmp_path):
     cfg = CorpusConfig(corpus=str(card), root=str(tmp_path / "c"))
     with pytest.raises(UserError, match=r"corpus 'tinyclinic': labels vary within 1 of 3 "
                                         r"subjects.*s1 \(HC 1, MDD 1\)"):
-        load_domain([cfg], FeaturesConfig(), progress=False)
+        load_domain([cfg], FeatureSpec(), progress=False)
     # the same data declared per recording loads, with the recording as the unit
     cfg.unit = "recording"
-    dom = load_domain([cfg], FeaturesConfig(), progress=False)
+    dom = load_domain([cfg], FeatureSpec(), progress=False)
     assert dom.unit == "recording" and sorted(set(dom.unit_ids)) == [
         "s1/a.wav", "s1/b.wav", "s2/a.wav", "s2/b.wav", "s3/a.wav", "s3/b.wav"]
     # a key listed twice with different labels is named, not silently overwritten
     (tmp_path / "c" / "labels.csv").write_text(rows + "s2/a,MDD\n")
     with pytest.raises(UserError, match=r"'s2/a' is listed twice "
                                         r"with different labels: .*'HC'.*'MDD'"):
-        load_domain([cfg], FeaturesConfig(), progress=False)
+        load_domain([cfg], FeatureSpec(), progress=False)
 
 
 def test_concat_segments_need_subject_labels(tmp_path):
@@ -111,7 +111,7 @@ def test_concat_segments_need_subject_labels(tmp_path):
     cfg = CorpusConfig(corpus=str(card), root=str(tmp_path / "c"))
     cfg.segments.mode = "concat"
     with pytest.raises(UserError, match="'concat' joins a subject's recordings"):
-        load_domain([cfg], FeaturesConfig(), progress=False)
+        load_domain([cfg], FeatureSpec(), progress=False)
 
 
 def _emodb_like(root: Path, speakers: int = 6) -> Path:

@@ -12,6 +12,7 @@ from transfer import UserError
 from transfer.data.audio import SegmentSpec, cut, load_audio
 from transfer.data.corpora import build_manifest
 from transfer.data.features import FeatureSpec, extract, load_features
+from transfer.data.kinds import make_spec
 from transfer.data.synth import make
 
 
@@ -59,8 +60,8 @@ def test_ten_seconds_at_16k_is_39_by_313():
     x = np.random.default_rng(0).standard_normal((2, 160000)).astype(np.float32)
     assert extract(x, 16000, FeatureSpec()).shape == (2, 39, 313)
     assert extract(x[:, :96000], 16000, FeatureSpec()).shape == (2, 39, 188)
-    assert extract(x, 16000, FeatureSpec(kind="logmel", n_mels=40)).shape == (2, 40, 313)
-    assert extract(x, 16000, FeatureSpec(deltas=1)).shape == (2, 26, 313)
+    assert extract(x, 16000, make_spec(kind="logmel", n_mels=40)).shape == (2, 40, 313)
+    assert extract(x, 16000, make_spec(deltas=1)).shape == (2, 26, 313)
 
 
 def test_resampling_to_target_rate(tmp_path):

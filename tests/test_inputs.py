@@ -17,7 +17,7 @@ import torch
 from conftest import tiny_recipe, write_tone
 
 from transfer import REPO_ROOT, UserError
-from transfer.common.config import CorpusConfig, FeaturesConfig, SegmentsConfig
+from transfer.common.config import CorpusConfig, FeatureSpec, SegmentsConfig
 from transfer.data import load_domain
 from transfer.data.audio import probe
 from transfer.data.cards import load_card
@@ -116,7 +116,7 @@ def test_truncated_compressed_audio_is_skipped_with_its_reason(tmp_path, fmt):
                                                                  "truncated")]
     domain = load_domain([CorpusConfig(corpus=str(card), root=str(tmp_path / "c"),
                                        segments=SegmentsConfig(1.0, "pad"))],
-                         FeaturesConfig(), progress=False)
+                         FeatureSpec(), progress=False)
     assert len(domain.y) == 24
 
 
@@ -127,7 +127,7 @@ def test_audio_shorter_than_one_analysis_frame_is_skipped(tmp_path):
         write_tone(root / f"spk{i % 2}" / ["angry", "sad"][i % 4 // 2] / f"{i}.wav")
     sf.write(str(root / "spk0" / "sad" / "one.wav"), np.zeros(1, np.float32), 16000)
     domain = load_domain([CorpusConfig(corpus="casia", root=str(root), max_bad_share=0.1)],
-                         FeaturesConfig(), progress=False)
+                         FeatureSpec(), progress=False)
     assert len(domain.y) == 24 and not any(f.endswith("one.wav") for f in domain.files)
     m = build_manifest("casia", root, max_bad_share=0.1, min_seconds=800 / 16000)
     assert dict(m.skipped)["spk0/sad/one.wav"].startswith("too short: 0.0625 ms, less than one "
@@ -196,7 +196,7 @@ def _string_rate(p: dict) -> None:
     (_other_shape, "weights and options do not fit backbone 'timnet': Error(s) in loading"),
     (_unknown_backbone, "unknown backbone 'resnet'"),
     (_one_label, "'labels' must name two or more distinct classes"),
-    (_string_rate, "'segments' settings: segments need a sample rate in Hz"),
+    (_string_rate, "'segments' settings: segments: 'sample_rate' must be an integer"),
 ])
 def test_unusable_model_package_is_one_line(package, tmp_path, capsys, change, message):
     """(before: a traceback each; with norm_std = 0, 'MDD' from NaN probabilities, exit 0)."""
@@ -251,8 +251,8 @@ BASE = {"target": {"corpus": "modma"}, "strategies": [{"name": "scratch"}]}
 
 
 @pytest.mark.parametrize("assignments, message", [
-    (["features.n_mfcc=60", "features.n_mels=40"], r"features\.n_mfcc \(60\) must be <= "
-                                                   r"features\.n_mels \(40\)"),
+    (["features.n_mfcc=60", "features.n_mels=40"], r"'features\.n_mfcc' must be <= "
+                                                   r"features\.n_mels \(40\), got 60"),
     (["target.segments.seconds=1e-6"], r"segments of 1e-06 s hold no sample at 16000 Hz"),
     (["target.segments.seconds=0.05"], r"a segment of 0\.05 s gives 2 feature frame\(s\) "
                                        r"\(mfcc, hop 512\); at least 3 are needed: use "
@@ -319,7 +319,7 @@ def test_segments_too_long_for_memory_are_refused_before_extraction(tiny_modma, 
                        segments=SegmentsConfig(3.6e6, "window", 2.5))
     with pytest.raises(UserError, match=r"24 segments of 3\.6e\+06 s need about .* GiB of "
                                         r"memory .* use shorter segments"):
-        load_domain([cfg], FeaturesConfig(), progress=False)
+        load_domain([cfg], FeatureSpec(), progress=False)
 
 
 # --- raw tracebacks of inputs -------------------------------------------------------------------------

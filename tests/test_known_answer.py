@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import backbones
-from transfer.common.config import CorpusConfig, FeaturesConfig, SegmentsConfig, TrainConfig
+from transfer.common.config import CorpusConfig, FeatureSpec, SegmentsConfig, TrainConfig
 from transfer.data import Domain, load_domain, synth
 from transfer.evaluate.diagnostics import domain_gap
 from transfer.train.engine import fit
@@ -67,7 +67,7 @@ def pair(tmp_path_factory):
     # depressed subjects' audio, and the margins below were set on this pair without it
     synth.make("modma", root / "modma", TARGET_SIZE, seed=0,
                factors=synth.Factors(gender_gap=0.0))
-    features = FeaturesConfig()
+    features = FeatureSpec()
     seg = SegmentsConfig(seconds=2.0, mode="pad")
     src = load_domain([CorpusConfig(corpus="casia", root=str(root / "casia"), keep=EMOTIONS,
                                     segments=seg)], features, progress=False)

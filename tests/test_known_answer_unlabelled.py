@@ -35,7 +35,7 @@ import pytest
 import torch
 
 import backbones
-from transfer.common.config import CorpusConfig, FeaturesConfig, SegmentsConfig, TrainConfig
+from transfer.common.config import CorpusConfig, FeatureSpec, SegmentsConfig, TrainConfig
 from transfer.data import Domain, load_domain, synth
 from transfer.train.adapt import adapt_predict
 from transfer.train.alignment import coral_loss
@@ -61,7 +61,7 @@ def _backbone(num_classes: int, runs: int = 1) -> torch.nn.Module:
 
 
 def _domains(root, normalize: str) -> tuple[Domain, Domain]:
-    features, seg = FeaturesConfig(normalize=normalize), SegmentsConfig(seconds=2.0, mode="pad")
+    features, seg = FeatureSpec(normalize=normalize), SegmentsConfig(seconds=2.0, mode="pad")
     src = load_domain([CorpusConfig(corpus="casia", root=str(root / "casia"), keep=EMOTIONS,
                                     segments=seg)], features, progress=False)
     tgt = load_domain([CorpusConfig(corpus="emodb", root=str(root / "emodb"), keep=EMOTIONS,

@@ -312,7 +312,7 @@ def test_report_rebuild_with_other_report_settings(demo_dir, tmp_path):
 
 
 def test_emobox_leave_one_speaker_out_folds(tiny_casia, tmp_path):
-    from transfer.common.config import CorpusConfig, FeaturesConfig, SegmentsConfig
+    from transfer.common.config import CorpusConfig, FeatureSpec, SegmentsConfig
     from transfer.data.domain import load_domain
     from transfer.inspect import main
 
@@ -332,7 +332,7 @@ def test_emobox_leave_one_speaker_out_folds(tiny_casia, tmp_path):
     # the keys are the toolkit's own recording ids: a recording-level run names its units so
     domain = load_domain([CorpusConfig(corpus="casia", root=str(tiny_casia), unit="recording",
                                        segments=SegmentsConfig(seconds=2.0, mode="pad"))],
-                         FeaturesConfig(), progress=False)
+                         FeatureSpec(), progress=False)
     assert seen == set(domain.unit_ids.tolist())
 
 

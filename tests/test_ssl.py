@@ -23,6 +23,7 @@ from transfer.data import ssl
 from transfer.data.audio import SegmentSpec
 from transfer.data.corpora import build_manifest
 from transfer.data.features import FeatureSpec, extract, load_features
+from transfer.data.kinds import bind, make_spec
 from transfer.grid.recipe import load_recipe
 
 HIDDEN, LAYERS = 32, 2  # -> 3 hidden states
@@ -57,12 +58,12 @@ def test_missing_transformers_is_an_error_naming_the_extra(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
     monkeypatch.setattr(ssl, "_MODELS", {})
     with pytest.raises(UserError, match=r'transformers: pip install -e "\.\[ssl\]"'):
-        extract(audio(1), 16000, FeatureSpec(kind="ssl", model=str(tmp_path)))
+        extract(audio(1), 16000, make_spec(kind="ssl", model=str(tmp_path)))
 
 
 def test_missing_or_wrong_checkpoint_says_what_to_put_there(tmp_path):
     with pytest.raises(UserError, match="needs features.model.*save_pretrained"):
-        FeatureSpec(kind="ssl")
+        make_spec(kind="ssl")
     cases = {tmp_path / "nowhere": "no checkpoint folder", tmp_path / "empty": "no config.json",
              tmp_path / "noweights": "no weights", tmp_path / "bert": "'bert' model"}
     (tmp_path / "empty").mkdir()
@@ -162,15 +163,16 @@ def test_layer_weights_are_set_from_stacked_features(monkeypatch):
 def test_shapes_per_model_type(tmp_path, model_type):
     path = save_tiny(tmp_path / model_type, model_type)
     x = audio(3, 1.0)
-    last = extract(x, 16000, FeatureSpec(kind="ssl", model=str(path), layers=-1))
-    spec_all = FeatureSpec(kind="ssl", model=str(path))
+    last = extract(x, 16000, make_spec(kind="ssl", model=str(path), layers=-1))
+    spec_all = make_spec(kind="ssl", model=str(path))
     stacked = extract(x, 16000, spec_all)
-    pooled = extract(x, 16000, FeatureSpec(kind="ssl", model=str(path), pool_frames=3))
+    pooled = extract(x, 16000, make_spec(kind="ssl", model=str(path), pool_frames=3))
     frames = 50  # 16000 samples, stride 320
     assert last.shape == (3, HIDDEN, frames) and last.dtype == np.float32
-    assert stacked.shape == (3, (LAYERS + 1) * HIDDEN, frames) == (3, spec_all.dim, frames)
+    assert stacked.shape == (3, (LAYERS + 1) * HIDDEN, frames) == (3, bind(spec_all).dim, frames)
     assert pooled.shape == (3, (LAYERS + 1) * HIDDEN, 17)  # ceil(50 / 3)
-    assert spec_all.frames(16000) == frames and ssl.stacked_layers(spec_all) == LAYERS + 1
+    bound = bind(spec_all)
+    assert bound.frames(16000) == frames and ssl.stacked_layers(bound.opts) == LAYERS + 1
     np.testing.assert_allclose(pooled[..., 0], stacked[..., :3].mean(-1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pooled[..., -1], stacked[..., -2:].mean(-1), rtol=1e-5, atol=1e-6)
     assert np.isfinite(stacked).all()
@@ -178,25 +180,25 @@ def test_shapes_per_model_type(tmp_path, model_type):
 
 def test_layer_selection(tiny_wavlm):
     x = audio(2, 0.5)
-    stacked = extract(x, 16000, FeatureSpec(kind="ssl", model=str(tiny_wavlm)))
+    stacked = extract(x, 16000, make_spec(kind="ssl", model=str(tiny_wavlm)))
     blocks = stacked.reshape(2, LAYERS + 1, HIDDEN, -1)  # layer-major
     for index in (0, 1, 2, -1):
-        one = extract(x, 16000, FeatureSpec(kind="ssl", model=str(tiny_wavlm), layers=index))
+        one = extract(x, 16000, make_spec(kind="ssl", model=str(tiny_wavlm), layers=index))
         np.testing.assert_allclose(one, blocks[:, index], rtol=1e-5, atol=1e-6)
     assert not np.allclose(blocks[:, 0], blocks[:, 2])
-    avg = extract(x, 16000, FeatureSpec(kind="ssl", model=str(tiny_wavlm), layers=[0, 2]))
+    avg = extract(x, 16000, make_spec(kind="ssl", model=str(tiny_wavlm), layers=[0, 2]))
     np.testing.assert_allclose(avg, blocks[:, [0, 2]].mean(1), rtol=1e-5, atol=1e-6)
     with pytest.raises(UserError, match="index 3 is out of range.*3 hidden states"):
-        extract(x, 16000, FeatureSpec(kind="ssl", model=str(tiny_wavlm), layers=3))
+        extract(x, 16000, make_spec(kind="ssl", model=str(tiny_wavlm), layers=3))
     with pytest.raises(UserError, match="expects 16000 Hz"):
-        extract(x, 8000, FeatureSpec(kind="ssl", model=str(tiny_wavlm)))
+        extract(x, 8000, make_spec(kind="ssl", model=str(tiny_wavlm)))
 
 
 def test_input_normalisation_follows_the_preprocessor_config(tmp_path):
     x = audio(1, 0.5)
     for flag in (True, False):
         path = save_tiny(tmp_path / str(flag), do_normalize=flag)
-        spec = FeatureSpec(kind="ssl", model=str(path), layers=-1)
+        spec = make_spec(kind="ssl", model=str(path), layers=-1)
         same = np.allclose(extract(x, 16000, spec), extract(10 * x, 16000, spec), atol=1e-4)
         assert same == flag  # normalised input: the scale of the audio does not matter
 
@@ -219,14 +221,14 @@ def test_unloadable_checkpoint_is_a_user_error(tmp_path):
     path = save_tiny(tmp_path / "m")
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="cannot load the checkpoint.*save_pretrained"):
-        extract(audio(1), 16000, FeatureSpec(kind="ssl", model=str(path)))
+        extract(audio(1), 16000, make_spec(kind="ssl", model=str(path)))
 
 
 def test_cache_hit_and_a_changed_checkpoint_is_a_miss(tiny_casia, tmp_path):
     model = save_tiny(tmp_path / "m")
     manifest = build_manifest("casia", tiny_casia)
     seg = SegmentSpec(seconds=1.0, mode="pad")
-    spec = FeatureSpec(kind="ssl", model=str(model), pool_frames=2)
+    spec = make_spec(kind="ssl", model=str(model), pool_frames=2)
     first = load_features(manifest, seg, spec, progress=False, root=tmp_path / "c")
     assert not first.cache_hit and first.x.shape == (len(manifest.frame), 3 * HIDDEN, 25)
     again = load_features(manifest, seg, spec, progress=False, root=tmp_path / "c")
@@ -238,24 +240,31 @@ def test_cache_hit_and_a_changed_checkpoint_is_a_miss(tiny_casia, tmp_path):
     assert pooled.segments.equals(first.segments)
     moved = tmp_path / "elsewhere"
     model.rename(moved)  # the key is the checkpoint's content, not its path
-    spec = FeatureSpec(kind="ssl", model=str(moved), pool_frames=2)
+    spec = make_spec(kind="ssl", model=str(moved), pool_frames=2)
     assert load_features(manifest, seg, spec, progress=False, root=tmp_path / "c").cache_hit
     save_tiny(moved, seed=1)  # new weights in the same folder
     changed = load_features(manifest, seg, spec, progress=False, root=tmp_path / "c")
     assert not changed.cache_hit and changed.key != first.key
     assert not np.allclose(changed.x, first.x)
-    other = FeatureSpec(kind="ssl", model=str(moved), pool_frames=2, layers=-1)
+    other = make_spec(kind="ssl", model=str(moved), pool_frames=2, layers=-1)
     assert load_features(manifest, seg, other, progress=False, root=tmp_path / "c").key \
         not in (first.key, changed.key)
 
 
-def test_mfcc_cache_key_ignores_the_ssl_fields(tiny_casia):
+def test_ssl_options_are_not_mfcc_options_and_defaults_key_alike(tiny_casia):
+    """Each kind has its own options: an ssl option on an mfcc spec is an error naming the
+    kind's options; a spec with its options left out keys the cache as one that spells out
+    the defaults."""
     from transfer.data.features import cache_key
 
+    with pytest.raises(UserError, match=r"'features.layers' is not an option of features.kind "
+                                        r"= 'mfcc'; its options: deltas, hop, n_fft"):
+        make_spec(layers=3)
     manifest = build_manifest("casia", tiny_casia)
     seg = SegmentSpec(seconds=1.0, mode="pad")
     assert cache_key(manifest, seg, FeatureSpec()) == cache_key(
-        manifest, seg, FeatureSpec(model="/x", layers=3, pool_frames=2))
+        manifest, seg, make_spec(n_mfcc=13, deltas=2, n_fft=800, hop=512, n_mels=128))
+    assert cache_key(manifest, seg, FeatureSpec()) != cache_key(manifest, seg, make_spec(hop=256))
 
 
 def test_tiny_recipe_end_to_end(tmp_path, tiny_modma):

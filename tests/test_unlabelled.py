@@ -18,7 +18,7 @@ from conftest import run_record
 
 import backbones
 from transfer import UserError
-from transfer.common.config import CorpusConfig, FeaturesConfig, SegmentsConfig
+from transfer.common.config import CorpusConfig, FeatureSpec, SegmentsConfig
 from transfer.data import Domain, load_domain
 from transfer.data.domain import speaker_zscores
 from transfer.evaluate import selection
@@ -129,7 +129,7 @@ def test_speaker_normalisation_z_scores_each_speaker_and_is_refused_for_subject_
                                         r"subject.*signal being classified"):
         load_domain([CorpusConfig(corpus="modma", root=str(tiny_modma),
                                   segments=SegmentsConfig(seconds=2.0, mode="pad"))],
-                    FeaturesConfig(normalize="speaker"), progress=False)
+                    FeatureSpec(normalize="speaker"), progress=False)
 
 
 def _bn_model(seed: int = 0) -> torch.nn.Module:

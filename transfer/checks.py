@@ -25,7 +25,8 @@ from transfer.common.config import TrainConfig
 from transfer.common.console import console, main_guard
 from transfer.data.audio import SegmentSpec
 from transfer.data.corpora import build_manifest
-from transfer.data.features import FeatureSpec, load_features
+from transfer.data.features import load_features
+from transfer.data.kinds import make_spec
 from transfer.evaluate.metrics import classification
 from transfer.train.device import pick_device, to_device
 from transfer.train.engine import fit
@@ -36,8 +37,8 @@ from transfer.train.tensors import DomainTensors, Standardizer
 
 OFFICIAL_SEGMENT = SegmentSpec(seconds=88000 / 22050, mode="pad", align="center",
                                sample_rate=22050)
-OFFICIAL_FEATURES = FeatureSpec(kind="mfcc", n_mfcc=39, deltas=0, n_fft=2048, hop=512,
-                                n_mels=128)
+OFFICIAL_FEATURES = make_spec("mfcc", sample_rate=22050, n_mfcc=39, deltas=0, n_fft=2048,
+                                 hop=512, n_mels=128)
 
 
 def timnet_casia(root: str | None, epochs: int, protocol: str, device: torch.device,

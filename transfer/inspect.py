@@ -89,13 +89,18 @@ def show_training(console: Console) -> None:
 
 
 def show_features(console: Console) -> None:
-    """The frame-feature settings (``[features]``) and the feature kinds."""
-    from transfer.common.config import FeaturesConfig
+    """The shared ``[features]`` keys, then every registered feature kind with its options."""
+    from transfer.common.config import FeatureSpec
+    from transfer.data import kinds
 
     console.print("\n[bold]features[/]  frame features of every corpus (mfcc, logmel, or ssl: "
                   "WavLM / HuBERT / wav2vec 2.0 states from a local checkpoint, "
-                  + escape('pip install -e ".[ssl]"') + ")")
-    console.print(options_table(escape("[features]"), FeaturesConfig))
+                  + escape('pip install -e ".[ssl]"') + "); kinds register in "
+                  "transfer/data/kinds.py")
+    console.print(options_table(escape("[features]"), FeatureSpec))
+    for name in kinds.names():
+        kind = kinds.get_kind(name)
+        console.print(options_table(escape(f"[features] kind = {name!r}"), kind.Options))
 
 
 def show_report(console: Console) -> None:
@@ -153,8 +158,9 @@ def show_corpora(console: Console) -> None:
         table.add_column(col, overflow="fold")
     for name in available_cards():
         card = load_card(name)
+        seg = card.segments.resolve(sample_rate=card.sample_rate)  # what a recipe starts from
         table.add_row(name, card.task, str(card.sample_rate), ", ".join(card.final_labels()),
-                      f"${card.env_var}", f"{card.segments.seconds:g} s {card.segments.mode}",
+                      f"${card.env_var}", f"{seg.seconds:g} s {seg.mode}",
                       card.description)
     console.print(table)
     console.print("Your own corpus: write a card (see datasets/README.md) and use its path as "

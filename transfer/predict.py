@@ -28,8 +28,8 @@ from transfer import UserError
 from transfer.common.cache import atomic_path
 from transfer.common.console import console, main_guard, say
 from transfer.data.audio import AudioInfo, SegmentSpec, cut, load_audio, probe
-from transfer.data.features import FeatureSpec, extract
-from transfer.train.package import build_model, load_package
+from transfer.data.kinds import bind
+from transfer.train.package import build_model, load_package, package_spec
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
 
@@ -107,7 +107,7 @@ def _file_probs(package: dict, model: torch.nn.Module, path: Path, info: AudioIn
                 allow_upsampling: bool) -> np.ndarray | str:
     """(segments, classes) probabilities of one usable file, or why it cannot be used."""
     seg = SegmentSpec(**package["segments"])
-    feat = FeatureSpec(**package["features"])
+    feat = bind(package_spec(package))
     rate = info.sample_rate
     if rate < seg.sample_rate and not allow_upsampling:
         return (f"sample rate {rate} Hz is below the model's {seg.sample_rate} Hz: upsampling "
@@ -121,7 +121,7 @@ def _file_probs(package: dict, model: torch.nn.Module, path: Path, info: AudioIn
         return (f"too short: {audio.size} samples at {seg.sample_rate} Hz, less than one "
                 f"analysis frame ({feat.min_samples} samples)")
     pieces, _ = cut(audio, seg)
-    x = torch.from_numpy(extract(np.stack(pieces), seg.sample_rate, feat))
+    x = torch.from_numpy(feat.extract(np.stack(pieces), seg.sample_rate))
     with torch.no_grad():
         x = (x - package["norm_mean"]) / package["norm_std"]
         prob = torch.softmax(model(x), -1).numpy()  # (segments, classes)

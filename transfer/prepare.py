@@ -5,7 +5,7 @@
 
 NAME is a card in ``datasets/`` or the path of a card file. Segment settings default to the
 card's ``[segments]`` (window overlap: 2.5 s, as in a recipe); feature settings to
-:class:`transfer.data.features.FeatureSpec`.
+:class:`transfer.common.config.FeatureSpec`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import time
 from typing import Any
 
 from transfer import UserError
+from transfer.common.config import SEGMENT_MODES, FeatureSpec, SegmentsConfig, SegmentSpec
 from transfer.common.console import main_guard, say
-from transfer.data.audio import SegmentSpec
+from transfer.common.options import Naming
 from transfer.data.cards import load_card
 from transfer.data.corpora import build_manifest, reason_counts
-from transfer.data.features import FeatureSpec, check_segments, load_features
+from transfer.data.features import check_segments, load_features
+from transfer.data.kinds import bind
 
 
 def prepare(corpus: str, root: str | None = None, *, seconds: float | None = None,
@@ -33,13 +35,13 @@ def prepare(corpus: str, root: str | None = None, *, seconds: float | None = Non
     t0 = time.perf_counter()
     _check_arguments(seconds, overlap, max_bad_share, workers)
     card = load_card(corpus)
-    seg = SegmentSpec(seconds=card.segments.seconds if seconds is None else seconds,
-                      mode=mode or card.segments.mode,
-                      overlap_s=SegmentSpec.overlap_s if overlap is None else overlap)
+    given = SegmentsConfig(seconds=seconds, mode=mode, overlap_s=overlap)
+    seg = given.resolve(card.segments, sample_rate=SegmentSpec.sample_rate,
+                        naming=Naming("segments (--seconds, --mode, --overlap)", noun="key"))
     features = features or FeatureSpec()
     check_segments(seg, features, "--seconds")
     manifest = build_manifest(card, root, max_bad_share=max_bad_share,
-                              min_seconds=features.min_samples / seg.sample_rate)
+                              min_seconds=bind(features).min_samples / seg.sample_rate)
     for warning in manifest.warnings:
         say(("warning:", "yellow"), f" {warning}")
     feats = load_features(manifest, seg, features, workers=workers, progress=progress)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", required=True, help="card name (datasets/NAME.toml) or path")
     parser.add_argument("--root", help="corpus folder (default: $<NAME>_ROOT)")
     parser.add_argument("--seconds", type=float, help="segment length (default: the card's)")
-    parser.add_argument("--mode", choices=["pad", "window", "concat"], help="segment mode")
+    parser.add_argument("--mode", choices=SEGMENT_MODES, help="segment mode")
     parser.add_argument("--overlap", type=float, help="overlap of successive windows in "
                         "seconds (window mode; default 2.5)")
     parser.add_argument("--max-bad-share", type=float, default=0.05,

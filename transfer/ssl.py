@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transfer import UserError
 from transfer.common.console import main_guard
-from transfer.data.features import FeatureSpec
+from transfer.data.kinds import bind, make_spec
 from transfer.data.ssl import SUPPORTED, device, random_checkpoint, speed
 
 
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(random_checkpoint(Path(tmp) / "m", args.random, args.type))
         layers = args.layers if args.layers == "all" else int(args.layers)
-        spec = FeatureSpec(kind="ssl", model=model, layers=layers)
+        opts = bind(make_spec("ssl", model=model, layers=layers)).opts
         dev = device() if args.device == "auto" else torch.device(args.device)
-        rates = speed(spec, segments=args.segments, seconds=args.seconds, repeats=args.repeats,
+        rates = speed(opts, segments=args.segments, seconds=args.seconds, repeats=args.repeats,
                       batch=args.batch, dev=dev)
     name = args.model or f"random {args.random} {args.type}"
     print(f"{name}, layers={args.layers}, {args.segments} x {args.seconds:g} s, on {dev} "

@@ -1,28 +1,104 @@
 """The recipe's configuration: one typed dataclass per section, whose defaults are the defaults.
 
-Plain data shared by every stage (data reads :class:`CorpusConfig` and :class:`FeaturesConfig`,
-training :class:`TrainConfig`, evaluation :class:`ProtocolConfig`); reading and validating a
-recipe file is :mod:`transfer.grid.recipe`'s job.
+Plain data shared by every stage (data reads :class:`CorpusConfig`, :class:`SegmentSpec` and
+:class:`FeatureSpec`, training :class:`TrainConfig`, evaluation :class:`ProtocolConfig`);
+reading and validating a recipe file is :mod:`transfer.grid.recipe`'s job. One file on
+purpose, above ~400 lines: it is the recipe's whole schema, read top to bottom as one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from transfer.common.options import FieldError, LogUniform, opt
+from transfer.common.options import FieldError, LogUniform, Naming, check, field_info, opt
+
+#: How recordings become segments; the allowed values are written here only.
+SegmentMode = Literal["pad", "window", "concat"]
+SEGMENT_MODES: tuple[str, ...] = typing.get_args(SegmentMode)
+#: Where a short clip sits in its padded segment, and which part of a long clip ``pad`` keeps.
+Align = Literal["start", "center"]
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """How recordings become fixed-length segments: the one segment spec (audio code, feature
+    cache keys, model packages); recipes and corpus cards give parts of it as
+    :class:`SegmentsConfig`.
+
+    Args:
+        seconds: segment length.
+        mode: ``pad`` (shorter -> zero-padded, longer -> truncated: one segment per file),
+            ``window`` (longer -> windows of ``seconds`` overlapping by ``overlap_s``, the last
+            one zero-padded; shorter -> padded) or ``concat`` (a subject's recordings
+            concatenated, then cut into ``seconds`` pieces).
+        overlap_s: overlap between successive windows (``window`` mode).
+        align: ``start`` (research code) or ``center`` (official TIM-Net features).
+        sample_rate: every recording is resampled (soxr) to this rate first.
+        naming: how errors name the keys (not a field): ``Naming(prefix="target.segments")``
+            for a recipe's corpus; default ``segments: 'seconds'``.
+    """
+
+    seconds: float = opt(10.0, gt=0)
+    mode: SegmentMode = "window"
+    overlap_s: float = opt(2.5, ge=0)
+    align: Align = "start"
+    sample_rate: int = opt(16000, ge=1)
+    naming: dataclasses.InitVar[Naming | None] = None
+
+    def __post_init__(self, naming: Naming | None) -> None:
+        check(self, naming or Naming("segments", noun="key"))
+
+    def validate(self) -> None:
+        """Lengths that each pass their range but not together; the one place they are
+        checked."""
+        if self.mode == "window" and self.overlap_s >= self.seconds:
+            raise FieldError("overlap_s", f"must be < seconds ({self.seconds:g}) in window mode, "
+                             f"got {self.overlap_s:g}; a window-mode segment overlaps the next by "
+                             "overlap_s (2.5 s unless set): set a smaller one")
+        if self.length < 1:
+            raise FieldError("seconds", f"is {self.seconds:g}: segments of {self.seconds:g} s "
+                             f"hold no sample at {self.sample_rate} Hz; use segments of at least "
+                             f"{1 / self.sample_rate:.2g} s")
+
+    @property
+    def length(self) -> int:
+        """Segment length in samples."""
+        return int(round(self.seconds * self.sample_rate))
+
+
+def _unset(name: str, hint: str = "") -> Any:
+    """:class:`SegmentSpec`'s declaration of field ``name`` (its valid range), with None (not
+    set) as the default and ``hint`` added to its errors: the range is declared once, on the
+    spec."""
+    info = field_info(SegmentSpec.__dataclass_fields__[name])
+    return opt(None, **dataclasses.asdict(info.bounds), hint=hint or info.hint)
 
 
 @dataclass
 class SegmentsConfig:
-    """Segmenting of one corpus; unset values come from the corpus card."""
+    """The segment settings a recipe's corpus or a corpus card gives: :class:`SegmentSpec`'s
+    fields, each optional (None = not set here). A recipe's settings override its card's,
+    the card's override the spec's defaults (:meth:`resolve`)."""
 
-    seconds: float | None = opt(None, gt=0, hint="leave it out to use the corpus card's length")
-    mode: str = ""  # "" = the card's default; pad | window | concat
-    overlap_s: float = opt(2.5, ge=0)
-    align: Literal["start", "center"] = "start"
+    seconds: float | None = _unset("seconds", "leave it out for the default: the corpus "
+                                               "card's, else 10 s")
+    mode: SegmentMode | None = _unset("mode")
+    overlap_s: float | None = _unset("overlap_s")
+    align: Align | None = _unset("align")
+
+    def resolve(self, *below: SegmentsConfig, sample_rate: int,
+                naming: Naming | None = None) -> SegmentSpec:
+        """The segment spec of these settings over ``below`` (e.g. the card's; later ones win,
+        these last), the rest :class:`SegmentSpec`'s defaults; checked, errors named by
+        ``naming``."""
+        values: dict[str, Any] = {}
+        for given in (*below, self):
+            values.update({k: v for k, v in dataclasses.asdict(given).items() if v is not None})
+        return SegmentSpec(**values, sample_rate=sample_rate, naming=naming)
 
 
 @dataclass
@@ -54,44 +130,44 @@ class CorpusConfig:
     labelled: bool = True
 
 
-@dataclass
-class FeaturesConfig:
-    """Frame features, shared by source and target (the backbone sees one feature size).
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Frame features, shared by source and target (the backbone sees one feature size): the
+    one feature spec of recipes (``[features]``), feature cache keys and model packages.
+
+    A recipe's ``[features]`` table is flat: ``kind``, ``sample_rate``, ``normalize`` and the
+    kind's own options (``n_mfcc = 13``). Each kind declares its options, extractor and frame
+    count in :mod:`transfer.data.kinds`, which also checks them (``options`` holds them as
+    given or completed there; {} = the kind's defaults).
 
     Args:
-        kind: ``mfcc`` (n_mfcc coefficients + deltas), ``logmel`` (n_mels log-mel bands) or
-            ``ssl`` (hidden states of a WavLM / HuBERT / wav2vec 2.0 checkpoint; needs
-            ``pip install -e ".[ssl]"``).
+        kind: a registered feature kind: ``mfcc`` (n_mfcc coefficients + deltas), ``logmel``
+            (n_mels log-mel bands), ``ssl`` (hidden states of a WavLM / HuBERT / wav2vec 2.0
+            checkpoint; needs ``pip install -e ".[ssl]"``); ``python -m transfer.inspect
+            features`` lists them with their options.
         sample_rate: every recording is resampled to this rate (16000 for ssl checkpoints).
-        n_mfcc, deltas: MFCC coefficients and delta orders (0-2): 13 x 3 = 39 dims.
-        n_fft, hop, n_mels: STFT window, hop (samples) and mel bands (mfcc and logmel).
         normalize: ``corpus`` standardises each corpus by its training statistics; ``speaker``
             z-scores every speaker's features by that speaker's own mean and standard deviation
             (over its segments and frames; the classic speaker normalisation for emotion,
             refused where the label belongs to the subject); ``none``.
-        model: ssl: a local folder holding the checkpoint saved with save_pretrained
-            (config.json + model.safetensors); nothing is downloaded.
-        layers: ssl: a hidden-state index (0 = convolutional features, -1 = last layer), a list
-            of indices (averaged), or "all" (every layer stacked: (segments, layers * dim,
-            frames); the TIM-Net backbones learn softmax layer weights, as SUPERB).
-        pool_frames: ssl: average every n frames (50 Hz -> 50 / n Hz); 1 = no pooling.
+        options: the kind's options by name.
     """
 
-    kind: Literal["mfcc", "logmel", "ssl"] = "mfcc"
+    kind: str = "mfcc"
     sample_rate: int = opt(16000, ge=1000)
-    n_mfcc: int = opt(13, ge=1)
-    deltas: int = opt(2, ge=0, le=2)
-    n_fft: int = opt(800, ge=1)
-    hop: int = opt(512, ge=1)
-    n_mels: int = opt(128, ge=1)
     normalize: Literal["corpus", "speaker", "none"] = "corpus"
-    model: str = ""
-    layers: int | list[int] | Literal["all"] = "all"
-    pool_frames: int = opt(1, ge=1)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, Any]:
+        """The spec as a recipe's flat ``[features]`` table."""
+        return {"kind": self.kind, "sample_rate": self.sample_rate, "normalize": self.normalize,
+                **self.options}
 
 
 @dataclass
 class BackboneConfig:
+    """``[backbone]``: a registered backbone and its options (``python -m transfer.inspect
+    backbones``)."""
     name: str = "timnet"
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -297,6 +373,7 @@ class StrategyEntry:
 
 @dataclass
 class Recipe:
+    """A whole recipe: one field per section (:mod:`transfer.grid.recipe` reads it)."""
     name: str = ""
     description: str = ""
     seeds: list[int] = opt(ge=0, le=2**31 - 1, factory=lambda: [0, 1, 2])
@@ -309,7 +386,7 @@ class Recipe:
     export: bool = False
     source: list[CorpusConfig] = field(default_factory=list)
     target: CorpusConfig = field(default_factory=CorpusConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -331,6 +408,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (``recipe.json``)."""
         data = dataclasses.asdict(self)
+        data["features"] = self.features.flat()
         data["strategies"] = [{"name": s.name, "label": s.label, **dataclasses.asdict(s.options)}
                               for s in self.strategies]
         if self.sweep.draws > 1:

@@ -290,8 +290,8 @@ def describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(describe(h) for h in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):  # None is given by leaving the key out
+        return " or ".join(describe(h) for h in typing.get_args(hint) if h is not type(None))
     if origin in (list, tuple):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         return "a list of " + (" or ".join(_PLURAL.get(h, describe(h)) for h in args)

@@ -1,15 +1,13 @@
-"""Reading audio and cutting it into fixed-length segments (DESIGN section 4).
+"""Reading audio and cutting it into fixed-length segments.
 
-Modes:
-    pad     shorter -> zero-padded, longer -> truncated (one segment per file)
-    window  longer -> windows of ``seconds`` with ``overlap_s`` overlap, the last one
-            zero-padded; shorter -> padded
-    concat  a subject's recordings are concatenated, then cut into ``seconds`` pieces
+How a recording becomes segments is :class:`transfer.common.config.SegmentSpec` (the one
+segment spec: its modes and lengths are declared and checked there); :func:`cut` applies it.
+The defaults follow the research code the toolkit grew out of: resample to 16 kHz, 10-s
+segments, and in ``window`` mode 2.5 s of overlap between successive windows.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -20,58 +18,9 @@ import soundfile as sf
 import soxr
 
 from transfer import UserError
+from transfer.common.config import SegmentSpec
 
-MODES = ("pad", "window", "concat")
-
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    """How recordings become fixed-length segments.
-
-    Args:
-        seconds: segment length.
-        mode: ``pad`` | ``window`` | ``concat``.
-        overlap_s: overlap between successive windows (``window`` mode).
-        align: where a short clip sits in its padded segment, and which part of a long clip
-            ``pad`` keeps: ``start`` (research code) or ``center`` (official TIM-Net features).
-        sample_rate: every recording is resampled (soxr) to this rate first.
-    """
-
-    seconds: float = 10.0
-    mode: str = "window"
-    overlap_s: float = 2.5
-    align: str = "start"
-    sample_rate: int = 16000
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"segments.mode must be one of {list(MODES)}, not {self.mode!r}")
-        if self.align not in ("start", "center"):
-            raise UserError(f"segments.align must be 'start' or 'center', not {self.align!r}")
-        self._check_lengths()
-        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) \
-                or self.sample_rate < 1:
-            raise UserError(f"segments need a sample rate in Hz (a positive integer), got "
-                            f"{self.sample_rate!r}")
-        if self.length < 1:
-            raise UserError(f"segments of {self.seconds:g} s hold no sample at "
-                            f"{self.sample_rate} Hz; use segments of at least "
-                            f"{1 / self.sample_rate:.2g} s")
-
-    def _check_lengths(self) -> None:
-        finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                     for v in (self.seconds, self.overlap_s))
-        overlap_ok = finite and (self.mode != "window" or 0 <= self.overlap_s < self.seconds)
-        if not finite or self.seconds <= 0 or not overlap_ok:
-            hint = ("; a window-mode segment overlaps the next by overlap_s (2.5 s unless set): "
-                    "set a smaller one" if finite and self.seconds > 0 else "")
-            raise UserError("segments need a finite seconds > 0 and 0 <= overlap_s < seconds, "
-                            f"got seconds={self.seconds}, overlap_s={self.overlap_s}{hint}")
-
-    @property
-    def length(self) -> int:
-        """Segment length in samples."""
-        return int(round(self.seconds * self.sample_rate))
+__all__ = ["AudioInfo", "SegmentSpec", "cut", "load_audio", "probe", "read_turns"]
 
 
 @dataclass(frozen=True)
@@ -242,7 +191,7 @@ def cut(x: np.ndarray, spec: SegmentSpec) -> tuple[list[np.ndarray], list[float]
     length = spec.length
     if spec.mode == "pad" or x.shape[0] <= length:
         return [_fit(x, length, spec.align)], [0.0]
-    if spec.mode == "window":
+    if spec.mode == "window":  # the spec's modes: transfer.common.config.SegmentMode
         hop = length - int(round(spec.overlap_s * spec.sample_rate))
         starts = list(range(0, max(x.shape[0] - (length - hop), 1), hop))
     else:  # concat: back-to-back pieces; a last piece shorter than half a segment is dropped

@@ -10,7 +10,8 @@ A card is data, never code. ``datasets/README.md`` documents every key; in short
   set), ``codes`` (raw code -> name), ``map`` (name -> name, e.g. exc -> hap), ``keep``
   (names kept after mapping), ``positive`` (for binary tasks), ``unit`` (what a label
   belongs to: ``subject``, ``recording`` or ``segment``).
-- ``[segments]``: default segmenting for this corpus (seconds, mode).
+- ``[segments]``: default segmenting for this corpus (seconds, mode; also overlap_s, align):
+  :class:`transfer.common.config.SegmentsConfig`, the recipe's overrides.
 - ``[covariates]``: subject covariates (gender, age, ...) as columns of the label table, for
   subgroup reports (:mod:`transfer.data.covariate_spec`).
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 from transfer import REPO_ROOT, UserError
 from transfer.common import options
+from transfer.common.config import SegmentsConfig
 from transfer.data.covariate_spec import CovariateSpec, check_covariates, parse_covariates
 
 if sys.version_info >= (3, 11):
@@ -49,6 +51,7 @@ CARDS_DIR = _cards_dir()
 
 @dataclass(frozen=True)
 class AudioSpec:
+    """A card's ``[audio]``: which files, and the pattern that names speaker and label."""
     glob: str
     pattern: str
     speaker_format: str = "{speaker}"
@@ -59,6 +62,7 @@ class AudioSpec:
 
 @dataclass(frozen=True)
 class LabelSpec:
+    """A card's ``[labels]``: where labels come from and how they are mapped."""
     names: tuple[str, ...]
     source: str = "path"  # path | table | lines
     codes: dict[str, str] = field(default_factory=dict)
@@ -80,26 +84,23 @@ class LabelSpec:
 
 
 @dataclass(frozen=True)
-class SegmentDefaults:
-    seconds: float = 10.0
-    mode: str = "window"
-
-
-@dataclass(frozen=True)
 class Card:
+    """A corpus card, checked (:func:`parse_card`)."""
     name: str
     description: str
     task: str
     sample_rate: int
     audio: AudioSpec
     labels: LabelSpec
-    segments: SegmentDefaults = SegmentDefaults()
+    # default segmenting: the recipe's [target] / [source] segments override it
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     root_env: str = ""
     path: str = ""
     covariates: tuple[CovariateSpec, ...] = ()
 
     @property
     def env_var(self) -> str:
+        """The environment variable that names the corpus folder."""
         return self.root_env or f"{self.name.upper()}_ROOT"
 
     def final_labels(self, keep: tuple[str, ...] | None = None,
@@ -115,7 +116,7 @@ class Card:
         return names
 
 
-_SECTIONS = {"audio": AudioSpec, "labels": LabelSpec, "segments": SegmentDefaults}
+_SECTIONS = {"audio": AudioSpec, "labels": LabelSpec, "segments": SegmentsConfig}
 _TOP_KEYS = ({"name", "description", "task", "sample_rate", "root_env", "covariates"}
              | set(_SECTIONS))
 
@@ -194,16 +195,6 @@ def _check_card(data: dict[str, Any], sections: dict[str, Any], path: str) -> No
         raise UserError(f"card {path}: [labels] names must list at least one label")
     if labels.zero_pad < 0:
         raise UserError(f"card {path}: [labels] zero_pad must be >= 0, got {labels.zero_pad}")
-    _check_segments(sections.get("segments"), path)
-
-
-def _check_segments(seg: SegmentDefaults | None, path: str) -> None:
-    if seg is not None:
-        if seg.seconds <= 0:
-            raise UserError(f"card {path}: [segments] seconds must be > 0, got {seg.seconds}")
-        if seg.mode not in ("pad", "window", "concat"):
-            raise UserError(f"card {path}: [segments] mode must be 'pad', 'window' or 'concat', "
-                            f"not {seg.mode!r}")
 
 
 def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:

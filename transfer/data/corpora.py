@@ -38,6 +38,7 @@ class Manifest:
 
     @property
     def name(self) -> str:
+        """The corpus (card) name."""
         return self.card.name
 
 

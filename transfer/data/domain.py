@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +13,13 @@ import pandas as pd
 
 from transfer import UserError
 from transfer.common.cache import content_hash
-from transfer.common.config import CorpusConfig, FeaturesConfig
-from transfer.data.audio import SegmentSpec
+from transfer.common.config import CorpusConfig, FeatureSpec, SegmentSpec
+from transfer.common.options import Naming
 from transfer.data.cards import Card, load_card
 from transfer.data.corpora import build_manifest
 from transfer.data.covariates import read_covariates
-from transfer.data.features import FeatureSpec, check_segments, load_features
+from transfer.data.features import check_segments, load_features
+from transfer.data.kinds import bind, get_kind, resolve
 from transfer.data.units import unit_ids, unit_labels
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class Domain:
 
     @property
     def positive_index(self) -> int:
+        """Index of the positive class in ``labels``, -1 without one."""
         return self.labels.index(self.positive) if self.positive in self.labels else -1
 
     def unit_covariates(self, ids: list[str]) -> dict[str, list]:
@@ -176,20 +177,19 @@ def speaker_zscores(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def feature_spec(cfg: FeaturesConfig) -> FeatureSpec:
-    # an ssl checkpoint path is made absolute, so that an exported model finds it again
-    model = str(Path(os.path.expandvars(cfg.model)).expanduser().resolve()) if cfg.model else ""
-    layers = tuple(cfg.layers) if isinstance(cfg.layers, list) else cfg.layers
-    return FeatureSpec(kind=cfg.kind, n_mfcc=cfg.n_mfcc, deltas=cfg.deltas, n_fft=cfg.n_fft,
-                       hop=cfg.hop, n_mels=cfg.n_mels, model=model, layers=layers,
-                       pool_frames=cfg.pool_frames)
+def feature_spec(cfg: FeatureSpec) -> FeatureSpec:
+    """The recipe's feature spec checked and completed with its kind's options, as a model
+    package keeps it (:func:`transfer.data.kinds.resolve`: an ssl checkpoint path made
+    absolute, so that an exported model finds it again)."""
+    return resolve(cfg)
 
 
-def segment_spec(cfg: CorpusConfig, card: Card, sample_rate: int) -> SegmentSpec:
-    seg = cfg.segments
-    return SegmentSpec(seconds=card.segments.seconds if seg.seconds is None else seg.seconds,
-                       mode=seg.mode or card.segments.mode, overlap_s=seg.overlap_s,
-                       align=seg.align, sample_rate=sample_rate)
+def segment_spec(cfg: CorpusConfig, card: Card, sample_rate: int, where: str = "") -> SegmentSpec:
+    """The segment spec of one corpus: the recipe's settings over the card's, the rest the
+    defaults; errors name the recipe keys under ``where`` (``target``), else the corpus."""
+    naming = Naming(prefix=f"{where}.segments") if where else Naming(
+        f"corpus '{card.name}': segments", noun="key")
+    return cfg.segments.resolve(card.segments, sample_rate=sample_rate, naming=naming)
 
 
 def decision_unit(cfg: CorpusConfig, card: Card) -> str:
@@ -213,6 +213,8 @@ def _check_synthetic(cfg: CorpusConfig, card: Card) -> None:
 
 
 def corpus_root(cfg: CorpusConfig, card: Card) -> str | None:
+    """Where the corpus is: a synthetic one in the cache (generated on first use), the
+    recipe's ``root``, or None (the card's ``$<NAME>_ROOT``)."""
     if cfg.synthetic:
         from transfer.data import synth
 
@@ -221,17 +223,16 @@ def corpus_root(cfg: CorpusConfig, card: Card) -> str | None:
     return cfg.root or None
 
 
-def check_corpus(cfg: CorpusConfig, features: FeaturesConfig, base: Path | None = None,
+def check_corpus(cfg: CorpusConfig, features: FeatureSpec, base: Path | None = None,
                  where: str = "target") -> None:
     """What can be checked of one corpus section without reading audio (``--dry-run``): the
     card loads, the segment settings (the card's where the recipe leaves them) are valid and
     give enough feature frames, a synthetic corpus exists in that size, and ``concat`` goes
     with labels that belong to the subject."""
     card = load_card(_resolve(cfg.corpus, base))
-    seg = segment_spec(cfg, card, features.sample_rate)
-    spec = feature_spec(features)
-    if spec.kind != "ssl":  # ssl frames need the checkpoint: checked when data is loaded
-        check_segments(seg, spec, f"{where}.segments.seconds", f"corpus '{card.name}': ")
+    seg = segment_spec(cfg, card, features.sample_rate, where)
+    if get_kind(features.kind).frames_known:  # else (ssl) checked when data is loaded
+        check_segments(seg, features, f"{where}.segments.seconds", f"corpus '{card.name}': ")
     if cfg.synthetic:
         _check_synthetic(cfg, card)
     _check_concat(cfg, card, seg)
@@ -245,22 +246,20 @@ def _check_concat(cfg: CorpusConfig, card: Card, seg: SegmentSpec) -> None:
                         f"\"subject\"), not to the {kind}; use mode 'window' or 'pad'")
 
 
-def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progress: bool = True,
+def load_domain(configs: list[CorpusConfig], features: FeatureSpec, *, progress: bool = True,
                 base: Path | None = None) -> Domain:
     """Load one domain from one or several corpora (several: their union, labels pooled)."""
     parts, keys, label_sets, names, positive, kinds, covs = [], [], [], [], "", [], []
     spec = feature_spec(features)
-    if spec.kind == "ssl":  # a missing checkpoint fails before any audio is touched
-        from transfer.data.ssl import checkpoint_dir
-
-        checkpoint_dir(spec.model)
+    bound = bind(spec)
+    bound.kind.prepare(bound.opts)  # a missing checkpoint fails before any audio is touched
     for cfg in configs:
         card = load_card(_resolve(cfg.corpus, base))
         seg = segment_spec(cfg, card, features.sample_rate)
         check_segments(seg, spec, prefix=f"corpus '{card.name}': ")
         manifest = build_manifest(card, corpus_root(cfg, card), label_map=cfg.label_map or None,
                                   keep=cfg.keep or None, max_bad_share=cfg.max_bad_share,
-                                  min_seconds=spec.min_samples / features.sample_rate)
+                                  min_seconds=bound.min_samples / features.sample_rate)
         kind = decision_unit(cfg, card)
         _check_concat(cfg, card, seg)
         if kind == "subject":  # every file of a subject must carry the subject's label
@@ -300,11 +299,7 @@ def load_domain(configs: list[CorpusConfig], features: FeaturesConfig, *, progre
                              fs.segments["file"].to_numpy(str)))
         for kind, (name, fs) in zip(kinds, parts)])
     unit = kinds[0] if len(set(kinds)) == 1 else "recording"
-    stacked = 0
-    if spec.kind == "ssl":
-        from transfer.data.ssl import stacked_layers
-
-        stacked = stacked_layers(spec)
+    stacked = bound.kind.stacked_layers(bound.opts)
     x = _normalized(x, groups, features.normalize, unit, "+".join(names))
     table, note = _pooled_covariates(covs, names)
     return Domain("+".join(names), x, y, groups, files, labels, keys, positive, unit, units,

@@ -1,16 +1,19 @@
-"""Segment features (MFCC-39, log-mel, or self-supervised model states) with a content-addressed
-cache.
+"""Segment features of any registered kind (:mod:`transfer.data.kinds`: MFCC-39, log-mel,
+self-supervised model states, ...) with a content-addressed cache.
 
 The cache key covers the manifest's files (path, size, mtime), the segment and feature
 settings and :data:`FEATURE_VERSION`; bump the version whenever extraction code changes
 what it produces. Cache files carry their checksum (:mod:`transfer.common.cache`): a damaged one is
 reported and rebuilt, and two processes that need the same features extract them once.
-Self-supervised features (``kind = "ssl"``) live in :mod:`transfer.data.ssl`.
+A changed key (other settings, or a key computed differently after an update) is a
+miss: the features are extracted again under the new key, and the old entry is left alone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -29,113 +32,40 @@ from transfer.common.cache import (
     find_entry,
     store_entry,
 )
+from transfer.common.config import FeatureSpec, SegmentSpec
 from transfer.common.lifeline import die_with_parent
-from transfer.data.audio import SegmentSpec, cut, load_audio, read_turns
+from transfer.data.audio import cut, load_audio, read_turns
 from transfer.data.corpora import Manifest
+from transfer.data.kinds import bind
+
+log = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1
-KINDS = ("mfcc", "logmel", "ssl")
-_SSL_FIELDS = ("model", "layers", "pool_frames")
 
 #: Frames a segment must give: librosa's smallest delta window is 3 frames, and a model learns
 #: no timing from fewer.
 MIN_FRAMES = 3
 
-#: The receptive field of one frame of the wav2vec 2.0 / HuBERT / WavLM convolutional front
-#: (25 ms at 16 kHz): audio shorter than this gives no ssl frame.
-SSL_MIN_SAMPLES = 400
-
 #: Recordings per extraction job (one subject per job in concat mode).
 JOB_FILES = 16
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Frame-level features of a segment.
-
-    Args:
-        kind: ``mfcc`` (``n_mfcc`` coefficients plus ``deltas`` orders of deltas: 13 x 3 = 39
-            by default, the research code's "order 3") or ``logmel`` (``n_mels`` log-mel bands).
-        n_fft, hop: STFT window and hop in samples (800 = 50 ms and 512 at 16 kHz: 10 s -> 313
-            frames).
-        n_mels: mel bands (the MFCC filterbank, or the log-mel features).
-        model, layers, pool_frames: ``ssl``: the checkpoint folder, the hidden states (an index,
-            indices to average, or ``"all"``) and temporal average pooling (see
-            :mod:`transfer.data.ssl`); the STFT settings do not apply there.
-    """
-
-    kind: str = "mfcc"
-    n_mfcc: int = 13
-    deltas: int = 2
-    n_fft: int = 800
-    hop: int = 512
-    n_mels: int = 128
-    model: str = ""
-    layers: int | tuple[int, ...] | str = "all"
-    pool_frames: int = 1
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UserError(f"features.kind must be one of {list(KINDS)}, not {self.kind!r}")
-        if self.deltas not in (0, 1, 2):
-            raise UserError(f"features.deltas must be 0, 1 or 2, not {self.deltas}")
-        for name in ("n_mfcc", "n_fft", "hop", "n_mels", "pool_frames"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"features.{name} must be an integer >= 1, got {value!r}")
-        if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
-            raise UserError(f"features.n_mfcc ({self.n_mfcc}) must be <= features.n_mels "
-                            f"({self.n_mels}): the MFCC are the DCT of n_mels mel bands, so "
-                            "there are at most n_mels of them")
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
-        if self.kind == "ssl":
-            from transfer.data.ssl import check_spec
-
-            check_spec(self)
-
-    @property
-    def dim(self) -> int:
-        if self.kind == "ssl":
-            from transfer.data.ssl import feature_dim
-
-            return feature_dim(self)
-        return self.n_mfcc * (1 + self.deltas) if self.kind == "mfcc" else self.n_mels
-
-    def frames(self, samples: int) -> int:
-        if self.kind == "ssl":
-            from transfer.data.ssl import frames
-
-            return frames(self, samples)
-        return 1 + samples // self.hop
-
-    @property
-    def min_samples(self) -> int:
-        """The shortest audio that gives one analysis frame: the STFT window (mfcc, logmel) or
-        the ssl front's receptive field."""
-        return SSL_MIN_SAMPLES if self.kind == "ssl" else self.n_fft
 
 
 def check_segments(seg: SegmentSpec, feat: FeatureSpec, seconds_key: str = "segments.seconds",
                    prefix: str = "") -> None:
     """A segment gives at least :data:`MIN_FRAMES` feature frames (else a one-line error that
-    names the settings and the largest ``hop`` or the shortest ``seconds`` that works).
+    names the settings and what to change: the kind's :meth:`~FeatureKind.fewer_frames_fix`).
 
     ``seconds_key``: how the user sets the segment length (``target.segments.seconds``,
     ``--seconds``); ``prefix``: what the error starts with (the corpus)."""
-    frames = feat.frames(seg.length)
+    bound = bind(feat)
+    frames = bound.frames(seg.length)
     if frames >= MIN_FRAMES:
         return
-    if feat.kind == "ssl":
-        fix = f"use a longer {seconds_key} or a smaller features.pool_frames"
-    else:
-        longest_hop = seg.length // (MIN_FRAMES - 1)
-        shortest = (MIN_FRAMES - 1) * feat.hop / seg.sample_rate
-        fix = (f"use features.hop <= {longest_hop}" if longest_hop >= 1 else "") + (
-            " or " if longest_hop >= 1 else "use ") + f"{seconds_key} >= {shortest:g}"
-    how = f"pool_frames {feat.pool_frames}" if feat.kind == "ssl" else f"hop {feat.hop}"
+    fix = bound.kind.fewer_frames_fix(bound.opts, seg, seconds_key, MIN_FRAMES)
+    how = bound.kind.frame_setting(bound.opts)
     raise UserError(f"{prefix}a segment of {seg.seconds:g} s gives {frames} feature frame(s) "
-                    f"({feat.kind}, {how}); at least {MIN_FRAMES} are needed: {fix}")
+                    f"({feat.kind}{', ' + how if how else ''}); at least {MIN_FRAMES} are needed: "
+                    f"{fix}")
 
 
 def available_memory() -> int | None:
@@ -168,41 +98,27 @@ def check_memory(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec) -> Non
         per_file = np.maximum(1, np.ceil(totals / seg.seconds))
     else:
         per_file = np.ones(len(durations))
-    frames = feat.frames(seg.length)
-    features = float(per_file.sum()) * feat.dim * frames * 4  # float32
-    # one job: up to JOB_FILES recordings' segments as float32 audio and an STFT of
-    # n_fft // 2 + 1 complex64 bins per frame
-    per_segment = seg.length * 4 + (feat.n_fft // 2 + 1) * frames * 8
+    bound = bind(feat)
+    frames = bound.frames(seg.length)
+    features = float(per_file.sum()) * bound.dim * frames * 4  # float32
+    # one job: up to JOB_FILES recordings' segments as float32 audio and what extracting one
+    # segment needs besides (an STFT)
+    per_segment = seg.length * 4 + bound.kind.work_bytes(bound.opts, frames)
     job = float(np.sort(per_file)[-JOB_FILES:].sum()) * per_segment
     if features + job > avail:
         raise UserError(f"corpus '{manifest.name}': {int(per_file.sum())} segments of "
                         f"{seg.seconds:g} s need about {(features + job) / 2**30:.1f} GiB of memory "
-                        f"to extract and hold ({feat.dim} x {frames} float32 features each), more "
+                        f"to extract and hold ({bound.dim} x {frames} float32 features each), more "
                         f"than the {avail / 2**30:.1f} GiB available; use shorter segments")
 
 
 def extract(segments: np.ndarray, sample_rate: int, spec: FeatureSpec) -> np.ndarray:
-    """Features of a batch of equal-length segments.
+    """Features of a batch of equal-length segments, by the spec's kind
+    (:mod:`transfer.data.kinds`).
 
-    Shape: (N, samples) -> (N, spec.dim, frames), float32.
+    Shape: (N, samples) -> (N, dim, frames), float32.
     """
-    if spec.kind == "ssl":
-        from transfer.data.ssl import extract as ssl_extract
-
-        return ssl_extract(segments, sample_rate, spec)
-    import librosa  # heavy import kept out of module import time
-
-    if spec.kind == "logmel":
-        mel = librosa.feature.melspectrogram(y=segments, sr=sample_rate, n_fft=spec.n_fft,
-                                             hop_length=spec.hop, n_mels=spec.n_mels)
-        return librosa.power_to_db(mel, ref=1.0).astype(np.float32)
-    mfcc = librosa.feature.mfcc(y=segments, sr=sample_rate, n_mfcc=spec.n_mfcc, n_fft=spec.n_fft,
-                                hop_length=spec.hop, n_mels=spec.n_mels)  # (N, n_mfcc, T)
-    parts = [mfcc]
-    width = min(9, mfcc.shape[-1] - (1 - mfcc.shape[-1] % 2))  # odd, <= frames
-    for order in range(1, spec.deltas + 1):
-        parts.append(librosa.feature.delta(mfcc, order=order, width=max(width, 3), axis=-1))
-    return np.concatenate(parts, axis=1).astype(np.float32)
+    return bind(spec).extract(segments, sample_rate)
 
 
 @dataclass
@@ -221,18 +137,19 @@ class FeatureSet:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """(N, dim, frames)."""
         return tuple(self.x.shape)
 
 
 def _job(args: tuple) -> tuple[np.ndarray, list[tuple[str, str, str, float]]]:
     """Worker: a group of recordings -> their segments' features and metadata."""
     waves, meta = _waves(args)
-    return extract(waves, args[1].sample_rate, args[2]), meta
+    return args[2].extract(waves, args[1].sample_rate), meta
 
 
 def _waves(args: tuple) -> tuple[np.ndarray, list[tuple[str, str, str, float]]]:
     """Worker: a group of recordings -> their segments (N, samples) and metadata."""
-    items, seg, _feat, transcripts = args
+    items, seg, _bound, transcripts = args
     waves, meta = [], []
     for group in items:  # a group = one file, or a subject's files in concat mode
         audio = []
@@ -261,22 +178,20 @@ def _groups(frame: pd.DataFrame, mode: str) -> list[list[tuple[str, str, str]]]:
 
 
 def cache_key(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec) -> str:
+    """The features' cache key: the manifest's files (path, size, mtime, label, speaker), the
+    segment spec, what determines the features (:meth:`FeatureKind.cache_fields`: the kind and
+    its options; for ssl the checkpoint's content), a transcript rule and
+    :data:`FEATURE_VERSION`."""
     files = []
     for path, label, speaker in zip(manifest.frame["path"], manifest.frame["label"],
                                     manifest.frame["speaker"], strict=True):
         st = os.stat(path)
         files.append((path, st.st_size, st.st_mtime_ns, label, speaker))
-    turns = manifest.card.audio.transcript
-    features = asdict(feat)
-    if feat.kind == "ssl":  # the checkpoint's content hash, the layers and the pooling
-        from transfer.data.ssl import cache_fields
-
-        features = cache_fields(feat)
-    else:  # keys of MFCC/log-mel features stay what they were before ssl existed
-        for name in _SSL_FIELDS:
-            features.pop(name)
-    return content_hash({"files": files, "segments": asdict(seg), "features": features,
-                         "transcript": turns, "version": FEATURE_VERSION}, 24)
+    bound = bind(feat)
+    return content_hash({"files": files, "segments": asdict(seg),
+                         "features": bound.kind.cache_fields(bound.opts),
+                         "transcript": manifest.card.audio.transcript,
+                         "version": FEATURE_VERSION}, 24)
 
 
 def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
@@ -297,12 +212,24 @@ def load_features(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, *,
         with entry_lock(folder, stem, f"the features of {manifest.name}"):
             cached = _load_cached(folder, stem)
             if cached is None:
+                _note_other_settings(folder, manifest.name, key)
                 check_memory(manifest, seg, feat)
                 x, segments = _extract_all(manifest, seg, feat, workers, progress)
                 store_entry(folder, stem, ".npz", lambda tmp: _save(tmp, x, segments))
                 return FeatureSet(x, segments, key, False, time.perf_counter() - t0)
     x, segments = cached
     return FeatureSet(x, segments, key, True, time.perf_counter() - t0)
+
+
+def _note_other_settings(folder: Path, name: str, key: str) -> None:
+    """One line when the cache holds features of this corpus under other keys only (other
+    settings, or a key computed differently after an update): they are extracted again."""
+    entry = re.compile(rf"{re.escape(name)}-([0-9a-f]{{24}})\.")
+    others = {m.group(1) for p in (folder.iterdir() if folder.is_dir() else [])
+              if (m := entry.match(p.name)) and m.group(1) != key}
+    if others:
+        log.info(f"features of {name}: none cached under these settings (key {key}; "
+                 f"{len(others)} other key(s) cached); extracting them again")
 
 
 def _load_cached(folder: Path, stem: str) -> tuple[np.ndarray, pd.DataFrame] | None:
@@ -343,15 +270,14 @@ def _extract_all(manifest: Manifest, seg: SegmentSpec, feat: FeatureSpec, worker
             rel = manifest.card.audio.transcript.format(speaker=spk)
             transcripts[p] = (str(manifest.root / rel), manifest.card.audio.transcript_keep)
     chunk = JOB_FILES if seg.mode != "concat" else 1
-    jobs = [(groups[i:i + chunk], seg, feat, transcripts) for i in range(0, len(groups), chunk)]
+    bound = bind(feat)  # the jobs carry the kind itself: a worker process needs no registry
+    jobs = [(groups[i:i + chunk], seg, bound, transcripts) for i in range(0, len(groups), chunk)]
     if workers is None:
         workers = min(os.cpu_count() or 1, len(jobs)) if len(groups) >= 64 else 1
-    if feat.kind == "ssl":  # the model runs here, batched, on the GPU when there is one
-        from transfer.data.ssl import run_jobs
-
-        results = run_jobs(jobs, workers, progress, f"ssl features {manifest.name}", _waves)
-    else:
-        results = _run_jobs(jobs, workers, progress, f"features {manifest.name}")
+    title = f"features {manifest.name}"
+    results = bound.kind.run_jobs(jobs, workers, progress, title, _waves)
+    if results is None:
+        results = _run_jobs(jobs, workers, progress, title)
     x = np.concatenate([r[0] for r in results])
     meta = [m for r in results for m in r[1]]
     segments = pd.DataFrame.from_records(meta, columns=["file", "speaker", "label", "start_s"])

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     import torch
 
-    from transfer.data.features import FeatureSpec
+    from transfer.data.kinds import SslOptions
 
 #: ``model_type`` in config.json -> the name users know.
 SUPPORTED = {"wavlm": "WavLM", "hubert": "HuBERT", "wav2vec2": "wav2vec 2.0"}
@@ -97,6 +97,7 @@ def checkpoint_dir(model: str) -> Path:
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """The checkpoint's config.json."""
     try:
         return json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -124,6 +125,7 @@ def input_normalization(path: Path) -> bool:
 
 
 def expected_rate(path: Path) -> int:
+    """The sample rate the checkpoint expects (preprocessor_config.json, else 16000)."""
     return int(_preprocessor(path).get("sampling_rate", 16000))
 
 
@@ -155,7 +157,7 @@ def num_states(model: str) -> int:
     return int(read_config(checkpoint_dir(model)).get("num_hidden_layers", 12)) + 1
 
 
-def layer_indices(spec: FeatureSpec, states: int) -> list[int]:
+def layer_indices(spec: SslOptions, states: int) -> list[int]:
     """The hidden-state indices ``spec.layers`` selects (non-negative, checked)."""
     chosen = list(range(states)) if spec.layers == "all" else (
         [spec.layers] if isinstance(spec.layers, int) else list(spec.layers))
@@ -169,18 +171,18 @@ def layer_indices(spec: FeatureSpec, states: int) -> list[int]:
     return out
 
 
-def stacked_layers(spec: FeatureSpec) -> int:
+def stacked_layers(spec: SslOptions) -> int:
     """``L`` when the features stack every hidden state (``layers = "all"``), else 0."""
-    return num_states(spec.model) if spec.kind == "ssl" and spec.layers == "all" else 0
+    return num_states(spec.model) if spec.layers == "all" else 0
 
 
-def feature_dim(spec: FeatureSpec) -> int:
+def feature_dim(spec: SslOptions) -> int:
     """Channels of the features: hidden size, times ``L`` with ``layers = "all"``."""
     hidden = int(read_config(checkpoint_dir(spec.model)).get("hidden_size", 768))
     return hidden * (stacked_layers(spec) or 1)
 
 
-def frames(spec: FeatureSpec, samples: int) -> int:
+def frames(spec: SslOptions, samples: int) -> int:
     """Frames of a segment of ``samples`` samples: the convolutional front's output length,
     then ``pool_frames`` (ceil)."""
     cfg = read_config(checkpoint_dir(spec.model))
@@ -191,23 +193,7 @@ def frames(spec: FeatureSpec, samples: int) -> int:
     return max(0, -(-n // spec.pool_frames))
 
 
-def check_spec(spec: FeatureSpec) -> None:
-    """Static checks of the ssl settings (the checkpoint itself is checked when it is used)."""
-    if not spec.model:
-        raise UserError(f'features.kind = "ssl" needs features.model = "<folder>": {HOW_TO_SAVE}')
-    if spec.pool_frames < 1:
-        raise UserError(f"features.pool_frames must be >= 1 (1 = no pooling), got "
-                        f"{spec.pool_frames}")
-    layers = spec.layers
-    ok = (layers == "all" or (isinstance(layers, int) and not isinstance(layers, bool))
-          or (isinstance(layers, (list, tuple)) and len(layers) > 0
-              and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)))
-    if not ok:
-        raise UserError('features.layers must be a layer index, a non-empty list of indices '
-                        f'(averaged) or "all", got {layers!r}')
-
-
-def cache_fields(spec: FeatureSpec) -> dict[str, Any]:
+def cache_fields(spec: SslOptions) -> dict[str, Any]:
     """What determines ssl features, for the feature cache key: the checkpoint's content (not
     its path), the layers and the pooling."""
     layers = spec.layers if isinstance(spec.layers, (int, str)) else list(spec.layers)
@@ -290,7 +276,7 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def extract(segments: np.ndarray, sample_rate: int, spec: FeatureSpec, *,
+def extract(segments: np.ndarray, sample_rate: int, spec: SslOptions, *,
             dev: torch.device | None = None, batch: int | None = None) -> np.ndarray:
     """Features of a batch of equal-length segments.
 
@@ -339,7 +325,7 @@ def run_jobs(jobs: list, workers: int, progress: bool, title: str, reader: Any) 
 
     if not jobs:
         return []
-    spec = jobs[0][2]
+    spec = jobs[0][2].opts  # the jobs' kind with its options (transfer.data.kinds.Bound)
     dev = device()
     t0 = time.perf_counter()
     results: list = []
@@ -377,7 +363,7 @@ def run_jobs(jobs: list, workers: int, progress: bool, title: str, reader: Any) 
     return results
 
 
-def speed(spec: FeatureSpec, *, segments: int = 64, seconds: float = 10.0, repeats: int = 3,
+def speed(spec: SslOptions, *, segments: int = 64, seconds: float = 10.0, repeats: int = 3,
           batch: int | None = None, dev: torch.device | None = None) -> list[float]:
     """Extraction speed in seconds of audio per second, once per repeat (after a warm-up)."""
     x = (0.1 * np.random.default_rng(0).standard_normal((segments, int(seconds * 16000)))

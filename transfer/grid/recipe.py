@@ -17,7 +17,7 @@ from typing import Any
 
 from transfer import UserError
 from transfer.common import options
-from transfer.common.config import CorpusConfig, Recipe, StrategyEntry
+from transfer.common.config import CorpusConfig, FeatureSpec, Recipe, StrategyEntry
 from transfer.common.options import OptionError
 
 if sys.version_info >= (3, 11):
@@ -26,7 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-_SPECIAL = frozenset({"source", "strategies"})
+_SPECIAL = frozenset({"source", "strategies", "features"})
 
 
 def _strategies(raw: Any) -> list[StrategyEntry]:
@@ -59,6 +59,14 @@ def _strategies(raw: Any) -> list[StrategyEntry]:
     return entries
 
 
+def _features(raw: Any) -> FeatureSpec:
+    """``[features]``: the shared keys and the options of its kind, checked against the kind's
+    declaration (:mod:`transfer.data.kinds`)."""
+    from transfer.data.kinds import parse
+
+    return parse(raw, options.Naming(prefix="features"))
+
+
 def _sources(sources: Any) -> list[CorpusConfig]:
     """``[source]`` (one table) or ``[[source]]`` (a list of tables) as corpus configs."""
     if isinstance(sources, dict):
@@ -77,6 +85,7 @@ def parse_recipe(data: dict[str, Any], name: str = "recipe") -> Recipe:
     data = _one_adapt_as_list(data)
     recipe = options.build(Recipe, data, skip=_SPECIAL)
     recipe.source = _sources(data.get("source", []))
+    recipe.features = _features(data.get("features", {}))
     recipe.strategies = _strategies(data.get("strategies"))
     recipe.name = recipe.name or name
     if not recipe.target.corpus:
@@ -114,9 +123,10 @@ def check_data_settings(recipe: Recipe) -> None:
     (``n_mfcc`` above ``n_mels``, a segment of fewer feature frames than a model needs), at
     load time; for ssl, the checkpoint checks, before any audio is touched. Segment lengths
     left to the corpus card are checked when the card is read."""
-    from transfer.data.audio import SegmentSpec
+    from transfer.common.config import SegmentsConfig
     from transfer.data.domain import feature_spec
     from transfer.data.features import check_segments
+    from transfer.data.kinds import get_kind
 
     spec = feature_spec(recipe.features)
     corpora = [("target", recipe.target)] + [
@@ -126,12 +136,10 @@ def check_data_settings(recipe: Recipe) -> None:
         s = c.segments
         if s.seconds is None:
             continue
-        try:
-            seg = SegmentSpec(seconds=s.seconds, mode=s.mode or "pad", overlap_s=s.overlap_s,
-                              align=s.align, sample_rate=recipe.features.sample_rate)
-        except UserError as err:
-            raise UserError(f"recipe key '{where}.segments': {err}") from None
-        if spec.kind != "ssl":  # ssl frames need the checkpoint: checked when data is loaded
+        # without the card (read by --dry-run), a mode left out is taken as "pad"
+        seg = s.resolve(SegmentsConfig(mode="pad"), sample_rate=recipe.features.sample_rate,
+                        naming=options.Naming(prefix=f"{where}.segments"))
+        if get_kind(spec.kind).frames_known:  # else (ssl) checked when data is loaded
             check_segments(seg, spec, f"{where}.segments.seconds", f"recipe key '{where}': ")
 
 

@@ -16,8 +16,8 @@ import torch
 
 from transfer import UserError, __version__
 from transfer.common.cache import atomic_path
-from transfer.data.audio import SegmentSpec
-from transfer.data.features import FeatureSpec
+from transfer.common.config import FeatureSpec, SegmentSpec
+from transfer.data.kinds import package_fields, parse
 
 FORMAT = "ser-transfer-model"
 FORMAT_VERSION = 2  # 2: fused TIM-Net layout (1 is converted on load)
@@ -42,7 +42,7 @@ def make_package(model: torch.nn.Module, *, backbone: str, segments: SegmentSpec
         "format": FORMAT, "format_version": FORMAT_VERSION, "toolkit_version": __version__,
         "backbone": backbone, "options": dataclasses.asdict(model.options),
         "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "segments": dataclasses.asdict(segments), "features": dataclasses.asdict(features),
+        "segments": dataclasses.asdict(segments), "features": package_fields(features),
         "norm_mean": mean.detach().cpu(), "norm_std": std.detach().cpu(),
         "labels": list(labels), "positive": positive, "recipe_hash": recipe_hash,
         "info": info,
@@ -106,12 +106,19 @@ def package_problem(package: dict[str, Any]) -> str:
                 f"(or none), got {labels!r} and {package.get('positive')!r}")
     if not all(isinstance(v, torch.Tensor) for v in package["state"].values()):
         return "'state' must map names to tensors"
-    for what, cls in (("segments", SegmentSpec), ("features", FeatureSpec)):
+    for what, build in (("segments", lambda: SegmentSpec(**package["segments"])),
+                        ("features", lambda: package_spec(package))):
         try:
-            cls(**package[what])
+            build()
         except (TypeError, UserError) as err:
             return f"{what!r} settings: {err}"
     return _norm_problem(package["norm_mean"], package["norm_std"])
+
+
+def package_spec(package: dict[str, Any]) -> FeatureSpec:
+    """The package's feature spec: its kind and that kind's options (a package written before
+    every kind had its own options holds all kinds' options; the others are left out)."""
+    return parse(package["features"], lenient=True)
 
 
 def _norm_problem(mean: torch.Tensor, std: torch.Tensor) -> str:
