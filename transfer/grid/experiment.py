@@ -8,7 +8,7 @@ trains and evaluates one pack and returns one record per run. Executors
 (:mod:`transfer.grid.executors`) call it; it never imports them. What a trained pack measured
 is built in :mod:`transfer.grid.measure`.
 
-One file above ~400 lines, on purpose: the experiment's preparation, its plan, its packing and
+Why one file (above ~400 lines): the experiment's preparation, its plan, its packing and
 its execution all read the same prepared state (data, splits, pretrained model, device
 tensors), and the small helpers at the end (``environment``, ``spread``) are what
 ``transfer.run`` and the executors need of an experiment.

@@ -6,7 +6,7 @@ validation thresholds, ``leak.md``/``leak.csv`` where the records hold several p
 ``figures/``, and through :mod:`transfer.report.build` the report's sections and
 ``report.html``) for a finished or partial run.
 
-One file above ~400 lines, on purpose: the leak report is :func:`build_table` under a second
+Why one file (above ~400 lines): the leak report is :func:`build_table` under a second
 protocol and shares its cells and formatting helpers, and :func:`write_outputs` (with the
 command line around it) writes both; split apart, the two halves would import each other.
 """
