@@ -124,6 +124,7 @@ def _emodb_like(root: Path, speakers: int = 6) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_emodb_style_target_runs_with_recording_level_table(tmp_path):
     root = _emodb_like(tmp_path / "emodb")
     recipe = parse_recipe({

@@ -161,6 +161,7 @@ def test_freeze_carries_the_pretrained_general_into_the_target_model(pair):
     assert np.mean(frozen) > np.mean(random) + 0.25
 
 
+@pytest.mark.slow
 def test_dann_gradient_reversal_lowers_the_a_distance(pair):
     """``dann`` vs the same training with the adversarial loss switched off, and vs ``freeze``:
     the reversed domain gradient must bring the corpora's ``general`` features closer."""
@@ -174,6 +175,7 @@ def test_dann_gradient_reversal_lowers_the_a_distance(pair):
     assert np.mean(aligned) < np.mean(frozen) - 0.2
 
 
+@pytest.mark.slow
 def test_ddg_alignment_loss_falls_because_of_its_gradient(pair):
     """``ddg``'s MMD in its alignment space falls over its alignment phases; with the phase's
     learning rate at zero (same batches, no alignment step) it does not. The target loss is off

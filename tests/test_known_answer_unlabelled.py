@@ -108,6 +108,7 @@ def _unlabelled_target(tgt: Domain) -> DomainTensors:
     return DomainTensors(x, torch.full((len(x),), -1), Standardizer.fit(x, idx), idx, None)
 
 
+@pytest.mark.slow
 def test_the_pair_shares_the_classes_and_the_shift_costs_accuracy(pair):
     """Same classes in the source's order, every target speaker with its own designed offsets,
     and the source model loses accuracy on the target site (deployed with the source's

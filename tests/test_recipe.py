@@ -72,6 +72,7 @@ def test_every_shipped_recipe_validates():
         assert load_recipe(path).strategies
 
 
+@pytest.mark.slow
 def test_dry_run_prints_plan_and_bad_recipe_is_clean_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "transfer.run", str(ROOT / "recipes/demo.toml"),
                           "--dry-run", "--set", "train.epochs=2"],

@@ -242,6 +242,7 @@ def _browser() -> str | None:
                  if shutil.which(b)), None)
 
 
+@pytest.mark.slow
 def test_report_html_renders_in_chromium(demo_dir, tmp_path):
     page = demo_dir / "report.html"
     text = page.read_text(encoding="utf-8")

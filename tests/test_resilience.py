@@ -35,6 +35,7 @@ def _table(out: Path) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_killed_grid_resumes_and_matches_uninterrupted(tmp_path, sig):
     recipe = tiny_recipe(tmp_path / "r.toml", ["scratch", "finetune"], name="grid")
     text = recipe.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace(
@@ -164,6 +165,7 @@ def test_a_raising_pack_fails_its_runs_and_the_grid_goes_on(tmp_path, monkeypatc
     assert sum(r.ok for r in records) == 2
 
 
+@pytest.mark.slow
 def test_packed_grid_table_equals_one_by_one(tmp_path):
     recipe = tiny_recipe(tmp_path / "r.toml", ["scratch", "dann", "mmd_ae"])
     one, _, _ = run_recipe(load_recipe(recipe, ["train.pack=1"]), results_dir=tmp_path / "one",
@@ -187,6 +189,7 @@ def test_cli_exit_status_is_nonzero_when_runs_fail(tmp_path):
                for r in map(json.loads, records.read_text().splitlines()))
 
 
+@pytest.mark.slow
 def test_ray_executor_matches_local(tmp_path):
     pytest.importorskip("ray")
     import ray
@@ -235,6 +238,7 @@ def test_schedule_weighs_source_strategies_double_and_never_splits_on_a_gpu():
         assert ["".join(r.strategy for r in p) for p in packs] == order
 
 
+@pytest.mark.slow
 def test_packed_runs_match_one_by_one(tmp_path):
     # jobs = 2: three packs over two workers, so the cheapest is split in two
     recipe = load_recipe(tiny_recipe(tmp_path / "r.toml", ["scratch", "finetune", "ddg"]))

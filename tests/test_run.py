@@ -48,6 +48,7 @@ def test_each_strategy_end_to_end(tmp_path, name):
     assert list(table["strategy"]) == [name]
 
 
+@pytest.mark.slow
 def test_table_columns_and_speaker_dependent_marking(tmp_path):
     path = tiny_recipe(tmp_path / "r.toml", ["scratch", "finetune"])
     res = subprocess.run([sys.executable, "-m", "transfer.run", str(path), "--results-dir",

@@ -55,6 +55,7 @@ def _train(name: str, opts: dict, seed: int, strength: float = 1.0):
     return fit(strategy, tgt, src, CFG, seed, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_ddg_alignment_phase_reduces_mmd_in_its_space():
     result = _train("ddg", {"align_every": 1, "align_steps": 20}, 0, strength=3.0)
     mmd = [row["align_mmd"] for row in result.curves if "align_mmd" in row]

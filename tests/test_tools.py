@@ -54,6 +54,7 @@ def test_predict_writes_file_and_subject_rows(exported, tiny_modma, tmp_path):
     assert "resampled" in res.stderr  # 44.1 kHz audio, a 16 kHz model
 
 
+@pytest.mark.slow
 def test_predict_clear_errors(exported, tmp_path):
     model = str(exported / "models" / "scratch.pt")
     bad = tmp_path / "bad.wav"
@@ -115,6 +116,7 @@ map = { wut = "angry", trauer = "sad", freude = "happy" }
     return root
 
 
+@pytest.mark.slow
 def test_custom_source_corpus_from_a_card_outside_datasets(tiny_casia, tmp_path):
     root = _custom_corpus(tiny_casia, tmp_path)
     recipe = tiny_recipe(tmp_path / "r.toml", ["freeze"])

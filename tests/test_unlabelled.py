@@ -302,6 +302,7 @@ TINY_SETS = ["backbone.options.filters=8", "backbone.options.blocks=3", "backbon
              "diagnostics.max_samples=50", "evaluate.tent_steps=2"]
 
 
+@pytest.mark.slow
 def test_cross_corpus_recipe_runs_on_the_synthetic_pair(tmp_path):
     """The shipped recipe on the synthetic CASIA-like and EmoDB-like corpora (their real
     layouts), tiny, with two of its strategies (the reference and the source-free one; every
@@ -325,6 +326,7 @@ def test_cross_corpus_recipe_runs_on_the_synthetic_pair(tmp_path):
     assert summary["order"] == rows
 
 
+@pytest.mark.slow
 def test_loso_tta_recipe_runs_on_a_synthetic_casia(tmp_path):
     recipe = load_recipe(ROOT / "recipes" / "casia_loso_tta.toml", TINY_SETS + [
         "target.synthetic=loso", "target.segments.seconds=2.0"])
