@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm_handler():
+    """transfer.run.main installs its SIGTERM handler; a test that calls it in-process must
+    not leave it installed for the tests after it."""
+    old = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def one_line(err: str) -> str:
+    """The single line of an error message (and that it is one, without a traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,14 +26,6 @@ from transfer.evaluate.protocols import make_splits
 from transfer.grid.recipe import apply_set, parse_recipe
 from transfer.grid.records import RunRecord, read_records
 from transfer.train.device import pick_device
-
-
-@pytest.fixture(autouse=True)
-def _keep_sigterm_handler():
-    """transfer.run.main installs its SIGTERM handler; called in-process, it must not stay."""
-    old = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, old)
 
 
 def test_cuda_requested_without_a_gpu():

@@ -3,23 +3,12 @@ values and install hints print as they are, and a stray ``[/x]`` cannot crash a 
 
 from __future__ import annotations
 
-import signal
-
-import pytest
 from conftest import tiny_recipe, write_tone
 
 from transfer import UserError
 from transfer.common.console import main_guard, say
 
 MARKUP = 'recipe needs [target]; pip install -e ".[ssl]"; /data/[bold]modma; a [/x] tag'
-
-
-@pytest.fixture(autouse=True)
-def _keep_sigterm_handler():
-    """transfer.run.main installs its SIGTERM handler; called in-process, it must not stay."""
-    old = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, old)
 
 
 def test_error_messages_print_as_they_are(capsys):

@@ -38,14 +38,6 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="uses /proc and POSIX signals")
 
 
-@pytest.fixture(autouse=True)
-def _keep_sigterm_handler():
-    """transfer.run.main installs its SIGTERM handler; called in-process, it must not stay."""
-    old = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, Path]:
     """(recipe, results folder) of one uninterrupted tiny grid (scratch, 2 folds = 2 runs);

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_recipe, write_tone
+from conftest import one_line, tiny_recipe, write_tone
 
 from transfer import REPO_ROOT, UserError
 from transfer.common.config import CorpusConfig, FeatureSpec, SegmentsConfig
@@ -23,22 +22,6 @@ from transfer.data.audio import probe
 from transfer.data.cards import load_card
 from transfer.data.corpora import build_manifest
 from transfer.grid.recipe import apply_set, load_recipe, parse_recipe
-
-
-@pytest.fixture(autouse=True)
-def _keep_sigterm_handler():
-    """transfer.run.main installs its SIGTERM handler; called in-process, it must not stay."""
-    old = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
-def one_line(err: str) -> str:
-    """The single line of an error message (and that it is one, without a traceback)."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
 
 # --- case 7: which class is positive -------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import one_line, tiny_recipe
 
 import transfer.grid.executors
 from transfer import REPO_ROOT, UserError
@@ -27,21 +27,6 @@ from transfer.grid.recipe import load_recipe
 from transfer.grid.records import read_records
 from transfer.report.tables import main as report_main
 from transfer.run import main, run_recipe
-
-
-@pytest.fixture(autouse=True)
-def _keep_sigterm_handler():
-    """transfer.run.main installs its SIGTERM handler; called in-process, it must not stay."""
-    old = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
-def one_line(err: str) -> str:
-    """The single line of an error message (and that it is one, without a traceback)."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

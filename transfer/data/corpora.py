@@ -73,6 +73,21 @@ def _add_row(rows: dict[str, str], where: dict[str, str], key: str, label: str, 
         rows[key], where[key] = label, place
 
 
+def read_label_table(path: Path) -> pd.DataFrame:
+    """A card's label table (xlsx/xls, tsv or csv) as strings, column names stripped; a file
+    that does not parse is one :class:`transfer.UserError` naming it."""
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            table = pd.read_excel(path, dtype=object)
+        else:
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+            table = pd.read_csv(path, sep=sep, dtype=object, skipinitialspace=True)
+    except Exception as err:  # noqa: BLE001 - any parser failure is reported the same way
+        raise UserError(f"cannot read label table {path}: {err}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
 def _read_table(card: Card, root: Path) -> dict[str, str]:
     spec = card.labels
     rows: dict[str, str] = {}
@@ -83,15 +98,7 @@ def _read_table(card: Card, root: Path) -> dict[str, str]:
         if not path.is_file():
             continue
         found.append(path)
-        try:
-            if path.suffix.lower() in (".xlsx", ".xls"):
-                table = pd.read_excel(path, dtype=object)
-            else:
-                sep = "\t" if path.suffix.lower() == ".tsv" else ","
-                table = pd.read_csv(path, sep=sep, dtype=object, skipinitialspace=True)
-        except Exception as err:  # noqa: BLE001 - any parser failure is reported the same way
-            raise UserError(f"cannot read label table {path}: {err}") from None
-        table.columns = [str(c).strip() for c in table.columns]
+        table = read_label_table(path)
         for col in (spec.key_column, spec.label_column):
             if col not in table.columns:
                 raise UserError(f"label table {path} has no column {col!r}; "

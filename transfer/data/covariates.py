@@ -26,7 +26,7 @@ import pandas as pd
 
 from transfer import UserError
 from transfer.data.cards import Card
-from transfer.data.corpora import _normalise_code, _normalise_key
+from transfer.data.corpora import _normalise_code, _normalise_key, read_label_table
 from transfer.data.covariate_spec import CovariateSpec
 
 
@@ -38,19 +38,6 @@ class Covariates:
 
     table: pd.DataFrame | None
     note: str = ""
-
-
-def _read_frame(path: Path) -> pd.DataFrame:
-    try:
-        if path.suffix.lower() in (".xlsx", ".xls"):
-            frame = pd.read_excel(path, dtype=object)
-        else:
-            sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            frame = pd.read_csv(path, sep=sep, dtype=object, skipinitialspace=True)
-    except Exception as err:  # noqa: BLE001 - any parser failure is reported the same way
-        raise UserError(f"cannot read label table {path}: {err}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
 
 
 def _as_number(value: Any) -> float:
@@ -94,7 +81,7 @@ def read_covariates(card: Card, root: Path) -> Covariates:
         path = root / name
         if not path.is_file():
             continue
-        frame = _read_frame(path)
+        frame = read_label_table(path)
         missing = [c.column for c in card.covariates if c.column not in frame.columns]
         if missing:
             raise UserError(f"card {card.path} [covariates]: label table {path} has no column "
