@@ -180,3 +180,25 @@ def run_record(**fields):
     if fields.get("status", "ok") == "ok":
         data.update(metrics={}, curves=[], confusion=[], best_epoch=0)
     return RunRecord.from_dict({**data, **fields})
+
+
+def pack_data(n: int = 120, f: int = 6, t: int = 24):
+    """Small synthetic target (xt, y) and source tensors with three folds of different sizes,
+    for the tests that compare a pack with its runs one by one."""
+    import torch
+
+    from transfer.train.tensors import DomainTensors, Standardizer
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (n,), generator=g)
+    xt = torch.randn(n, f, t, generator=g)
+    xt[:, 0] += y[:, None]
+    ys = torch.randint(0, 3, (n,), generator=g)
+    xs = torch.randn(n, f, t, generator=g)
+    xs[:, 1] += ys[:, None]
+    source = DomainTensors(xs, ys, Standardizer.fit(xs, torch.arange(90)), torch.arange(90),
+                           torch.arange(90, n))
+    # three folds of different sizes: the runs have different steps per epoch
+    folds = [(torch.arange(0, 70), torch.arange(70, 90)), (torch.arange(20, 100),
+             torch.arange(0, 20)), (torch.arange(30, 110), torch.arange(110, 120))]
+    return xt, y, source, folds

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, pack_data
 
 import backbones
 from backbones.layers import pack_states, unpack_state
@@ -69,20 +69,9 @@ def test_packed_ecapa_equals_separate_models():
     assert masks_differ
 
 
-def _data(n: int = 120, f: int = 6, t: int = 24):
-    g = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 2, (n,), generator=g)
-    xt = torch.randn(n, f, t, generator=g)
-    xt[:, 0] += y[:, None]
-    ys = torch.randint(0, 3, (n,), generator=g)
-    xs = torch.randn(n, f, t, generator=g)
-    xs[:, 1] += ys[:, None]
-    source = DomainTensors(xs, ys, Standardizer.fit(xs, torch.arange(90)), torch.arange(90),
-                           torch.arange(90, n))
-    # folds of different sizes: the runs have different steps per epoch
-    folds = [(torch.arange(0, 70), torch.arange(70, 90)),
-             (torch.arange(30, 110), torch.arange(110, 120))]
-    return xt, y, source, folds
+def _data():
+    xt, y, source, folds = pack_data()
+    return xt, y, source, [folds[0], folds[2]]  # two folds of different sizes
 
 
 def _factory(k: int, runs: int = 1):

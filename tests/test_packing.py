@@ -29,6 +29,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import pack_data
 from torch import nn
 
 import backbones
@@ -394,23 +395,7 @@ def test_masked_run_does_not_move_and_clipping_is_per_run():
     assert not moved[flat.rid == 0].any() and moved[flat.rid == 1].any()
 
 
-# --- a pack trains exactly like its runs one by one ----------------------------------------------
-def _data(n: int = 120, f: int = 6, t: int = 24):
-    g = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 2, (n,), generator=g)
-    xt = torch.randn(n, f, t, generator=g)
-    xt[:, 0] += y[:, None]
-    ys = torch.randint(0, 3, (n,), generator=g)
-    xs = torch.randn(n, f, t, generator=g)
-    xs[:, 1] += ys[:, None]
-    source = DomainTensors(xs, ys, Standardizer.fit(xs, torch.arange(90)), torch.arange(90),
-                           torch.arange(90, n))
-    # three folds of different sizes: the runs have different steps per epoch
-    folds = [(torch.arange(0, 70), torch.arange(70, 90)), (torch.arange(20, 100),
-             torch.arange(0, 20)), (torch.arange(30, 110), torch.arange(110, 120))]
-    return xt, y, source, folds
-
-
+# --- a pack trains like its runs one by one (up to rounding) -----------------------------------
 def _factory(k: int, runs: int = 1):
     return backbones.create("timnet", runs=runs, in_features=6, filters=4, blocks=3, split=2,
                             num_classes=k, stem="bn", dropout=0.1)
@@ -459,7 +444,7 @@ def _check_pack_equals_one_by_one(name, factory, pretrained=None, draws=None):
     must agree up to rounding (every epoch is kept: selection by a noisy score could pick
     different epochs on another CPU). ``draws``: per run, (options, training settings) that
     differ (a sweep's draws packed in one model). Returns the pack's state."""
-    xt, y, source, folds = _data()
+    xt, y, source, folds = pack_data()
     cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=False, grad_clip=1.0, select="last")
     ctx = Context(factory, 2, 3, factory(3).state_dict() if pretrained is None else pretrained,
                   0.1)
@@ -534,7 +519,7 @@ def test_a_run_that_stops_early_leaves_its_pack_mates_as_they_were():
     """Early stopping masks a run for the rest of the fit: run 0 (no validation subjects, so
     its score never improves) stops after ``patience`` epochs, and run 1 trains as it does
     alone."""
-    xt, y, source, folds = _data()
+    xt, y, source, folds = pack_data()
     cfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, amp=False, patience=1, select="val_loss")
     ctx = Context(_factory, 2, 0, None, 0.1)
     cls = get_strategy("scratch")
@@ -712,7 +697,7 @@ def test_a_captured_and_replayed_step_trains_exactly_like_the_eager_step(monkeyp
     syncs with the host nowhere, and every phase of a strategy gets a graph of its own."""
     from transfer.train import engine
 
-    folds, seeds, cpu = _data()[3], [0, 1, 2], torch.device("cpu")
+    folds, seeds, cpu = pack_data()[3], [0, 1, 2], torch.device("cpu")
     with one_thread():
         eager, eager_state = _fit_on(name, cpu, seeds, folds)
         fake = _RecordingCuda()
@@ -775,7 +760,7 @@ def _pack_setup(name: str):
 def _fit_on(name: str, device: torch.device, seeds: list[int], folds: list, amp: bool = False,
             capture: bool = True):
     """Train ``seeds`` (run k on ``folds[k]``) as one pack on ``device``; results, CPU state."""
-    xt, y, source, _ = _data()
+    xt, y, source, _ = pack_data()
     cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3, amp=amp, grad_clip=1.0,
                       schedule="step", step_size=1, gamma=0.5, cuda_graph=capture,
                       select="last")  # a UAR that one flipped prediction moves selects nothing
@@ -818,7 +803,7 @@ def test_on_a_gpu_a_captured_pack_trains_like_its_runs_one_by_one_on_the_cpu(fp3
     alone on the CPU (bit-exact there, see above); the GPU's kernels sum in other orders, so
     the curves agree to the tolerances of :func:`_assert_same_curves` (66x to 400x the
     differences that rounding alone makes on the CPU)."""
-    folds = _data()[3]
+    folds = pack_data()[3]
     on_gpu = _fit_on(name, fp32_cuda, [0, 1, 2], folds)[0]
     with one_thread():
         alone = [_fit_on(name, torch.device("cpu"), [seed], [folds[k]])[0][0]
@@ -831,7 +816,7 @@ def test_on_a_gpu_a_captured_pack_trains_like_its_runs_one_by_one_on_the_cpu(fp3
 def test_on_a_gpu_the_captured_step_equals_the_eager_step(fp32_cuda, name):
     """The real CUDA graph against the same step run eagerly on the same GPU: the same
     kernels, so the same curves (to the order of any atomic additions)."""
-    folds = _data()[3]
+    folds = pack_data()[3]
     captured = _fit_on(name, fp32_cuda, [0, 1, 2], folds, capture=True)[0]
     eager = _fit_on(name, fp32_cuda, [0, 1, 2], folds, capture=False)[0]
     _assert_same_curves(captured, eager, rtol=1e-5, val_rtol=1e-5)
@@ -841,7 +826,7 @@ def test_on_a_gpu_the_captured_step_equals_the_eager_step(fp32_cuda, name):
 @pytest.mark.parametrize("name", ["scratch", "ddg"])
 def test_on_a_gpu_bf16_autocast_trains_a_captured_pack(name):
     """bf16 autocast, captured: finite losses that fall, fp32 weights."""
-    results, state = _fit_on(name, torch.device("cuda"), [0, 1, 2], _data()[3], amp=True)
+    results, state = _fit_on(name, torch.device("cuda"), [0, 1, 2], pack_data()[3], amp=True)
     for r in results:
         losses = [row["ce"] for row in r.curves]
         assert all(map(math.isfinite, losses)) and losses[-1] < losses[0]
