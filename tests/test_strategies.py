@@ -142,3 +142,16 @@ def test_alignment_phase_steps_are_clipped(clip):
         assert 0 < moved <= 3 * clip * 1.001  # 3 clipped steps of at most clip each
     else:
         assert moved > 10 * 3e-3  # unclipped, the same steps move far more
+
+
+@pytest.mark.parametrize("name", ["dann", "coral", "mmd_ae"])
+def test_aligning_strategies_refuse_a_backbone_without_general_features(name):
+    def make(k: int, runs: int = 1):  # split = 0: every block is specific, general_dim 0
+        return backbones.create("timnet", runs=runs, in_features=8, filters=8, blocks=3, split=0,
+                                num_classes=k, stem="bn")
+
+    from transfer import UserError
+
+    cls = get_strategy(name)
+    with pytest.raises(UserError, match=f"strategy '{name}' aligns general features.*general_dim 0"):
+        cls(Context(make, 2, 2, make(2).state_dict(), 0.0), cls.Options())

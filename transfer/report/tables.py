@@ -457,11 +457,10 @@ def write_outputs(out_dir: Path, records: list[RunRecord], order: list[str], sou
             + ": see leak.md.\n")
     from transfer.report.selection import write_selection
 
-    if write_selection(out_dir, [r for r in latest(records) if r.protocol == protocol],
-                       order):
+    honest = [r for r in records if r.protocol == protocol]  # records are the latest already
+    if write_selection(out_dir, honest, order):
         text += "\nLabel-free model selection, each rule's regret: see selection.md.\n"
     atomic_write_text(out_dir / "table.md", text)
-    honest = [r for r in records if r.protocol == protocol]
     if plots:
         from transfer.report.plots import write_plots
 
