@@ -1,9 +1,10 @@
 """Hyperparameter sweeps: every strategy tuned with the same random-search budget.
 
 A strategy's search space is the union of the shared training settings' (``train.lr``,
-``train.weight_decay``), the backbone's (``backbone.dropout``) and its own options' declared
-spaces (:func:`transfer.common.options.opt`), each narrowed, replaced or turned off by the
-recipe (``[sweep.train]``, ``[sweep.backbone]``, a strategy's ``search`` table). Draw 0 is the
+``train.weight_decay``), the backbone's (none declared by default; ``[sweep.backbone]`` adds
+one, e.g. for ``dropout``) and its own options' declared spaces
+(:func:`transfer.common.options.opt`), each narrowed, replaced or turned off by the recipe
+(``[sweep.train]``, ``[sweep.backbone]``, a strategy's ``search`` table). Draw 0 is the
 recipe's own settings; draw d > 0 draws every field of the space from a generator seeded by
 (``sweep.seed``, the strategy's label, d), so a draw is the same setting for every fold and
 seed, and the same again in a rerun with more draws.
